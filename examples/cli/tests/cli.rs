@@ -1,0 +1,120 @@
+//! The `heurist` binary end to end: exit codes, stdout, stderr.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const REWARD: &str = "0x3f71f00ad1266be038917addd150943ca7c60f6a";
+
+fn heurist(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_heurist"))
+        .args(args)
+        .env_remove("HEURIST_KEYS_DIR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[test]
+fn restore_sign_and_verify_match_eth_account() {
+    // Vector 0 of heurist-protocol's eth-account fixtures.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../heurist-protocol/tests/fixtures/eth-account/vectors.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let v = &doc["vectors"][0];
+    let keys = tempfile::tempdir().unwrap();
+    let k = keys.path().to_str().unwrap();
+    let miner = v["miner_id"].as_str().unwrap();
+    let out = heurist(&["wallet", "restore", "--address", miner, "--keys", k], Some(v["mnemonic"].as_str().unwrap()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(v["identity_address"].as_str().unwrap()));
+    // Restoring again without --force is refused: the file may hold the bound key.
+    let again = heurist(&["wallet", "restore", "--address", miner, "--keys", k], Some(v["mnemonic"].as_str().unwrap()));
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("--force"));
+
+    let time = v["unix_time"].as_u64().unwrap().to_string();
+    let out = heurist(&["sign", "--address", miner, "--time", &time, "--keys", k], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), v["signature"].as_str().unwrap());
+
+    let identity = v["identity_address"].as_str().unwrap();
+    let sig = v["signature"].as_str().unwrap();
+    let ok = heurist(&["verify-signature", "--address", miner, "--identity", identity, "--signature", sig, "--time", &time], None);
+    assert_eq!(ok.status.code(), Some(0), "{}", stdout(&ok));
+    let later = (v["unix_time"].as_u64().unwrap() + 7200).to_string();
+    let stale = heurist(&["verify-signature", "--address", miner, "--identity", identity, "--signature", sig, "--time", &later], None);
+    assert_eq!(stale.status.code(), Some(1));
+    let other = heurist(&["verify-signature", "--address", miner, "--identity", REWARD, "--signature", sig, "--time", &time], None);
+    assert_eq!(other.status.code(), Some(1));
+    let malformed = heurist(&["verify-signature", "--address", miner, "--identity", identity, "--signature", "0x12", "--time", &time], None);
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(stderr(&malformed).contains("--signature"));
+}
+
+#[test]
+fn new_wallet_is_stored_and_shown() {
+    let keys = tempfile::tempdir().unwrap();
+    let k = keys.path().to_str().unwrap();
+    let out = heurist(&["wallet", "new", "--address", &format!("{REWARD}-gpu1"), "--keys", k], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = keys.path().join(format!("{REWARD}.txt"));
+    let stored = std::fs::read_to_string(&file).unwrap();
+    let shown = heurist(&["wallet", "show", "--address", REWARD, "--keys", k], None);
+    let addr_line = stdout(&shown).lines().next().unwrap().to_owned();
+    assert!(stored.contains(&addr_line), "{stored} / {addr_line}");
+    assert!(!stdout(&shown).contains("Seed Phrase"), "the phrase is shown only on request");
+    let missing = heurist(&["wallet", "show", "--address", "0x0000000000000000000000000000000000000001", "--keys", k], None);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("no identity key file"));
+}
+
+#[test]
+fn job_check_prints_the_clamped_form_and_names_bad_fields() {
+    let job = r#"{"job_id":"j","model_id":"AAMXLAnimeMix","model_input":{"SD":{"prompt":"p","height":1023,"width":4000,"num_iterations":99,"guidance_scale":4,"seed":5}}}"#;
+    let out = heurist(&["job", "check", "-"], Some(job));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["params"]["width"], 2048);
+    assert_eq!(v["params"]["height"], 1016);
+    assert_eq!(v["params"]["steps"], 35);
+    assert_eq!(v["params"]["seed"], 5);
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../heurist-protocol/data/heurist-models/examples/AnimagineXL.json");
+    let out = heurist(&["job", "check", example], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("\"model_id\": \"AnimagineXL\""));
+
+    let bad = heurist(&["job", "check", "-"], Some(&job.replace("\"SD\"", "\"XL\"")));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("model_input"), "{}", stderr(&bad));
+    let missing = heurist(&["job", "check", "/no/such/file.json"], None);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("/no/such/file.json"));
+}
+
+#[test]
+fn registry_table_lists_the_bundled_models() {
+    let out = heurist(&["registry"], None);
+    assert!(out.status.success());
+    let s = stdout(&out);
+    for name in ["AAMXLAnimeMix", "PepeXL", "FLUX.1-dev"] {
+        assert!(s.contains(name), "{name}");
+    }
+    let bad = heurist(&["registry", "--file", "/no/such/models.json"], None);
+    assert_eq!(bad.status.code(), Some(2));
+}
