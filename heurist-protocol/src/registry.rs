@@ -198,6 +198,7 @@ pub struct Registry {
 const BUNDLED_MODELS: &str = include_str!("../data/heurist-models/models.json");
 const BUNDLED_LORAS: &str = include_str!("../data/heurist-models/lora.json");
 const BUNDLED_VAES: &str = include_str!("../data/heurist-models/vae.json");
+const BUNDLED_MODELS_2024_07: &str = include_str!("../data/heurist-models/models-2024-07.json");
 
 impl Registry {
     /// The copy of the network's registry bundled with this crate.
@@ -209,6 +210,24 @@ impl Registry {
     /// ```
     pub fn bundled() -> Result<Self> {
         Self::from_slices(BUNDLED_MODELS.as_bytes(), Some(BUNDLED_LORAS.as_bytes()), Some(BUNDLED_VAES.as_bytes()))
+    }
+
+    /// The registry as of July 2024, when the LLMs of the seed's points table
+    /// (dolphin-2.9-llama3-8b, openhermes-2-pro-mistral-7b, openhermes-mixtral-8x7b-gptq) were
+    /// served; the current `models.json` no longer lists them.
+    pub fn bundled_2024_07() -> Result<Self> {
+        Self::from_slices(BUNDLED_MODELS_2024_07.as_bytes(), Some(BUNDLED_LORAS.as_bytes()), Some(BUNDLED_VAES.as_bytes()))
+    }
+
+    /// Adds the entries of `other` whose names this registry does not have yet.
+    pub fn extend(&mut self, other: Registry) {
+        for (mine, theirs) in [(&mut self.models, other.models), (&mut self.loras, other.loras), (&mut self.vaes, other.vaes)] {
+            for e in theirs {
+                if !mine.iter().any(|m| m.name == e.name) {
+                    mine.push(e);
+                }
+            }
+        }
     }
 
     /// Parses the three files' contents (LoRAs and VAEs optional).

@@ -1,0 +1,94 @@
+//! `heurist-sequencer`: a local reference sequencer with a points portal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use heurist_protocol::{Address, Registry};
+use heurist_sequencer::{S3Grant, SequencerConfig};
+
+/// A local Heurist sequencer: job queues, miner endpoints, signature checks, a points ledger
+/// and a portal at `/`.
+#[derive(Parser, Debug)]
+#[command(name = "heurist-sequencer", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Folder for jobs.sqlite and (by default) ledger.sqlite.
+    #[arg(long, default_value = "heurist-sequencer-data")]
+    data_dir: PathBuf,
+    /// Ledger: a file path or a postgres:// URL [default: <data-dir>/ledger.sqlite].
+    #[arg(long)]
+    ledger: Option<String>,
+    /// Reward rules: a preset (`seed`, `later`) or a TOML/JSON file.
+    #[arg(long, default_value = "seed")]
+    rules: String,
+    /// Folder with models.json (and lora.json, vae.json) [default: the bundled registry].
+    #[arg(long)]
+    registry: Option<PathBuf>,
+    /// API key accepted on submit_job (repeat for several).
+    #[arg(long = "api-key", env = "HEURIST_API_KEY")]
+    api_keys: Vec<String>,
+    /// Bind a reward wallet to an identity: REWARD=IDENTITY (repeat for several).
+    #[arg(long = "bind", value_name = "REWARD=IDENTITY")]
+    bindings: Vec<String>,
+    /// Refuse reward wallets with no --bind instead of binding the first valid identity.
+    #[arg(long)]
+    no_trust_on_first_use: bool,
+    /// S3 endpoint miners upload images to; with --s3-key and --s3-secret, handed out as
+    /// the jobs' temporary credentials.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// S3 bucket for image results.
+    #[arg(long, default_value = "heurist-images")]
+    s3_bucket: String,
+    /// S3 access key id handed to image jobs.
+    #[arg(long, env = "HEURIST_S3_KEY")]
+    s3_key: Option<String>,
+    /// S3 secret key handed to image jobs.
+    #[arg(long, env = "HEURIST_S3_SECRET")]
+    s3_secret: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = SequencerConfig::new(args.listen, args.data_dir)?;
+    config.ledger = args.ledger;
+    config.rules = args.rules;
+    config.api_keys = args.api_keys;
+    if let Some(dir) = &args.registry {
+        config.registry = Registry::from_dir(dir).with_context(|| format!("--registry {}", dir.display()))?;
+    }
+    for b in &args.bindings {
+        let (reward, identity) = b.split_once('=').with_context(|| format!("--bind {b:?}: expected REWARD=IDENTITY"))?;
+        config.bindings.table.insert(Address::parse(reward)?, Address::parse(identity)?);
+    }
+    config.bindings.trust_on_first_use = !args.no_trust_on_first_use;
+    if let (Some(endpoint), Some(key), Some(secret)) = (args.s3_endpoint, args.s3_key, args.s3_secret) {
+        config.s3 = Some(S3Grant { endpoint, bucket: args.s3_bucket, access_key_id: key, secret_access_key: secret, session_token: String::new() });
+    }
+    if config.api_keys.is_empty() {
+        tracing::warn!("no --api-key: submit_job will refuse every client");
+    }
+    let running = heurist_sequencer::start(config).await?;
+    eprintln!("heurist-sequencer listening on {} (portal: {}/)", running.addr, running.url());
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("shutting down: finishing requests in flight");
+    running.shutdown().await?;
+    Ok(())
+}
