@@ -1,0 +1,53 @@
+//! The miner's errors: each says which setting, job or file is at fault.
+
+/// Result alias.
+pub type Result<T, E = MinerError> = std::result::Result<T, E>;
+
+/// What can stop a miner or fail one job.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MinerError {
+    /// A setting is missing or malformed.
+    #[error("setting {setting}: {reason}")]
+    Config {
+        /// The file, key or flag.
+        setting: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The job could not be decoded or clamped.
+    #[error("job {job_id}: {error}")]
+    BadJob {
+        /// The job.
+        job_id: String,
+        /// The protocol's reason (names the field).
+        error: heurist_protocol::ProtocolError,
+    },
+    /// The engine failed on a job.
+    #[error("job {job_id}: inference failed: {error}")]
+    Inference {
+        /// The job.
+        job_id: String,
+        /// The engine's reason.
+        error: heurist_inference::InferenceError,
+    },
+    /// This worker cannot run the job (another family, a model it does not serve).
+    #[error("job {job_id}: {reason}")]
+    Unsupported {
+        /// The job.
+        job_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The spool could not be read or written.
+    #[error("spool {path}: {error}")]
+    Spool {
+        /// The file or folder.
+        path: String,
+        /// The OS or JSON error.
+        error: String,
+    },
+    /// A protocol-level failure (signing, talking to the sequencer).
+    #[error(transparent)]
+    Protocol(#[from] heurist_protocol::ProtocolError),
+}

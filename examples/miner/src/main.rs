@@ -1,0 +1,161 @@
+//! `heurist-miner`: one native binary for Heurist LLM mining (image engines join as they land).
+//!
+//! Reads the reference miner's `config.toml` and `.env`, loads each miner id's identity from
+//! `~/.heurist-keys`, and runs one worker per miner id on the chat engine. Ctrl-C finishes the
+//! jobs in flight and submits them; a second Ctrl-C stops at once, the spool intact.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use heurist_inference::{ChatEngine, DeviceSpec};
+use heurist_miner::config::{ReferenceConfig, expand_home, miner_ids_from_env};
+use heurist_miner::spool::Spool;
+use heurist_miner::worker::{LlmWorker, Stats};
+use heurist_protocol::IdentityWallet;
+use heurist_protocol::client::{ClientConfig, SequencerClient};
+
+/// A native Heurist miner.
+#[derive(Parser, Debug)]
+#[command(name = "heurist-miner", version, about)]
+struct Args {
+    /// The reference miner's config.toml [default: built-in defaults].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The .env file with MINER_ID_0, MINER_ID_1, ... [default: ./.env if present].
+    #[arg(long)]
+    env_file: Option<PathBuf>,
+    /// Miner id to serve (repeatable); overrides MINER_ID_* from .env.
+    #[arg(long = "miner-id")]
+    miner_ids: Vec<String>,
+    /// Sequencer base URL; overrides [service].base_url.
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Folder of identity key files; overrides [storage].keys_dir.
+    #[arg(long)]
+    keys_dir: Option<PathBuf>,
+    /// Folder for the spool of finished jobs [default: <[storage].base_dir>/spool].
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+    /// The chat model, a GGUF file.
+    #[arg(long)]
+    llm_gguf: PathBuf,
+    /// The model id to ask jobs for (the registry name the sequencer knows it by).
+    #[arg(long)]
+    llm_model_id: String,
+    /// Where to run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Sent as `hardware` in heartbeats [default: the device].
+    #[arg(long)]
+    hardware: Option<String>,
+    /// Seconds between status lines (0: none).
+    #[arg(long, default_value_t = 30)]
+    status_interval: u64,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let reference = match &args.config {
+        Some(p) => ReferenceConfig::load(p)?,
+        None => ReferenceConfig::default(),
+    };
+    let env_file = args.env_file.clone().or_else(|| Some(PathBuf::from(".env")).filter(|p| p.exists()));
+    let miner_ids = if args.miner_ids.is_empty() {
+        miner_ids_from_env(env_file.as_deref())?
+    } else {
+        args.miner_ids.iter().map(|s| s.parse().with_context(|| format!("--miner-id {s:?}"))).collect::<Result<Vec<_>, _>>()?
+    };
+    anyhow::ensure!(!miner_ids.is_empty(), "no miner id: set MINER_ID_0 in .env or pass --miner-id");
+    let keys_dir = args.keys_dir.clone().unwrap_or_else(|| expand_home(&reference.storage.keys_dir));
+    let spool_dir = args.spool_dir.clone().unwrap_or_else(|| expand_home(&reference.storage.base_dir).join("spool"));
+    let base_url = args.base_url.clone().unwrap_or_else(|| reference.service.base_url.clone());
+    let limits = reference.limits();
+    let client = SequencerClient::new(ClientConfig {
+        base_url: base_url.clone(),
+        signal_url: Some(reference.service.signal_url.clone()).filter(|s| !s.is_empty()),
+        ..ClientConfig::default()
+    })?;
+    let spool = Spool::open(&spool_dir)?;
+    tracing::info!(model = %args.llm_gguf.display(), device = %args.device, "loading the chat model");
+    let path = args.llm_gguf.clone();
+    let device = args.device.clone();
+    let engine = Arc::new(
+        tokio::task::spawn_blocking(move || ChatEngine::load_gguf(&path, device))
+            .await?
+            .with_context(|| format!("--llm-gguf {}", args.llm_gguf.display()))?,
+    );
+    let hardware = args.hardware.clone().unwrap_or_else(|| args.device.to_string());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    let mut all_stats = Vec::new();
+    for id in miner_ids {
+        let wallet = IdentityWallet::load_for(&keys_dir, &id).with_context(|| format!("identity for {id}"))?;
+        let stats = Arc::new(Stats::default());
+        all_stats.push((id.clone(), stats.clone()));
+        let worker = Arc::new(LlmWorker {
+            miner_id: id,
+            wallet: Arc::new(wallet),
+            model_id: args.llm_model_id.clone(),
+            engine: engine.clone(),
+            client: client.clone(),
+            spool: spool.clone(),
+            limits: limits.clone(),
+            version: reference.versions.llm_version.clone(),
+            hardware: hardware.clone(),
+            stats,
+        });
+        workers.spawn(worker.run(stop_rx.clone()));
+    }
+    eprintln!("heurist-miner: serving {} on {base_url} ({} worker(s)); spool in {}", args.llm_model_id, all_stats.len(), spool_dir.display());
+    let status_every = args.status_interval;
+    tokio::spawn(async move {
+        if status_every == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(status_every));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for (id, s) in &all_stats {
+                let (tokens, ms) = (s.tokens.load(Ordering::Relaxed), s.busy_ms.load(Ordering::Relaxed).max(1));
+                eprintln!(
+                    "{id}: {} done, {} failed, {:.1} tok/s",
+                    s.done.load(Ordering::Relaxed),
+                    s.failed.load(Ordering::Relaxed),
+                    tokens as f64 * 1000.0 / ms as f64
+                );
+            }
+        }
+    });
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("stopping: finishing the jobs in flight (Ctrl-C again to stop now; the spool keeps their results)");
+            let _ = stop_tx.send(true);
+        }
+        _ = async { while workers.join_next().await.is_some() {} } => return Ok(()),
+    }
+    tokio::select! {
+        _ = async { while workers.join_next().await.is_some() {} } => Ok(()),
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("stopped at once; unsubmitted results stay in {}", spool_dir.display());
+            std::process::exit(130);
+        }
+    }
+}

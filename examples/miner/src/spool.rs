@@ -1,0 +1,193 @@
+//! The spool: every finished job is written to disk before it is submitted, and removed only
+//! once the sequencer has it. After a crash or restart the miner submits what the spool holds,
+//! or drops (with a log line) what is past its deadline.
+//!
+//! One JSON file per job, written to a temporary name, synced, renamed and the folder
+//! synced, so a file is either absent or whole even if the process is killed mid-write.
+//! Signatures are not stored: they are hourly, so each attempt signs anew.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use heurist_protocol::{IdentityWallet, MinerId, MinerSubmit, Nullable, SubmitResult};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{MinerError, Result};
+
+/// A finished job waiting for its submission to be acknowledged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    /// The job.
+    pub job_id: String,
+    /// Who did it.
+    pub miner_id: MinerId,
+    /// The result.
+    pub result: SubmitResult,
+    /// Seconds the `miner_request` took.
+    pub request_latency: f64,
+    /// Seconds loading a model for this job.
+    #[serde(default, skip_serializing_if = "Nullable::is_absent")]
+    pub loading_latency: Nullable<f64>,
+    /// Seconds of inference.
+    pub inference_latency: f64,
+    /// Seconds of the upload.
+    #[serde(default, skip_serializing_if = "Nullable::is_absent")]
+    pub upload_latency: Nullable<f64>,
+    /// Extra submission fields (`usage` for chat jobs).
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+    /// When the job was received, Unix ms.
+    pub received_at_ms: i64,
+    /// After this, Unix ms, the result is worth nothing to the network: drop it.
+    pub expires_at_ms: i64,
+}
+
+impl Finished {
+    /// The `miner_submit` body, signed for the hour of `now_s`.
+    pub fn signed(&self, wallet: &IdentityWallet, now_s: u64) -> Result<MinerSubmit> {
+        Ok(MinerSubmit {
+            miner_id: self.miner_id.clone(),
+            job_id: self.job_id.clone(),
+            result: self.result.clone(),
+            request_latency: self.request_latency,
+            loading_latency: self.loading_latency,
+            inference_latency: self.inference_latency,
+            upload_latency: self.upload_latency,
+            signature: wallet.sign_hourly(&self.miner_id, now_s)?,
+            identity_address: wallet.address().clone(),
+            extra: self.extra.clone(),
+        })
+    }
+}
+
+/// A folder of finished jobs.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+fn spool_err(path: &Path, e: impl std::fmt::Display) -> MinerError {
+    MinerError::Spool { path: path.display().to_string(), error: e.to_string() }
+}
+
+/// A file name for any job id: safe characters kept, others as `%XX`.
+fn file_name(job_id: &str) -> String {
+    let mut s = String::with_capacity(job_id.len() + 5);
+    for b in job_id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' && !s.is_empty() {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s.push_str(".json");
+    s
+}
+
+impl Spool {
+    /// Opens (creating) the spool folder.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(|e| spool_err(&dir, e))?;
+        Ok(Self { dir })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a finished job durably.
+    pub fn put(&self, job: &Finished) -> Result<()> {
+        let path = self.dir.join(file_name(&job.job_id));
+        let tmp = self.dir.join(format!(".{}.tmp", file_name(&job.job_id)));
+        let bytes = serde_json::to_vec_pretty(job).map_err(|e| spool_err(&path, e))?;
+        let mut f = fs::File::create(&tmp).map_err(|e| spool_err(&tmp, e))?;
+        f.write_all(&bytes).map_err(|e| spool_err(&tmp, e))?;
+        f.sync_all().map_err(|e| spool_err(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| spool_err(&path, e))?;
+        // The rename is durable only once the folder is synced.
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| spool_err(&self.dir, e))
+    }
+
+    /// Forgets a job once the sequencer has it.
+    pub fn remove(&self, job_id: &str) -> Result<()> {
+        let path = self.dir.join(file_name(job_id));
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(spool_err(&path, e)),
+        }
+    }
+
+    /// Moves a job the sequencer refused for good to `refused/`, for the operator to see.
+    pub fn set_aside(&self, job_id: &str) -> Result<()> {
+        let from = self.dir.join(file_name(job_id));
+        let dir = self.dir.join("refused");
+        fs::create_dir_all(&dir).map_err(|e| spool_err(&dir, e))?;
+        match fs::rename(&from, dir.join(file_name(job_id))) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(spool_err(&from, e)),
+        }
+    }
+
+    /// Every finished job waiting, oldest first. Unreadable files are reported, not dropped.
+    pub fn pending(&self) -> Result<Vec<Finished>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| spool_err(&self.dir, e))? {
+            let path = entry.map_err(|e| spool_err(&self.dir, e))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !name.ends_with(".json") || name.starts_with('.') {
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(|e| spool_err(&path, e))?;
+            match serde_json::from_slice::<Finished>(&bytes) {
+                Ok(f) => out.push(f),
+                Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable spool file left in place"),
+            }
+        }
+        out.sort_by_key(|f| f.received_at_ms);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(id: &str) -> Finished {
+        Finished {
+            job_id: id.into(),
+            miner_id: "0x3f71f00ad1266be038917addd150943ca7c60f6a-g".parse().unwrap(),
+            result: SubmitResult::Text("[]".into()),
+            request_latency: 0.1,
+            loading_latency: Nullable::Absent,
+            inference_latency: 1.5,
+            upload_latency: Nullable::Null,
+            extra: Map::new(),
+            received_at_ms: 5,
+            expires_at_ms: 10,
+        }
+    }
+
+    #[test]
+    fn put_pending_remove_round_trip_with_odd_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        for id in ["plain-1", "../etc/passwd", "a/b c", ".hidden", "ünï"] {
+            spool.put(&finished(id)).unwrap();
+        }
+        let p = spool.pending().unwrap();
+        assert_eq!(p.len(), 5);
+        let one = p.iter().find(|f| f.job_id == "../etc/passwd").unwrap();
+        assert_eq!(one, &finished("../etc/passwd"), "Absent and Null survive");
+        for id in ["plain-1", "../etc/passwd", "a/b c", ".hidden", "ünï"] {
+            spool.remove(id).unwrap();
+        }
+        assert!(spool.pending().unwrap().is_empty());
+        assert!(std::fs::read_dir(dir.path()).unwrap().count() == 0, "nothing escaped the folder");
+    }
+}

@@ -1,0 +1,191 @@
+//! One worker: one miner id polling the sequencer, running jobs on its engine, spooling and
+//! delivering every result. A job that fails to decode or run fails alone; an unreachable
+//! sequencer means waiting and trying again, never an exit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use heurist_inference::ChatEngine;
+use heurist_protocol::client::SequencerClient;
+use heurist_protocol::{
+    HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, Nullable, RequestAnswer,
+    SubmitResult,
+};
+use serde_json::json;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::deliver::{Delivery, deliver};
+use crate::error::{MinerError, Result};
+use crate::spool::{Finished, Spool};
+use crate::{llm, now_ms, now_s};
+
+/// Counters a status line shows.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Results the sequencer took.
+    pub done: AtomicU64,
+    /// Jobs that failed to decode or run, or whose result was refused or expired.
+    pub failed: AtomicU64,
+    /// Tokens generated.
+    pub tokens: AtomicU64,
+    /// Milliseconds spent generating.
+    pub busy_ms: AtomicU64,
+}
+
+/// What a chat worker needs.
+pub struct LlmWorker {
+    /// Its miner id.
+    pub miner_id: MinerId,
+    /// Its identity.
+    pub wallet: Arc<IdentityWallet>,
+    /// The model name it asks jobs for.
+    pub model_id: String,
+    /// The engine.
+    pub engine: Arc<ChatEngine>,
+    /// The sequencer.
+    pub client: SequencerClient,
+    /// The spool.
+    pub spool: Spool,
+    /// Limits and intervals.
+    pub limits: MinerLimits,
+    /// Sent as `version` in heartbeats.
+    pub version: String,
+    /// Sent as `hardware` in heartbeats.
+    pub hardware: String,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+impl LlmWorker {
+    /// Submits what an earlier run left in the spool.
+    pub async fn drain_spool(&self, stop: &watch::Receiver<bool>) -> Result<()> {
+        for job in self.spool.pending()? {
+            if job.miner_id != self.miner_id {
+                continue;
+            }
+            tracing::info!(job_id = job.job_id, "resubmitting a result from the spool");
+            self.count(&deliver(&self.client, &self.wallet, &self.spool, &job, stop).await);
+        }
+        Ok(())
+    }
+
+    fn count(&self, d: &Delivery) {
+        match d {
+            Delivery::Accepted | Delivery::AlreadyThere => self.stats.done.fetch_add(1, Ordering::Relaxed),
+            Delivery::Refused(_) | Delivery::Expired => self.stats.failed.fetch_add(1, Ordering::Relaxed),
+            Delivery::Interrupted => 0,
+        };
+    }
+
+    /// Polls and serves until `stop` turns true, then finishes the jobs in flight (their
+    /// results are delivered, or left in the spool if a second stop comes first).
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> Result<()> {
+        self.drain_spool(&stop).await?;
+        let mut clock = HeartbeatClock::default();
+        let slots = Arc::new(Semaphore::new(self.limits.concurrency_soft_limit.max(1) as usize));
+        let mut in_flight = JoinSet::new();
+        let mut failures = 0u32;
+        while !*stop.borrow() {
+            while in_flight.try_join_next().is_some() {}
+            let permit = match slots.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => break,
+            };
+            let heartbeat = clock.due(&self.miner_id, now_s());
+            let request = MinerRequest {
+                miner_id: self.miner_id.clone(),
+                model_id: self.model_id.clone(),
+                min_deadline: None,
+                hardware: heartbeat.then(|| self.hardware.clone()),
+                version: heartbeat.then(|| self.version.clone()),
+                extra: Default::default(),
+            };
+            let asked = Instant::now();
+            let pause = match self.client.request_job(&request).await {
+                Ok(RequestAnswer::Job(job)) => {
+                    failures = 0;
+                    let me = self.clone();
+                    let stop = stop.clone();
+                    let request_latency = asked.elapsed().as_secs_f64();
+                    in_flight.spawn(async move {
+                        let _permit = permit;
+                        me.serve(*job, request_latency, &stop).await;
+                    });
+                    continue;
+                }
+                Ok(RequestAnswer::Warning(w)) => {
+                    tracing::warn!(message = w, "the sequencer says");
+                    Duration::from_secs(self.limits.sleep_duration)
+                }
+                Ok(RequestAnswer::NoJob(_)) => Duration::from_secs(self.limits.sleep_duration),
+                Err(e) => {
+                    failures += 1;
+                    let wait = Duration::from_millis((500u64 << failures.min(6)).min(30_000));
+                    tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "sequencer unreachable");
+                    wait
+                }
+            };
+            drop(permit);
+            let mut s = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = s.wait_for(|v| *v) => {}
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Runs one job; whatever happens, the worker goes on.
+    async fn serve(&self, job: Job, request_latency: f64, stop: &watch::Receiver<bool>) {
+        let job_id = job.job_id.clone();
+        match self.run_job(job, request_latency).await {
+            Ok(finished) => {
+                let d = deliver(&self.client, &self.wallet, &self.spool, &finished, stop).await;
+                tracing::info!(job_id, outcome = ?d, "job delivered");
+                self.count(&d);
+            }
+            Err(e) => {
+                tracing::error!(job_id, error = %e, "job failed");
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn run_job(&self, job: Job, request_latency: f64) -> Result<Finished> {
+        let received_at_ms = now_ms();
+        let clamped = self
+            .limits
+            .clamp(&job, rand::random::<u64>)
+            .map_err(|error| MinerError::BadJob { job_id: job.job_id.clone(), error })?;
+        let JobParams::Llm(params) = &clamped.params else {
+            return Err(MinerError::Unsupported { job_id: job.job_id, reason: "an image job sent to a chat worker".into() });
+        };
+        let started = Instant::now();
+        let out = llm::run(self.engine.clone(), &job.job_id, params).await?;
+        let inference_latency = started.elapsed().as_secs_f64();
+        self.stats.tokens.fetch_add(out.completion_tokens as u64, Ordering::Relaxed);
+        self.stats.busy_ms.fetch_add((inference_latency * 1000.0) as u64, Ordering::Relaxed);
+        let mut extra = serde_json::Map::new();
+        extra.insert("usage".into(), json!({"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}));
+        let finished = Finished {
+            job_id: job.job_id.clone(),
+            miner_id: self.miner_id.clone(),
+            result: SubmitResult::from_choices(&out.choices)?,
+            request_latency,
+            loading_latency: Nullable::Absent,
+            inference_latency,
+            upload_latency: Nullable::Absent,
+            extra,
+            received_at_ms,
+            // A late result earns nothing but the sequencer may still take it; past twice the
+            // timeout it is dropped.
+            expires_at_ms: received_at_ms + 2 * 1000 * self.limits.llm_timeout_seconds as i64,
+        };
+        // On disk before anything is sent: from here on the result cannot be lost.
+        self.spool.put(&finished)?;
+        Ok(finished)
+    }
+}
