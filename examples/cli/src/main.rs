@@ -1,7 +1,8 @@
 //! `heurist`: the command-line tool for Heurist operators and third parties.
 //!
 //! Identity wallets and hourly signatures (`wallet`, `sign`, `verify-signature`), job checks
-//! (`job check`), the model registry (`registry`). Each subcommand is a thin layer over the
+//! (`job check`), the model registry (`registry`), reward rules and ledgers (`points`,
+//! `ledger`). Each subcommand is a thin layer over the
 //! library crates; what a test wants to check lives there, not here.
 
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod job;
+mod points;
 mod registry;
 mod sign;
 mod wallet;
@@ -35,6 +37,10 @@ enum Command {
     Job(job::JobCommand),
     /// Print the model registry as a table.
     Registry(registry::RegistryArgs),
+    /// Print the points of one finished-job record as JSON {"currency", "points"}.
+    Points(points::PointsArgs),
+    /// Show balances, phases or entries of a points ledger (SQLite file or postgres:// URL).
+    Ledger(points::LedgerArgs),
 }
 
 /// What a subcommand's run ended with, when it did not fail outright.
@@ -51,10 +57,26 @@ fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Rejected) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes joined with `: `, leaving out a cause whose text the message
+/// before it already shows (several library errors print their cause inline).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
@@ -64,5 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::VerifySignature(a) => sign::run_verify(a),
         Command::Job(c) => job::run(c),
         Command::Registry(a) => registry::run(a),
+        Command::Points(a) => points::run_points(a),
+        Command::Ledger(a) => points::run_ledger(a),
     }
 }

@@ -118,3 +118,55 @@ fn registry_table_lists_the_bundled_models() {
     let bad = heurist(&["registry", "--file", "/no/such/models.json"], None);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn points_of_records_under_both_presets() {
+    // SDXL checkpoint, 1024 x 1024 x 20 steps, seed table: 1024*1024*20 / (512*512*20 / 0.3)
+    // = 4 / 0.3 * 1 (multiplier) = 13.333333 (rounded down to the micro-point).
+    let rec = r#"{"model_id":"AnimagineXL","width":1024,"height":1024,"steps":20,"latency_s":5,"hardware":"NVIDIA GeForce RTX 4090"}"#;
+    let out = heurist(&["points", "-"], Some(rec));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["currency"], "waifu");
+    assert_eq!(v["points"], 13.333333);
+    // dolphin, 600 + 400 tokens: 1000/1000 * 0.24 (seed) and * 0.5 (later).
+    let rec = r#"{"model_id":"dolphin-2.9-llama3-8b","input_tokens":600,"output_tokens":400,"latency_s":2}"#;
+    let seed: serde_json::Value = serde_json::from_str(&stdout(&heurist(&["points", "-"], Some(rec)))).unwrap();
+    let later: serde_json::Value = serde_json::from_str(&stdout(&heurist(&["points", "--rules", "later", "-"], Some(rec)))).unwrap();
+    assert_eq!((seed["currency"].as_str(), seed["points"].as_f64()), (Some("llama"), Some(0.24)));
+    assert_eq!(later["points"].as_f64(), Some(0.5));
+    // Past the 18 s image timeout: nothing.
+    let late = r#"{"model_id":"AnimagineXL","width":1024,"height":1024,"steps":20,"latency_s":19}"#;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&heurist(&["points", "-"], Some(late)))).unwrap();
+    assert_eq!(v["points"], 0.0);
+    // Bad input: a typed error in plain words, exit 2.
+    let bad = heurist(&["points", "-"], Some(r#"{"model_id":"AnimagineXL""#));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("job record"), "{}", stderr(&bad));
+    let unknown = heurist(&["points", "--rules", "no-such-preset", "-"], Some(rec));
+    assert_eq!(unknown.status.code(), Some(2));
+}
+
+#[test]
+fn ledger_balances_from_a_file() {
+    use heurist_points::LedgerStore;
+    use heurist_points::ledger::{NewPhase, SqliteLedger};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.sqlite");
+    {
+        let mut l = SqliteLedger::open(&path).unwrap();
+        l.open_phase(&NewPhase { id: "p1".into(), opened_at_ms: 0, emission: Default::default() }).unwrap();
+        l.credit("j1", &format!("{REWARD}-a"), heurist_points::Points::from_micro(heurist_points::Currency::Waifu, 1_500_000)).unwrap();
+        l.credit("j2", &format!("{REWARD}-b"), heurist_points::Points::from_micro(heurist_points::Currency::Waifu, 500_000)).unwrap();
+    }
+    let p = path.to_str().unwrap();
+    let out = heurist(&["ledger", "--ledger", p, "--format", "json", "balances", "--wallets"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v[0]["owner"], REWARD);
+    assert_eq!(v[0]["total_micro"], 2_000_000);
+    let table = heurist(&["ledger", "--ledger", p, "balances"], None);
+    assert!(stdout(&table).contains(&format!("{REWARD}-a")));
+    let missing = heurist(&["ledger", "--ledger", "/no/such/ledger.sqlite", "balances"], None);
+    assert_eq!(missing.status.code(), Some(2));
+}
