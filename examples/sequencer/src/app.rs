@@ -216,8 +216,20 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
     }
     let submission = serde_json::to_value(&submit).map_err(|e| SequencerError::BadInput { what: "body", reason: e.to_string() })?;
     let job_id = submit.job_id.clone();
+    let audited = submit.clone();
     let outcome = blocking(&state, move |s| accept(s, &submit, &submission, now)).await?;
     tracing::info!(job_id, miner, points = outcome.points, "accepted");
+    if let Some(policy) = state.config.audit.clone()
+        && rand::random::<f64>() < policy.rate
+    {
+        let s = state.clone();
+        // The miner has its answer; the audit runs after, as the network's monitoring does.
+        tokio::spawn(async move {
+            if let Err(e) = blocking(&s, move |s| audit(s, &policy, &audited)).await {
+                tracing::error!(error = %e, "audit failed to run");
+            }
+        });
+    }
     Ok(Json(json!({"status": "accepted", "job_id": job_id, "points": outcome.points, "currency": outcome.currency})))
 }
 
@@ -270,6 +282,34 @@ fn accept(state: &AppState, submit: &MinerSubmit, submission: &Value, now: i64) 
         }
     };
     Ok(Accepted { points: value, currency })
+}
+
+/// Audits one accepted result; a failure slashes the job's points with the evidence.
+fn audit(state: &AppState, policy: &crate::audit::AuditPolicy, submit: &MinerSubmit) -> Result<()> {
+    let row = lock(&state.store).job(&submit.job_id)?.ok_or_else(|| SequencerError::UnknownJob { job_id: submit.job_id.clone() })?;
+    let job = job_for_miner(state, &row)?;
+    let verdict = policy.auditor.audit(&job, submit);
+    let mut result = lock(&state.store).result(&submit.job_id)?.map(|r| r.verdict).unwrap_or(Value::Null);
+    match &verdict {
+        crate::audit::AuditVerdict::Pass => result["audit"] = json!({"status": "pass"}),
+        crate::audit::AuditVerdict::Skipped { reason } => result["audit"] = json!({"status": "skipped", "reason": reason}),
+        crate::audit::AuditVerdict::Fail { evidence } => {
+            tracing::warn!(job_id = submit.job_id, miner = %submit.miner_id, evidence, "audit failed: slashing");
+            let slashed = lock(&state.ledger).append(&[heurist_points::ledger::NewEntry::SlashJob {
+                job_id: submit.job_id.clone(),
+                reason: evidence.clone(),
+            }]);
+            match slashed {
+                // Nothing credited (no points for this model): nothing to take back.
+                Ok(_) | Err(heurist_points::PointsError::UnknownJob { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            result["status"] = json!("slashed");
+            result["audit"] = json!({"status": "fail", "evidence": evidence});
+            lock(&state.store).count_failure(&submit.miner_id.to_string())?;
+        }
+    }
+    lock(&state.store).set_verdict(&submit.job_id, &result)
 }
 
 /// Credits a stored result's points; a credit already in the ledger counts as done.

@@ -59,6 +59,8 @@ pub struct SequencerConfig {
     pub s3: Option<S3Grant>,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// Audits of accepted results (none when `None`).
+    pub audit: Option<crate::audit::AuditPolicy>,
 }
 
 impl SequencerConfig {
@@ -81,6 +83,7 @@ impl SequencerConfig {
             requeue_interval: Duration::from_secs(1),
             s3: None,
             max_body_bytes: heurist_protocol::DEFAULT_MAX_BODY_BYTES,
+            audit: None,
         })
     }
 

@@ -16,6 +16,7 @@
 //! ledger); it runs no models.
 
 mod app;
+pub mod audit;
 pub mod config;
 mod error;
 pub mod portal;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use heurist_points::ledger::NewPhase;
 use heurist_points::{LedgerStore, RuleSet};
 
+pub use audit::{AuditPolicy, AuditVerdict, Auditor};
 pub use config::{Bindings, S3Grant, SequencerConfig};
 pub use error::{Result, SequencerError};
 

@@ -256,6 +256,14 @@ impl JobStore {
         Ok(Recorded::Stored { latency_ms })
     }
 
+    /// Replaces a result's verdict (after an audit).
+    pub fn set_verdict(&mut self, job_id: &str, verdict: &serde_json::Value) -> Result<()> {
+        self.conn
+            .execute("UPDATE results SET verdict = ?2 WHERE job_id = ?1", params![job_id, verdict.to_string()])
+            .map_err(|e| SequencerError::store("set verdict", e))?;
+        Ok(())
+    }
+
     /// Counts a refused submission against a miner.
     pub fn count_failure(&mut self, miner_id: &str) -> Result<()> {
         self.conn

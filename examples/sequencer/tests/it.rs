@@ -254,3 +254,55 @@ async fn a_vanished_miners_job_goes_to_another_and_results_survive_a_restart() {
     assert!(waifu(&after, &second.id) > 0.0);
     seq.shutdown().await.unwrap();
 }
+
+/// Fails results whose answer text contains "CHEAT" (a stand-in for heurist-verify's checks:
+/// this test is about what the sequencer does with a verdict).
+struct TextAuditor;
+
+impl heurist_sequencer::Auditor for TextAuditor {
+    fn audit(&self, _job: &Job, submit: &MinerSubmit) -> heurist_sequencer::AuditVerdict {
+        match &submit.result {
+            SubmitResult::Text(t) if t.contains("CHEAT") => heurist_sequencer::AuditVerdict::Fail { evidence: "answer contains CHEAT".into() },
+            _ => heurist_sequencer::AuditVerdict::Pass,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_audit_slashes_the_job_with_its_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf()).unwrap();
+    config.api_keys = vec![KEY.into()];
+    config.audit = Some(heurist_sequencer::AuditPolicy { auditor: std::sync::Arc::new(TextAuditor), rate: 1.0 });
+    let seq = heurist_sequencer::start(config).await.unwrap();
+    let c = client(&seq.url());
+    let honest = Miner::new("honest");
+    let cheat = Miner::new("cheat");
+    for (i, (m, text)) in [(&honest, "Hello!"), (&cheat, "CHEAT")].into_iter().enumerate() {
+        c.submit_job(KEY, &llm_job(&format!("audit-{i}"))).await.unwrap();
+        let job = next_job(&c, m, "dolphin-2.9-llama3-8b").await;
+        let choices = vec![Choice { index: 0, message: ChatMessage::text(Role::Assistant, text), finish_reason: Some(FinishReason::Stop), extra: Default::default() }];
+        let mut s = m.submit(&job, SubmitResult::from_choices(&choices).unwrap());
+        s.extra.insert("usage".into(), json!({"prompt_tokens": 500, "completion_tokens": 500}));
+        c.submit(&s).await.unwrap();
+    }
+    // Audits run after the answer; wait for both verdicts.
+    let mut p = portal(&seq.url()).await;
+    for _ in 0..100 {
+        if p["recent"].as_array().unwrap().iter().all(|r| r["verdict"].get("audit").is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        p = portal(&seq.url()).await;
+    }
+    let llama = |id: &MinerId| p["miners"].as_array().unwrap().iter().find(|m| m["miner_id"] == id.to_string()).unwrap()["llama_points"].as_f64().unwrap();
+    assert!((llama(&honest.id) - 0.24).abs() < 1e-9, "{p}");
+    assert_eq!(llama(&cheat.id), 0.0, "credited then slashed: {p}");
+    let slashes = p["slashes"].as_array().unwrap();
+    assert_eq!(slashes.len(), 1);
+    assert_eq!(slashes[0]["miner_id"], cheat.id.to_string());
+    assert_eq!(slashes[0]["reason"], "answer contains CHEAT");
+    let cheat_result = p["recent"].as_array().unwrap().iter().find(|r| r["miner_id"] == cheat.id.to_string()).unwrap();
+    assert_eq!(cheat_result["verdict"]["status"], "slashed");
+    seq.shutdown().await.unwrap();
+}
