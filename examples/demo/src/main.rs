@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use heurist_inference::{ChatEngine, DeviceSpec};
+use heurist_miner::llm::SharedEngine;
 use heurist_miner::spool::Spool;
 use heurist_miner::worker::{LlmWorker, Stats};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
@@ -64,7 +65,7 @@ fn rules_file(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 
 /// Audits an answer by re-running greedy jobs on the claimed model (`heurist-verify`).
 struct GreedyAuditor {
-    engine: Arc<ChatEngine>,
+    engine: Arc<SharedEngine>,
     limits: MinerLimits,
 }
 
@@ -80,7 +81,12 @@ impl Auditor for GreedyAuditor {
             _ => return AuditVerdict::Fail { evidence: "the result holds no answer".into() },
         };
         let request = heurist_miner::llm::request_for(params);
-        match heurist_verify::llm::check_greedy(&self.engine, &request, &claimed) {
+        // One generation at a time on the shared engine: see `SharedEngine`.
+        let check = {
+            let _turn = self.engine.turn();
+            heurist_verify::llm::check_greedy(self.engine.engine(), &request, &claimed)
+        };
+        match check {
             Ok(check) if check.matches => AuditVerdict::Pass,
             Ok(check) => AuditVerdict::Fail { evidence: check.evidence(&claimed) },
             Err(e) => AuditVerdict::Skipped { reason: e.to_string() },
@@ -96,7 +102,7 @@ async fn cheat(client: SequencerClient, id: MinerId, wallet: IdentityWallet, sto
         match client.request_job(&request).await {
             Ok(RequestAnswer::Job(job)) => {
                 // A short pause so its latency looks like work.
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                tokio::time::sleep(Duration::from_millis(3000)).await;
                 let choices = vec![Choice { index: 0, message: ChatMessage::text(Role::Assistant, "I am not sure, but I think the answer is 42."), finish_reason: Some(FinishReason::Stop), extra: Default::default() }];
                 let Ok(result) = SubmitResult::from_choices(&choices) else { continue };
                 let Ok(signature) = wallet.sign_hourly(&id, now_s()) else { continue };
@@ -144,7 +150,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)?;
     let model_path = smollm2()?;
     println!("[1/5] loading {} on the CPU", model_path.display());
-    let engine = Arc::new(tokio::task::spawn_blocking(move || ChatEngine::load_gguf(model_path, DeviceSpec::Cpu)).await??);
+    let engine = Arc::new(SharedEngine::new(tokio::task::spawn_blocking(move || ChatEngine::load_gguf(model_path, DeviceSpec::Cpu)).await??));
 
     let mut registry = Registry::bundled()?;
     registry.models.push(serde_json::from_value::<RegistryEntry>(json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4}))?);

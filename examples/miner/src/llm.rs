@@ -1,7 +1,7 @@
 //! Chat jobs on a `heurist-inference` engine: the protocol's clamped job in, the
 //! ChatCompletion `choices` array and token usage out.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, FinishReason, Role};
 use heurist_protocol::openai::{self, Choice};
@@ -9,6 +9,40 @@ use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
 use heurist_protocol::LlmParams;
 
 use crate::error::{MinerError, Result};
+
+/// A chat engine shared by workers (and, in a sequencer, by an auditor), running one
+/// generation at a time.
+///
+/// On a CPU each generation already uses every core through candle's thread pool, whose
+/// threads spin while they wait; two generations at once only fight over the cores and both
+/// get slower. Until batched decoding lands in the engine, one at a time is the fastest.
+pub struct SharedEngine {
+    engine: ChatEngine,
+    gate: Mutex<()>,
+}
+
+impl SharedEngine {
+    /// Wraps an engine.
+    pub fn new(engine: ChatEngine) -> Self {
+        Self { engine, gate: Mutex::new(()) }
+    }
+
+    /// The engine, for calls that do not generate (tokenizer, template).
+    pub fn engine(&self) -> &ChatEngine {
+        &self.engine
+    }
+
+    /// Waits for the engine's turn; generate on [`SharedEngine::engine`] while holding it.
+    pub fn turn(&self) -> MutexGuard<'_, ()> {
+        self.gate.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Generates, waiting for any generation in progress to end first.
+    pub fn chat(&self, request: &ChatRequest) -> heurist_inference::Result<heurist_inference::ChatOutput> {
+        let _turn = self.turn();
+        self.engine.chat(request)
+    }
+}
 
 /// What a chat job produced.
 #[derive(Clone, Debug)]
@@ -44,7 +78,7 @@ pub fn request_for(params: &LlmParams) -> ChatRequest {
 }
 
 /// Runs a chat job on a blocking thread (generation is CPU- or GPU-bound).
-pub async fn run(engine: Arc<ChatEngine>, job_id: &str, params: &LlmParams) -> Result<ChatResult> {
+pub async fn run(engine: Arc<SharedEngine>, job_id: &str, params: &LlmParams) -> Result<ChatResult> {
     let request = request_for(params);
     let id = job_id.to_owned();
     let out = tokio::task::spawn_blocking(move || engine.chat(&request))

@@ -96,11 +96,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(model = %args.llm_gguf.display(), device = %args.device, "loading the chat model");
     let path = args.llm_gguf.clone();
     let device = args.device.clone();
-    let engine = Arc::new(
+    let engine = Arc::new(heurist_miner::llm::SharedEngine::new(
         tokio::task::spawn_blocking(move || ChatEngine::load_gguf(&path, device))
             .await?
             .with_context(|| format!("--llm-gguf {}", args.llm_gguf.display()))?,
-    );
+    ));
     let hardware = args.hardware.clone().unwrap_or_else(|| args.device.to_string());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use heurist_inference::ChatEngine;
 use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{
     HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, Nullable, RequestAnswer,
@@ -43,7 +42,7 @@ pub struct LlmWorker {
     /// The model name it asks jobs for.
     pub model_id: String,
     /// The engine.
-    pub engine: Arc<ChatEngine>,
+    pub engine: Arc<llm::SharedEngine>,
     /// The sequencer.
     pub client: SequencerClient,
     /// The spool.

@@ -73,7 +73,7 @@ async fn chat_jobs_end_to_end_with_a_spooled_result_from_before() {
         })
         .unwrap();
 
-    let engine = Arc::new(ChatEngine::load_gguf(smollm2_path().unwrap(), DeviceSpec::Cpu).unwrap());
+    let engine = Arc::new(heurist_miner::llm::SharedEngine::new(ChatEngine::load_gguf(smollm2_path().unwrap(), DeviceSpec::Cpu).unwrap()));
     let stats = Arc::new(Stats::default());
     let limits = MinerLimits { sleep_duration: 0, ..MinerLimits::default() };
     let worker = Arc::new(LlmWorker {
