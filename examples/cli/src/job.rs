@@ -45,7 +45,7 @@ pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<Outcome> {
 }
 
 /// A full job, or a bare SD `model_input` (the registry's example files) wrapped into one.
-fn decode_job(bytes: &[u8], file: &PathBuf, model: Option<String>) -> anyhow::Result<Job> {
+fn decode_job(bytes: &[u8], file: &std::path::Path, model: Option<String>) -> anyhow::Result<Job> {
     let looks_bare = serde_json::from_slice::<Value>(bytes)
         .ok()
         .and_then(|v| v.as_object().map(|o| !o.contains_key("model_input") && o.contains_key("prompt")))

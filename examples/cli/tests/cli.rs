@@ -1,5 +1,7 @@
 //! The `heurist` binary end to end: exit codes, stdout, stderr.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

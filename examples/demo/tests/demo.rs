@@ -1,5 +1,7 @@
 //! The demo binary runs to completion: honest jobs accepted and audited, the cheater caught.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use std::process::Command;
 
 #[test]

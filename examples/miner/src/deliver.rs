@@ -51,7 +51,7 @@ pub async fn deliver(
         let outcome = match job.signed(wallet, now_s()) {
             Ok(body) => client.submit(&body).await,
             Err(e) => Err(match e {
-                crate::error::MinerError::Protocol(p) => p,
+                crate::error::MinerError::Protocol(p) => *p,
                 other => ProtocolError::InvalidField { field: "signature", value: String::new(), reason: other.to_string() },
             }),
         };

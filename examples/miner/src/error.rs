@@ -20,16 +20,16 @@ pub enum MinerError {
     BadJob {
         /// The job.
         job_id: String,
-        /// The protocol's reason (names the field).
-        error: heurist_protocol::ProtocolError,
+        /// The protocol's reason (names the field; boxed to keep results small).
+        error: Box<heurist_protocol::ProtocolError>,
     },
     /// The engine failed on a job.
     #[error("job {job_id}: inference failed: {error}")]
     Inference {
         /// The job.
         job_id: String,
-        /// The engine's reason.
-        error: heurist_inference::InferenceError,
+        /// The engine's reason (boxed: it is large and rare).
+        error: Box<heurist_inference::InferenceError>,
     },
     /// This worker cannot run the job (another family, a model it does not serve).
     #[error("job {job_id}: {reason}")]
@@ -49,5 +49,11 @@ pub enum MinerError {
     },
     /// A protocol-level failure (signing, talking to the sequencer).
     #[error(transparent)]
-    Protocol(#[from] heurist_protocol::ProtocolError),
+    Protocol(Box<heurist_protocol::ProtocolError>),
+}
+
+impl From<heurist_protocol::ProtocolError> for MinerError {
+    fn from(e: heurist_protocol::ProtocolError) -> Self {
+        Self::Protocol(Box::new(e))
+    }
 }

@@ -84,7 +84,7 @@ pub async fn run(engine: Arc<SharedEngine>, job_id: &str, params: &LlmParams) ->
     let out = tokio::task::spawn_blocking(move || engine.chat(&request))
         .await
         .map_err(|e| MinerError::Unsupported { job_id: id.clone(), reason: format!("inference task died: {e}") })?
-        .map_err(|error| MinerError::Inference { job_id: id, error })?;
+        .map_err(|error| MinerError::Inference { job_id: id, error: Box::new(error) })?;
     let finish = match out.finish_reason {
         FinishReason::Stop => openai::FinishReason::Stop,
         FinishReason::Length => openai::FinishReason::Length,

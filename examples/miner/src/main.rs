@@ -95,7 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let spool = Spool::open(&spool_dir)?;
     tracing::info!(model = %args.llm_gguf.display(), device = %args.device, "loading the chat model");
     let path = args.llm_gguf.clone();
-    let device = args.device.clone();
+    let device = args.device;
     let engine = Arc::new(heurist_miner::llm::SharedEngine::new(
         tokio::task::spawn_blocking(move || ChatEngine::load_gguf(&path, device))
             .await?

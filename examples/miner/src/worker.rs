@@ -158,7 +158,7 @@ impl LlmWorker {
         let clamped = self
             .limits
             .clamp(&job, rand::random::<u64>)
-            .map_err(|error| MinerError::BadJob { job_id: job.job_id.clone(), error })?;
+            .map_err(|error| MinerError::BadJob { job_id: job.job_id.clone(), error: Box::new(error) })?;
         let JobParams::Llm(params) = &clamped.params else {
             return Err(MinerError::Unsupported { job_id: job.job_id, reason: "an image job sent to a chat worker".into() });
         };

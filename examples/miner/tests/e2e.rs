@@ -2,6 +2,8 @@
 //! chat jobs polled, run, spooled, signed and accepted; the spool empty afterwards; results
 //! left in the spool by a previous run delivered on start.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -431,10 +431,10 @@ async fn miner_signal(State(state): State<Shared>, body: Bytes) -> Result<Json<S
 }
 
 async fn portal_json(State(state): State<Shared>) -> Result<Json<portal::PortalView>> {
-    Ok(Json(blocking(&state, |s| portal::view(s)).await?))
+    Ok(Json(blocking(&state, portal::view).await?))
 }
 
 async fn portal_html(State(state): State<Shared>) -> Result<Response> {
-    let view = blocking(&state, |s| portal::view(s)).await?;
+    let view = blocking(&state, portal::view).await?;
     Ok((StatusCode::OK, Html(portal::render(&view))).into_response())
 }

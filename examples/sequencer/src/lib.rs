@@ -92,10 +92,10 @@ pub async fn start(config: SequencerConfig) -> Result<RunningSequencer> {
             None => NewPhase { id: "local-1".into(), opened_at_ms: now, emission: Default::default() },
         };
         // Another sequencer process sharing the ledger may have opened it meanwhile.
-        if let Err(e) = ledger.open_phase(&phase) {
-            if ledger.current_phase()?.is_none() {
-                return Err(e.into());
-            }
+        if let Err(e) = ledger.open_phase(&phase)
+            && ledger.current_phase()?.is_none()
+        {
+            return Err(e.into());
         }
     }
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -134,7 +134,7 @@ pub(crate) fn render(v: &PortalView) -> String {
             esc(&r.job_id),
             esc(&r.miner_id),
             r.latency_s,
-            esc(&r.verdict["status"].as_str().unwrap_or("?").to_owned()),
+            esc(r.verdict["status"].as_str().unwrap_or("?")),
         ));
     }
     let mut slashes = String::new();

@@ -1,5 +1,7 @@
 //! The sequencer end to end on loopback, through heurist-protocol's client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heurist_protocol::client::{ClientConfig, SequencerClient};

@@ -1,6 +1,8 @@
 //! Load on loopback: many simulated miners and many jobs through one sequencer, restarted in
 //! the middle; no job lost, none credited twice, no accepted submission lost.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,6 +4,8 @@
 //! Needs `/usr/bin/chromium` (`.ci/run` installs it). Without it the test is skipped with a
 //! message, except under `CI=true`, where that is a failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

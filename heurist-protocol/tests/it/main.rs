@@ -1,5 +1,7 @@
 //! Integration tests of heurist-protocol, one module per area.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod bad_input;
 mod props;
 mod registry;
