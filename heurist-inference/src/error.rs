@@ -1,0 +1,302 @@
+//! The one error type of this crate.
+//!
+//! Every variant names what was at fault (the file, the metadata key, the tensor, the token, the
+//! value) and, where one exists, the remedy. Layers below the engine return
+//! `candle_core::Result`; the engine wraps those errors here with the file or the decoding step
+//! they happened in.
+
+use std::path::PathBuf;
+
+/// `Result` with [`InferenceError`].
+pub type Result<T, E = InferenceError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while loading a model or serving a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InferenceError {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file does not start with the GGUF magic bytes.
+    #[error("{path}: not a GGUF file (first bytes {found:02x?}, expected \"GGUF\")")]
+    NotGguf {
+        /// The file.
+        path: PathBuf,
+        /// The first bytes actually found (fewer than four when the file is shorter).
+        found: Vec<u8>,
+    },
+
+    /// The GGUF header, metadata or tensor table could not be parsed.
+    #[error("{path}: malformed GGUF header: {source}")]
+    MalformedGguf {
+        /// The file.
+        path: PathBuf,
+        /// candle's parse error.
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// The file ends before the data of one of its tensors does.
+    #[error(
+        "{path}: truncated at byte {actual_bytes} inside tensor {tensor} (the tensor table needs \
+         {needed_bytes} bytes); download the file again"
+    )]
+    TruncatedFile {
+        /// The file.
+        path: PathBuf,
+        /// The first tensor (in file order) whose data runs past the end.
+        tensor: String,
+        /// The file length the whole tensor table needs.
+        needed_bytes: u64,
+        /// The file's actual length.
+        actual_bytes: u64,
+    },
+
+    /// A metadata key the model needs is absent.
+    #[error("{path}: metadata key {key} is missing")]
+    MissingMetadata {
+        /// The file.
+        path: PathBuf,
+        /// The GGUF metadata key.
+        key: String,
+    },
+
+    /// A metadata key holds a value of the wrong type or an impossible value.
+    #[error("{path}: metadata key {key}: {problem}")]
+    InvalidMetadata {
+        /// The file.
+        path: PathBuf,
+        /// The GGUF metadata key.
+        key: String,
+        /// What is wrong with it and what was expected.
+        problem: String,
+    },
+
+    /// The model's architecture is not one this engine runs.
+    #[error("{path}: architecture {architecture} is not supported (supported: {supported})")]
+    UnsupportedArchitecture {
+        /// The file.
+        path: PathBuf,
+        /// `general.architecture` as found.
+        architecture: String,
+        /// The architectures this engine runs.
+        supported: &'static str,
+    },
+
+    /// The tokenizer `tokenizer.ggml.model` names a family this crate cannot build.
+    #[error("{path}: tokenizer model {model} is not supported (supported: gpt2 byte-level BPE)")]
+    UnsupportedTokenizer {
+        /// The file.
+        path: PathBuf,
+        /// `tokenizer.ggml.model` as found.
+        model: String,
+    },
+
+    /// The `tokenizers` crate rejected the vocabulary or failed to encode.
+    #[error("tokenizer ({context}): {source}")]
+    Tokenizer {
+        /// What was being done: building from a file, or encoding the prompt.
+        context: String,
+        /// The `tokenizers` crate's error.
+        #[source]
+        source: tokenizers::Error,
+    },
+
+    /// A token id outside the vocabulary.
+    #[error("token id {token_id} is outside the vocabulary of {vocab_size} tokens")]
+    UnknownToken {
+        /// The offending id.
+        token_id: u32,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+
+    /// The model has no chat template and none was given.
+    #[error("{path}: no chat template (metadata key tokenizer.chat_template is missing)")]
+    MissingChatTemplate {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// The chat template could not be compiled or rendered.
+    #[error("chat template: {source:#}")]
+    Template {
+        /// minijinja's error (a `raise_exception` in the template lands here too).
+        #[source]
+        source: minijinja::Error,
+    },
+
+    /// A message role other than system, user, assistant or tool.
+    #[error("message {index}: unknown role {role:?} (expected system, user, assistant or tool)")]
+    UnknownRole {
+        /// Position of the message in the request (0-based).
+        index: usize,
+        /// The role as given.
+        role: String,
+    },
+
+    /// The messages are not a JSON array of `{"role": …, "content": …}` objects.
+    #[error("messages: {source} (expected a JSON array of {{\"role\": …, \"content\": …}} objects)")]
+    InvalidMessages {
+        /// serde_json's error, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The model's logits at a step held no number (all NaN).
+    #[error("decode step {step}: the model's logits are all NaN")]
+    InvalidLogits {
+        /// The completion token index being chosen.
+        step: usize,
+    },
+
+    /// A request without messages.
+    #[error("the request has no messages")]
+    EmptyMessages,
+
+    /// The templated prompt does not leave room for one generated token.
+    #[error(
+        "prompt is {prompt_tokens} tokens, the context holds {context_length}; shorten the \
+         messages"
+    )]
+    PromptTooLong {
+        /// Tokens in the templated prompt.
+        prompt_tokens: usize,
+        /// The model's usable context length.
+        context_length: usize,
+    },
+
+    /// `max_tokens` is 0 or above the limit.
+    #[error("max_tokens {max_tokens} is out of range (expected 1 to {limit})")]
+    InvalidMaxTokens {
+        /// The requested value.
+        max_tokens: usize,
+        /// The largest accepted value.
+        limit: usize,
+    },
+
+    /// A sampling parameter outside its range.
+    #[error("sampling parameter {name} = {value} is out of range (expected {expected})")]
+    InvalidSampling {
+        /// The parameter's name as in the request.
+        name: &'static str,
+        /// The requested value.
+        value: f64,
+        /// The accepted range.
+        expected: &'static str,
+    },
+
+    /// An empty stop string (it would match before every token).
+    #[error("stop string {index} is empty")]
+    EmptyStop {
+        /// Position of the stop string in the request.
+        index: usize,
+    },
+
+    /// A tensor operation failed while running the model.
+    #[error("model forward ({step}): {source}")]
+    Forward {
+        /// Where: `prefill of N tokens` or `decode step N`.
+        step: String,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// Loading a tensor or building the model from a file failed.
+    #[error("{path}: loading the model: {source}")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// A CUDA device was asked for but this build has no CUDA support.
+    #[error(
+        "CUDA device {ordinal} requested but heurist-inference was built without the `cuda` \
+         feature; rebuild with `--features cuda` or use the CPU"
+    )]
+    CudaNotCompiled {
+        /// The requested device ordinal.
+        ordinal: usize,
+    },
+
+    /// A CUDA device could not be opened.
+    #[error("CUDA device {ordinal}: {source}")]
+    Device {
+        /// The requested device ordinal.
+        ordinal: usize,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// A model the caller expects in the local cache is not there.
+    #[error("model file {path} not found; fetch it with `{command}`")]
+    ModelNotFetched {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The command that puts it there.
+        command: &'static str,
+    },
+
+    /// A noise tensor of this shape cannot be drawn.
+    #[error("noise shape {shape:?}: {problem} (expected at least one dimension, none of them 0)")]
+    InvalidNoiseShape {
+        /// The shape as requested.
+        shape: Vec<usize>,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+
+    /// A scheduler was asked for a number of inference steps it cannot make.
+    #[error("{steps} inference steps is out of range (expected 1 to {train_timesteps})")]
+    InvalidInferenceSteps {
+        /// The requested number of steps.
+        steps: usize,
+        /// The scheduler's training timesteps, the most steps it can make.
+        train_timesteps: usize,
+    },
+
+    /// A scheduler configuration that cannot make a schedule.
+    #[error("scheduler config: {problem}")]
+    InvalidSchedulerConfig {
+        /// What is wrong and what was expected.
+        problem: String,
+    },
+
+    /// A scheduler step was asked for after the last one.
+    #[error("scheduler step {step} requested, but the schedule has {steps} steps")]
+    SchedulerFinished {
+        /// The 0-based step that was asked for.
+        step: usize,
+        /// The steps in the schedule.
+        steps: usize,
+    },
+
+    /// A tensor operation outside a model forward failed (noise, scheduler update).
+    #[error("{context}: {source}")]
+    Tensor {
+        /// What was being computed.
+        context: String,
+        /// candle's error.
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// Neither the model directory variable nor `HOME` is set.
+    #[error("cannot locate the model cache: set {env_var} or HOME")]
+    NoModelDir {
+        /// The environment variable that names the directory.
+        env_var: &'static str,
+    },
+}

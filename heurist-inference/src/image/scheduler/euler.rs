@@ -1,0 +1,134 @@
+//! Euler discrete sampling (Karras et al. 2022, algorithm 2 without churn), as diffusers'
+//! `EulerDiscreteScheduler` with `timestep_spacing="leading"` and linear sigma interpolation.
+//!
+//! Invariant: like diffusers, every step draws one noise tensor (model output's shape and dtype)
+//! from the generator even though churn is zero and the noise is unused, so the generator's
+//! state after a run equals the reference's.
+
+use candle_core::Tensor;
+
+use super::SchedulerConfig;
+use crate::error::{InferenceError, Result};
+use crate::image::noise::{NoiseDType, NoiseSource};
+
+/// Euler discrete scheduler with "leading" spacing, for `num_inference_steps` steps.
+#[derive(Debug, Clone)]
+pub struct EulerDiscreteScheduler {
+    timesteps: Vec<f32>,
+    sigmas: Vec<f32>,
+    init_noise_sigma: f32,
+    step_index: usize,
+}
+
+impl EulerDiscreteScheduler {
+    /// The schedule of `set_timesteps(num_inference_steps)`.
+    ///
+    /// # Errors
+    /// [`InferenceError::InvalidInferenceSteps`] for 0 steps or more than the training
+    /// timesteps; [`InferenceError::InvalidSchedulerConfig`] for an unusable `config`.
+    pub fn new(config: SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
+        config.check(num_inference_steps)?;
+        let train = config.train_sigmas();
+        let ratio = config.num_train_timesteps / num_inference_steps;
+        let timesteps: Vec<usize> = (0..num_inference_steps)
+            .rev()
+            .map(|i| i * ratio + config.steps_offset)
+            .collect();
+        // np.interp at integer points is the table value; past the end it holds the last one.
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| train[t.min(train.len() - 1)])
+            .collect();
+        sigmas.push(0.0);
+        let max_sigma = sigmas.iter().copied().fold(0.0f32, f32::max);
+        Ok(Self {
+            timesteps: timesteps.iter().map(|&t| t as f32).collect(),
+            sigmas,
+            // "leading" spacing: the initial latents are scaled to the variance of x_T.
+            init_noise_sigma: (max_sigma * max_sigma + 1.0).sqrt(),
+            step_index: 0,
+        })
+    }
+
+    /// The timesteps, one per step, from the noisiest.
+    pub fn timesteps(&self) -> &[f32] {
+        &self.timesteps
+    }
+
+    /// The sigmas, one per step plus the final 0.
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
+    /// What the initial standard normal latents are multiplied by.
+    pub fn init_noise_sigma(&self) -> f32 {
+        self.init_noise_sigma
+    }
+
+    /// The next step's index (0 before the first step).
+    pub fn step_index(&self) -> usize {
+        self.step_index
+    }
+
+    /// The sample scaled for the model's input at the current step, `x / sqrt(sigma^2 + 1)`.
+    ///
+    /// # Errors
+    /// [`InferenceError::SchedulerFinished`] after the last step; [`InferenceError::Tensor`]
+    /// when candle fails.
+    pub fn scale_model_input(&self, sample: &Tensor) -> Result<Tensor> {
+        let sigma = self.current_sigma()?;
+        let scale = 1.0 / (sigma * sigma + 1.0).sqrt();
+        (sample * f64::from(scale)).map_err(|source| self.tensor_error(source))
+    }
+
+    /// One Euler step from `sample` with the model's noise prediction `model_output`; draws
+    /// (and discards) one noise tensor from `noise`, as diffusers does.
+    ///
+    /// # Errors
+    /// [`InferenceError::SchedulerFinished`] after the last step; the noise source's errors;
+    /// [`InferenceError::Tensor`] when the tensors do not fit together.
+    pub fn step(
+        &mut self,
+        model_output: &Tensor,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        let sigma = self.current_sigma()?;
+        let dtype = if model_output.dtype() == candle_core::DType::F16 {
+            NoiseDType::F16
+        } else {
+            NoiseDType::F32
+        };
+        noise.randn(model_output.dims(), dtype)?;
+        let sigma_next = self.sigmas[self.step_index + 1];
+        let run = || -> candle_core::Result<Tensor> {
+            let sample = sample.to_dtype(candle_core::DType::F32)?;
+            let model_output_f32 = model_output.to_dtype(candle_core::DType::F32)?;
+            // x0 = x - sigma * eps; derivative = (x - x0) / sigma; x + derivative * (sigma' - sigma)
+            let x0 = (&sample - (&model_output_f32 * f64::from(sigma))?)?;
+            let derivative = ((&sample - &x0)? / f64::from(sigma))?;
+            let prev = (&sample + (derivative * f64::from(sigma_next - sigma))?)?;
+            prev.to_dtype(model_output.dtype())
+        };
+        let prev = run().map_err(|source| self.tensor_error(source))?;
+        self.step_index += 1;
+        Ok(prev)
+    }
+
+    fn current_sigma(&self) -> Result<f32> {
+        if self.step_index >= self.timesteps.len() {
+            return Err(InferenceError::SchedulerFinished {
+                step: self.step_index,
+                steps: self.timesteps.len(),
+            });
+        }
+        Ok(self.sigmas[self.step_index])
+    }
+
+    fn tensor_error(&self, source: candle_core::Error) -> InferenceError {
+        InferenceError::Tensor {
+            context: format!("euler scheduler step {}", self.step_index),
+            source,
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! candle inference engines for Heurist miners.
+//!
+//! Today: chat LLMs from GGUF files (llama architecture: Llama, Mistral, SmolLM2), on the CPU
+//! or a CUDA GPU, with the model's own tokenizer and chat template and the network's chat
+//! semantics:
+//! - the tokenizer is rebuilt from the GGUF metadata so prompt ids equal llama.cpp's;
+//! - the chat template is rendered with minijinja as Hugging Face's `apply_chat_template`
+//!   renders it;
+//! - greedy or seeded temperature sampling, stop strings, end-of-generation tokens,
+//!   `max_tokens` and the context length end a completion;
+//! - the output carries token ids, counts, the finish reason and timings; an observer sees
+//!   every token's logits and log-probability; [`ChatEngine::score`] scores a given completion
+//!   (teacher forcing) for verifiers.
+//!
+//! Not here: the network's wire types and job handling (`heurist-protocol`, the miner in
+//! `examples/miner`), judging results (`heurist-verify`, which watches generation through
+//! [`TokenObserver`]), rewards (`heurist-points`). This crate uses none of its siblings;
+//! `heurist-verify` (behind a feature) and the example binaries use it. Still to come (issue 4):
+//! safetensors Llama 3 / Mistral / Mixtral, top-p / top-k / min-p and penalties, tool calls,
+//! streaming, batched concurrent decoding, fast Q4_1 kernels. The image engines start in
+//! [`image`] (seeded noise, schedulers).
+//!
+//! ```no_run
+//! use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, smollm2_path};
+//!
+//! # fn main() -> heurist_inference::Result<()> {
+//! let engine = ChatEngine::load_gguf(smollm2_path()?, DeviceSpec::Cpu)?;
+//! let request = ChatRequest::new(vec![ChatMessage::user("What is the capital of France?")])
+//!     .with_max_tokens(32);
+//! let output = engine.chat(&request)?;
+//! println!("{} ({:?}, {} tokens)", output.text, output.finish_reason, output.usage.completion_tokens);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Feature flags
+//! - `cuda` (off): CUDA devices through candle. Needs nvcc at build time. Without it,
+//!   [`DeviceSpec::Cuda`] is the typed error [`InferenceError::CudaNotCompiled`].
+
+mod device;
+mod error;
+pub mod image;
+mod llm;
+mod model_cache;
+mod weights;
+
+pub use device::{DeviceSpec, ParseDeviceError};
+pub use error::{InferenceError, Result};
+pub use llm::engine::{ChatEngine, ScoreOutput};
+pub use llm::observer::{NoObserver, TokenEvent, TokenObserver};
+pub use llm::request::{
+    ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, FinishReason, MAX_TOKENS_LIMIT,
+    Role, Timings, Usage,
+};
+pub use llm::template::ChatTemplate;
+pub use llm::tokenizer::Tokenizer;
+pub use model_cache::{
+    MODEL_DIR_ENV, SMOLLM2_FETCH_COMMAND, SMOLLM2_FILE_NAME, model_dir, smollm2_path,
+};

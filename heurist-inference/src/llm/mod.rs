@@ -1,0 +1,13 @@
+//! Chat LLMs: request and output types, the engine and its generation loop, and the parts the
+//! loop is made of (tokenizer, chat template, sampler, stop strings, incremental
+//! detokenisation, the observer hook, the model seam). One file per part; the engine composes.
+
+pub(crate) mod detokenize;
+pub(crate) mod engine;
+pub(crate) mod model;
+pub(crate) mod observer;
+pub(crate) mod request;
+pub(crate) mod sampler;
+pub(crate) mod stop;
+pub(crate) mod template;
+pub(crate) mod tokenizer;

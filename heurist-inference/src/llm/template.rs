@@ -1,0 +1,166 @@
+//! Chat templates: a model's own Jinja template (from GGUF `tokenizer.chat_template` or
+//! `tokenizer_config.json`) rendered with minijinja the way Hugging Face's
+//! `apply_chat_template` renders it with Jinja2.
+//!
+//! What "the way Hugging Face renders it" takes, beyond minijinja's defaults:
+//! - `trim_blocks` and `lstrip_blocks` on, `loopcontrols` (`break`, `continue`) available;
+//! - Python string and dict methods (`.strip()`, `.startswith()`, `.items()` …) via
+//!   minijinja-contrib's pycompat;
+//! - `raise_exception(msg)`, which templates call to reject a conversation (it becomes
+//!   [`InferenceError::Template`]);
+//! - `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False)`, so `", "` and
+//!   `": "` separators and no HTML escaping (minijinja's own `tojson` escapes `<`, `>`, `&`, `'`
+//!   for HTML, which would change tool schemas in the prompt);
+//! - the variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`.
+
+use std::io;
+
+use minijinja::value::{Kwargs, Value};
+use minijinja::{Environment, Error, ErrorKind};
+use serde::Serialize;
+
+use crate::error::{InferenceError, Result};
+use crate::llm::request::ChatMessage;
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// A compiled chat template with the special-token spellings it may use.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// Compiles `source` (a Jinja chat template); `bos_token` and `eos_token` are the strings
+    /// the template sees under those names.
+    pub fn new(
+        source: impl Into<String>,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+    ) -> Result<Self> {
+        let mut env = Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(template_error)?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, source.into()).map_err(template_error)?;
+        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+    }
+
+    /// The prompt for `messages`; with `add_generation_prompt` it ends where the assistant's
+    /// reply begins.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
+        template
+            .render(minijinja::context! {
+                messages => Value::from(minijinja::value::Serde(messages)),
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token.as_str(),
+                eos_token => self.eos_token.as_str(),
+            })
+            .map_err(template_error)
+    }
+}
+
+fn template_error(source: Error) -> InferenceError {
+    InferenceError::Template { source }
+}
+
+fn raise_exception(message: String) -> std::result::Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, format!("template raised: {message}")))
+}
+
+/// transformers' `tojson`: `json.dumps(value, ensure_ascii=False, indent=indent)`.
+fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    // transformers also accepts these; they do not change our output for sorted=False input.
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    let _: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let result = match indent {
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonSpaced)),
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, formatter))
+        }
+    };
+    result.map_err(|err| {
+        Error::new(ErrorKind::InvalidOperation, "tojson: value cannot be serialised").with_source(err)
+    })?;
+    String::from_utf8(out).map(Value::from_safe_string).map_err(|err| {
+        Error::new(ErrorKind::InvalidOperation, "tojson: output is not UTF-8").with_source(err)
+    })
+}
+
+/// Python `json.dumps`' default separators: `", "` between items, `": "` after keys.
+struct PythonSpaced;
+
+impl serde_json::ser::Formatter for PythonSpaced {
+    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(source: &str, messages: &[ChatMessage]) -> Result<String> {
+        ChatTemplate::new(source, "<s>", "</s>")?.render(messages, true)
+    }
+
+    #[test]
+    fn trims_blocks_like_transformers() {
+        let src = "{% for m in messages %}\n  {% if m.role == 'user' %}\n[{{ m.content }}]\n  {% endif %}\n{% endfor %}";
+        assert_eq!(render(src, &[ChatMessage::user("a"), ChatMessage::user("b")]).unwrap(), "[a]\n[b]\n");
+    }
+
+    #[test]
+    fn python_string_methods_and_specials() {
+        let src = "{{ bos_token }}{{ messages[0].content.strip().upper() }}{% if add_generation_prompt %}!{% endif %}{{ eos_token }}";
+        assert_eq!(render(src, &[ChatMessage::user("  hi ")]).unwrap(), "<s>HI!</s>");
+    }
+
+    #[test]
+    fn raise_exception_is_a_typed_error() {
+        let src = "{% if messages[0].role != 'system' %}{{ raise_exception('System first') }}{% endif %}";
+        let err = render(src, &[ChatMessage::user("x")]).unwrap_err();
+        assert!(matches!(err, InferenceError::Template { .. }));
+        assert!(err.to_string().contains("System first"), "{err}");
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let src = "{{ messages|tojson }}|{{ messages[0]|tojson(indent=2) }}";
+        let out = render(src, &[ChatMessage::user("<é & \"q\">")]).unwrap();
+        assert_eq!(
+            out,
+            "[{\"role\": \"user\", \"content\": \"<é & \\\"q\\\">\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<é & \\\"q\\\">\"\n}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_typed() {
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", ""),
+            Err(InferenceError::Template { .. })
+        ));
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of heurist-inference, one module per area. They run the real
+//! SmolLM2-135M-Instruct GGUF; fetch it first with `python3 tools/fetch_smollm2.py`.
+
+mod bad_input;
+mod generation;
+mod image_noise;
+mod image_scheduler;
+mod llama_cpp_parity;
+mod support;
