@@ -1,0 +1,78 @@
+//! # heurist-verify
+//!
+//! Judges the results of Heurist miners, cheaply first. The network names three cheats: wrong
+//! or low-quality results, tampered model files, and tampered latency and device metrics. This
+//! crate holds the open checks against them, each returning a verdict with its evidence or a
+//! typed refusal ([`VerifyError`]) that carries the values at fault:
+//!
+//! - [`checksum`]: the SHA-256 of a model file against the registry's checksum, at the speed
+//!   of the CPU's SHA instructions, several files at once, with a progress callback and a
+//!   [`VerifiedCache`] so that an unchanged file is hashed once. A file that does not match
+//!   is never reported as verified.
+//! - [`signature`]: the signer of a `miner_submit` against the identity bound to the reward
+//!   wallet (an [`IdentityBinding`]: a contract look-up in production, a table in tests), for
+//!   the current hour or the previous one.
+//!
+//! Still to come, in this order: metrics plausibility (claimed GPU and latencies against the
+//! GPU catalogue of `heurist-points`), teacher-forced rescoring of LLM answers and re-runs of
+//! image jobs (on `heurist-inference`, behind features), and audits that pick which jobs to
+//! re-check and turn a failed check into a slash entry.
+//!
+//! ## What it is not for
+//! It runs no models itself: re-execution calls `heurist-inference`. It awards and slashes
+//! nothing: points and the ledger are `heurist-points`. It speaks no HTTP: the wire types come
+//! from `heurist-protocol`, and the `heurist` tool and the sequencer in `examples/` call this
+//! crate.
+//!
+//! Siblings: uses `heurist-protocol` (always); will use `heurist-points` and
+//! `heurist-inference` behind features. Used by the sequencer, the miner (to check its own
+//! model files before loading them) and the `heurist` tool.
+//!
+//! ## Example: check a model file, then a submission
+//! ```
+//! use heurist_protocol::{Address, IdentityWallet, MinerId, MinerSubmit};
+//! use heurist_verify::{StaticBindings, VerifyError, verify_file, verify_submission};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let model = dir.path().join("model.safetensors");
+//! std::fs::write(&model, b"abc")?;
+//! // The registry gives checksums in upper case; any case is accepted.
+//! let abc = "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD";
+//! verify_file(&model, abc, None, |_| {})?;
+//! std::fs::write(&model, b"abd")?;
+//! assert!(matches!(verify_file(&model, abc, None, |_| {}), Err(VerifyError::ChecksumMismatch { .. })));
+//!
+//! let wallet = IdentityWallet::from_phrase("test test test test test test test test test test test junk")?;
+//! let miner: MinerId = "0x3f71f00ad1266be038917addd150943ca7c60f6a-gpu0".parse()?;
+//! let now = 1717302345;
+//! let body = serde_json::json!({
+//!     "miner_id": miner, "job_id": "job-1", "result": {"Text": "[]"},
+//!     "request_latency": 0.1, "inference_latency": 1.0,
+//!     "signature": wallet.sign_hourly(&miner, now)?, "identity_address": wallet.address(),
+//! });
+//! let submit = MinerSubmit::from_slice(body.to_string().as_bytes())?;
+//! let bindings: StaticBindings = [(Address::parse(miner.reward_address())?, wallet.address().clone())].into_iter().collect();
+//! let verdict = verify_submission(&submit, &bindings, now)?;
+//! assert_eq!(&verdict.identity, wallet.address());
+//! assert!(matches!(verify_submission(&submit, &StaticBindings::new(), now), Err(VerifyError::NotBound { .. })));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Feature flags
+//! `default = []`. The checks above are always built, with no async runtime and no model
+//! engine: `cargo add heurist-verify --no-default-features` pulls neither tokio nor candle.
+//! - `inference` (off): [`llm`], chat answers re-checked on the claimed model with
+//!   `heurist-inference`.
+
+pub mod checksum;
+mod error;
+#[cfg(feature = "inference")]
+pub mod llm;
+pub mod signature;
+
+pub use checksum::{
+    DEFAULT_BUFFER_BYTES, DEFAULT_BUFFERS, FileHasher, Progress, Verified, VerifiedCache, parse_sha256_hex,
+    sha256_file, sha256_files, verify_file, verify_model_file,
+};
+pub use error::{BindingSource, Result, VerifyError};
+pub use signature::{IdentityBinding, SignatureVerdict, StaticBindings, verify_submission, verify_submission_json};
