@@ -128,8 +128,8 @@ impl PostgresLedger {
     }
 }
 
-/// `?N` placeholders as `$N`.
-fn dollar_placeholders(sql: &str) -> String {
+/// `?N` parameters as `$N`.
+fn dollar_parameters(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -153,7 +153,7 @@ impl<C: GenericClient> Conn<'_, C> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(&dollar_placeholders(sql)).map_err(pg)?;
+        let s = self.client.prepare(&dollar_parameters(sql)).map_err(pg)?;
         self.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
@@ -226,7 +226,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placeholders_become_dollars() {
-        assert_eq!(dollar_placeholders("a = ?1 AND b = ?12 OR c = '?'"), "a = $1 AND b = $12 OR c = '?'");
+    fn parameters_become_dollars() {
+        assert_eq!(dollar_parameters("a = ?1 AND b = ?12 OR c = '?'"), "a = $1 AND b = $12 OR c = '?'");
     }
 }

@@ -1,7 +1,7 @@
 //! The ledger logic, written once over a minimal SQL interface that SQLite and
 //! PostgreSQL both implement.
 //!
-//! Statements use `?N` placeholders (SQLite's); the PostgreSQL store rewrites them to `$N`.
+//! Statements use `?N` parameters (SQLite's); the PostgreSQL store rewrites them to `$N`.
 //! Only `BIGINT` and `TEXT` values cross the interface; sums are cast to `BIGINT` so both
 //! servers return the same type. The few statements that differ (table DDL, batch ids,
 //! row locks) come from the store's [`Engine`] constants.
