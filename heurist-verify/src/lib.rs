@@ -61,7 +61,7 @@
 //! ## Feature flags
 //! `default = []`. The checks above are always built, with no async runtime and no model
 //! engine: `cargo add heurist-verify --no-default-features` pulls neither tokio nor candle.
-//! - `inference` (off): [`llm`], chat answers re-checked on the claimed model with
+//! - `inference` (off): the `llm` module, chat answers re-checked on the claimed model with
 //!   `heurist-inference`.
 
 pub mod checksum;
