@@ -8,5 +8,7 @@
 //! Invariant: everything here is checked against the peers it reproduces (torch, diffusers)
 //! through fixtures in tests/fixtures/, never only against its own earlier output.
 
+pub mod clip_tokenizer;
 pub mod noise;
+pub mod prompt;
 pub mod scheduler;

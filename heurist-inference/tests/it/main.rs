@@ -4,6 +4,7 @@
 mod bad_input;
 mod generation;
 mod image_noise;
+mod image_prompt;
 mod image_scheduler;
 mod llama_cpp_parity;
 mod support;
