@@ -6,7 +6,7 @@
 //! (SDXL). They agree on the syntax and differ in everything after it, so each step here takes
 //! a [`PromptFlavor`]:
 //! 1. [`parse_prompt_attention`]: A1111 syntax to `(text, weight)` runs (`attention.rs`);
-//! 2. each run is tokenized alone ([`ClipTokenizer::encode`]) and its weight copied to its
+//! 2. each run is tokenized alone ([`ClipTokenizer::encode`](super::clip_tokenizer::ClipTokenizer::encode)) and its weight copied to its
 //!    tokens; the ids are cut into the 77-token chunks the text encoder reads, BOS and EOS
 //!    around each, with one weight per position (`chunks.rs`):
 //!    - SD 1.5 ([`sd15_prompt_chunks`]): at most `max_embeddings_multiples` (3) chunks, longer
@@ -22,8 +22,17 @@
 //!    - SDXL ([`apply_weights_sdxl`], per chunk): move each weighted position away from the
 //!      chunk's last (EOS) position by its weight, rounded to f16.
 //!
-//! Not here: running the text encoders, classifier-free guidance, pooled embeddings (SDXL's come
-//! from the second encoder on the last chunk, whose EOS is the chunk's last token).
+//! How a pipeline uses it:
+//! - SD 1.5: run the encoder (last hidden state) on each of [`PromptChunks::ids`], concatenate
+//!   the outputs along the tokens, then [`apply_weights_sd15`] with
+//!   [`PromptChunks::flat_weights`]; the same for the negative prompt, which has as many chunks;
+//! - SDXL: for chunk `i`, the first encoder on `ids[i]` and the second on `ids_2[i]` (penultimate
+//!   hidden states both), concatenated along the hidden axis, then [`apply_weights_sdxl`] with
+//!   `weights[i]`; the weighted chunks concatenated along the tokens. The pooled embedding is the
+//!   second encoder's on the *last* chunk (the reference keeps the last loop iteration's), which
+//!   transformers takes at the chunk's first `<|endoftext|>` (its `argmax` of the ids).
+//!
+//! Not here: running the text encoders, classifier-free guidance.
 //!
 //! ```
 //! use heurist_inference::image::clip_tokenizer::ClipTokenizer;
