@@ -293,6 +293,62 @@ pub enum InferenceError {
         source: candle_core::Error,
     },
 
+    /// A file that is not a whole safetensors file (bad header length, header not JSON).
+    #[error("{path}: not a valid safetensors file: {problem}")]
+    MalformedSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A file that is safetensors but not a Stable Diffusion checkpoint of a known layout.
+    #[error("{path}: not a Stable Diffusion checkpoint in a known layout: {problem}")]
+    UnknownCheckpointLayout {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was looked for and what was found.
+        problem: String,
+    },
+
+    /// The tensors' shapes do not make a model this engine runs.
+    #[error("{path}: unrecognised model architecture: {problem}")]
+    UnrecognisedArchitecture {
+        /// The file or folder.
+        path: PathBuf,
+        /// Which tensor or shape did not fit.
+        problem: String,
+    },
+
+    /// A tensor the model needs is not in the file.
+    #[error("{path}: the {component} needs tensor {tensor} (module name {wanted}), which is missing")]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// Which model: CLIP, UNet, VAE.
+        component: &'static str,
+        /// The name looked up in the file.
+        tensor: String,
+        /// The name the module asked for (diffusers naming).
+        wanted: String,
+    },
+
+    /// An image side that is below 8 pixels, so nothing is left after rounding down to 8.
+    #[error("image {name} {value} is out of range (expected 8 to 2048 pixels)")]
+    InvalidImageSize {
+        /// `width` or `height`.
+        name: &'static str,
+        /// The requested value.
+        value: u32,
+    },
+
+    /// The PNG encoder refused the image.
+    #[error("PNG encoding: {problem}")]
+    ImageEncoding {
+        /// The png crate's message.
+        problem: String,
+    },
+
     /// Neither the model directory variable nor `HOME` is set.
     #[error("cannot locate the model cache: set {env_var} or HOME")]
     NoModelDir {

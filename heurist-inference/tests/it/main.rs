@@ -5,5 +5,7 @@ mod bad_input;
 mod generation;
 mod image_noise;
 mod image_scheduler;
+mod image_sd;
+mod image_sd_bad_input;
 mod llama_cpp_parity;
 mod support;

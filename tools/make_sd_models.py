@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""Build a tiny random-weight Stable Diffusion 1.5 and record what diffusers computes with it.
+
+No real weights reach the test machines, so heurist-inference's SD 1.5 engine is checked against
+a model of the real architecture (UNet2DConditionModel with cross-attention, AutoencoderKL,
+CLIPTextModel) with small channel counts and seeded random weights. The independent peers are
+diffusers 0.30.2 and transformers 4.44.2 on torch 2.4.0 (CPU), in tools/.venv-image (the venv of
+tools/make_image_fixtures.py; this script installs transformers there).
+
+    python3 tools/make_sd_models.py
+
+The model is saved twice:
+  * as ONE single-file checkpoint in the original LDM / A1111 layout (`model.diffusion_model.*`,
+    `first_stage_model.*`, `cond_stage_model.transformer.*`), the layout of the network's civitai
+    checkpoints, in f16. Every weight is rounded to an f16 value before anything is recorded, so
+    the f16 file holds the f32 model exactly: the Rust tests load it as f16 and, converted
+    tensor by tensor to an f32 file, as f32, and both must give diffusers' f32 results. (An f32
+    copy would double the repository's share of this fixture for no information.) The diffusers -> LDM key mapping is written here (see
+    `ldm_unet_key`, `ldm_vae_key`) and proven independent: diffusers' own single-file converters
+    (`convert_ldm_*_checkpoint`) must map the file back onto exactly the original tensors;
+  * as a diffusers-layout folder (unet/, vae/, text_encoder/ with config.json and safetensors),
+    in f16 to keep the repository small.
+
+Writes heurist-inference/tests/fixtures/sd/:
+  tiny-sd15-fp16.safetensors                           single-file LDM checkpoint
+  tiny-sd15-diffusers/                                 diffusers-layout folder (f16)
+  reference.safetensors                                recorded tensors (f32, uint8), below
+  reference.json                                       the inputs: token ids, timestep, seed,
+                                                       steps, guidance, sizes
+Recorded tensors:
+  text_ids / text_hidden      2 fixed token-id prompts and CLIP's last hidden state
+  unet_sample / unet_out     one UNet forward at a fixed timestep, context text_hidden
+  vae_latent / vae_image      one VAE decode (the raw decoder output, before clamping)
+  run_latents                 a whole seeded CFG run's latents after every step
+                              (StableDiffusionPipeline, DPMSolverMultistepScheduler
+                              sde-dpmsolver++ with Karras sigmas, as in the network's jobs)
+  run_image                   its final image, uint8 HWC as the pipeline's PIL output
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.path.join(ROOT, "tools", ".venv-image")
+OUT = os.path.join(ROOT, "heurist-inference", "tests", "fixtures", "sd")
+PINS = ["torch==2.4.0", "diffusers==0.30.2", "numpy==1.26.4", "huggingface_hub==0.24.6",
+        "transformers==4.44.2", "safetensors==0.8.0"]
+
+# The architecture. SD 1.5 is blocks (320, 640, 1280, 1280), cross-attention in the first three,
+# 2 layers per block, 8 heads, context 768. The tiny one keeps every kind of block and the LDM
+# numbering they produce (attention before and after an upsampler, a resnet shortcut), but puts
+# the plain block first so that attention never runs at the full latent resolution: the test of
+# a real 512x768 job then stays cheap.
+UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(32, 64),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=16,
+    attention_head_dim=8,  # diffusers' SD 1.5 convention: this is the number of heads
+    norm_num_groups=32,
+)
+# Four levels as in SD 1.5, so that the latent is 1/8 of the image.
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(32, 32, 32, 32),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=64,
+    scaling_factor=0.18215,
+)
+# CLIP ViT-L/14's text tower has hidden 768, 12 layers, 12 heads (head size 64); this one keeps
+# the vocabulary and positions (so real token ids work) and shrinks the rest.
+CLIP = dict(
+    vocab_size=49408,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=1,  # hidden / 64, at least one (see detect.rs)
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=16,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+BOS, EOS = 49406, 49407
+# Two prompts as CLIPTokenizer (openai/clip-vit-large-patch14) makes them: BOS, the words' ids,
+# EOS, padded with EOS to 77. "a photo of a cat" and "" (the empty negative prompt).
+PROMPT_IDS = [
+    [BOS, 320, 1125, 539, 320, 2368, EOS],
+    [BOS, EOS],
+]
+WEIGHT_SEED = 1234
+UNET_TIMESTEP = 501
+RUN = dict(seed=42, width=64, height=64, steps=6, guidance_scale=7.0)
+
+
+def in_venv():
+    return os.path.realpath(sys.prefix) == os.path.realpath(VENV)
+
+
+def bootstrap():
+    py = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(py):
+        subprocess.check_call([sys.executable, "-m", "venv", VENV])
+    subprocess.check_call([py, "-m", "pip", "install", "--quiet", *PINS])
+    os.execv(py, [py, os.path.abspath(__file__), *sys.argv[1:]])
+
+
+def padded(ids):
+    return ids + [EOS] * (77 - len(ids))
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers -> LDM names, written from the LDM UNet's numbering: input_blocks.0 is conv_in, then
+# per level `layers` blocks of [resnet, attention?] and one downsampler; middle_block is
+# [resnet, attention, resnet]; output_blocks mirror the levels with `layers + 1` blocks each,
+# the level's upsampler sitting after its attention (or in its place when there is none).
+
+RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+          "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+       "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+
+
+def resnet_tail(tail):
+    part, rest = tail.split(".", 1)
+    return f"{RESNET[part]}.{rest}"
+
+
+def ldm_unet_key(name, layers, up_has_attn):
+    m = re.fullmatch(r"(time_embedding\.linear_[12]|conv_in|conv_norm_out|conv_out)\.(\w+)", name)
+    if m:
+        return f"{TOP[m[1]]}.{m[2]}"
+    m = re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name)
+    if m:
+        level, kind, j, tail = int(m[1]), m[2], int(m[3]), m[4]
+        idx = 1 + level * (layers + 1) + j
+        return f"input_blocks.{idx}.0.{resnet_tail(tail)}" if kind == "resnets" \
+            else f"input_blocks.{idx}.1.{tail}"
+    m = re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(\w+)", name)
+    if m:
+        return f"input_blocks.{(int(m[1]) + 1) * (layers + 1)}.0.op.{m[2]}"
+    m = re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", name)
+    if m:
+        kind, j, tail = m[1], int(m[2]), m[3]
+        return f"middle_block.{2 * j}.{resnet_tail(tail)}" if kind == "resnets" \
+            else f"middle_block.1.{tail}"
+    m = re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", name)
+    if m:
+        level, kind, j, tail = int(m[1]), m[2], int(m[3]), m[4]
+        idx = level * (layers + 1) + j
+        return f"output_blocks.{idx}.0.{resnet_tail(tail)}" if kind == "resnets" \
+            else f"output_blocks.{idx}.1.{tail}"
+    m = re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(\w+)", name)
+    if m:
+        level = int(m[1])
+        idx = level * (layers + 1) + layers
+        return f"output_blocks.{idx}.{2 if up_has_attn[level] else 1}.conv.{m[2]}"
+    raise KeyError(f"no LDM name for UNet tensor {name}")
+
+
+VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def ldm_vae_key(name, levels):
+    """The LDM name of a VAE tensor and whether LDM stores it as a 1x1 convolution."""
+    m = re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out|conv_norm_out)\.(\w+)", name)
+    if m:
+        return f"{m[1]}.{'norm_out' if m[2] == 'conv_norm_out' else m[2]}.{m[3]}", False
+    if re.fullmatch(r"(post_)?quant_conv\.\w+", name):
+        return name, False
+    m = re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)\.(\w+)",
+                     name)
+    if m:
+        # The decoder's levels run the other way round in LDM.
+        level = int(m[3]) if m[1] == "encoder" else levels - 1 - int(m[3])
+        layer = "nin_shortcut" if m[5] == "conv_shortcut" else m[5]
+        return f"{m[1]}.{m[2]}.{level}.block.{m[4]}.{layer}.{m[6]}", False
+    m = re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(down|up)samplers\.0\.conv\.(\w+)",
+                     name)
+    if m:
+        level = int(m[3]) if m[1] == "encoder" else levels - 1 - int(m[3])
+        return f"{m[1]}.{m[2]}.{level}.{m[4]}sample.conv.{m[5]}", False
+    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(\w+)\.(\w+)", name)
+    if m:
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}.{m[4]}", False
+    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(\w+)",
+                     name)
+    if m:
+        conv = m[2] != "group_norm" and m[3] == "weight"
+        return f"{m[1]}.mid.attn_1.{VAE_ATTN[m[2]]}.{m[3]}", conv
+    raise KeyError(f"no LDM name for VAE tensor {name}")
+
+
+def to_ldm(unet, vae, text_encoder):
+    layers = UNET["layers_per_block"]
+    up_has_attn = [t.startswith("CrossAttn") for t in UNET["up_block_types"]]
+    ldm = {}
+    for name, t in unet.state_dict().items():
+        ldm["model.diffusion_model." + ldm_unet_key(name, layers, up_has_attn)] = t
+    levels = len(VAE["block_out_channels"])
+    for name, t in vae.state_dict().items():
+        key, conv = ldm_vae_key(name, levels)
+        ldm["first_stage_model." + key] = t[:, :, None, None] if conv else t
+    for name, t in text_encoder.state_dict().items():
+        ldm["cond_stage_model.transformer." + name] = t
+    # Real checkpoints carry CLIP's position ids as a tensor; a loader must ignore it.
+    ldm["cond_stage_model.transformer.text_model.embeddings.position_ids"] = \
+        __import__("torch").arange(77, dtype=__import__("torch").int64)[None]
+    assert len(ldm) == len(unet.state_dict()) + len(vae.state_dict()) + len(text_encoder.state_dict()) + 1
+    return {k: v.contiguous() for k, v in ldm.items()}
+
+
+def check_against_diffusers(ldm, unet, vae, text_encoder):
+    """diffusers' own converters must give back exactly the tensors the file was made from."""
+    import torch
+    from diffusers.loaders import single_file_utils as sfu
+
+    def same(name, converted, original, allow_extra=()):
+        extra = set(converted) - set(original) - set(allow_extra)
+        missing = set(original) - set(converted)
+        assert not extra and not missing, f"{name}: extra {sorted(extra)[:5]}, missing {sorted(missing)[:5]}"
+        for k, v in original.items():
+            assert converted[k].shape == v.shape and torch.equal(converted[k], v), f"{name}: {k} differs"
+
+    same("unet", sfu.convert_ldm_unet_checkpoint(ldm, dict(unet.config)), unet.state_dict())
+    same("vae", sfu.convert_ldm_vae_checkpoint(ldm, dict(vae.config)), vae.state_dict())
+    same("clip", sfu.convert_ldm_clip_checkpoint(ldm), text_encoder.state_dict(),
+         allow_extra=["text_model.embeddings.position_ids"])
+
+
+def build():
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(WEIGHT_SEED)
+    unet = UNet2DConditionModel(**UNET)
+    vae = AutoencoderKL(**VAE)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**CLIP))
+    # Default init leaves norms at weight 1, bias 0 (a swapped weight and bias would go unseen)
+    # and the outputs tiny; jitter every parameter so that each tensor matters.
+    with torch.no_grad():
+        for module in (unet, vae, text_encoder):
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+                p.copy_(p.half().float())
+    for m in (unet, vae, text_encoder):
+        m.eval()
+    return unet, vae, text_encoder
+
+
+def record(unet, vae, text_encoder):
+    import numpy as np
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    out = {}
+    with torch.no_grad():
+        ids = torch.tensor([padded(p) for p in PROMPT_IDS], dtype=torch.int64)
+        hidden = text_encoder(ids)[0]
+        out["text_ids"] = ids.to(torch.int64)
+        out["text_hidden"] = hidden
+
+        g = torch.Generator("cpu").manual_seed(7)
+        sample = torch.randn((2, 4, 8, 8), generator=g)
+        out["unet_sample"] = sample
+        out["unet_out"] = unet(sample, UNET_TIMESTEP, encoder_hidden_states=hidden).sample
+
+        latent = torch.randn((1, 4, 8, 8), generator=g)
+        out["vae_latent"] = latent
+        out["vae_image"] = vae.decode(latent).sample
+
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", steps_offset=1,
+        algorithm_type="sde-dpmsolver++", use_karras_sigmas=True)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=None, unet=unet,
+                                   scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    steps = []
+
+    def keep(pipe_, i, t, kwargs):
+        steps.append(kwargs["latents"].clone())
+        return kwargs
+
+    with torch.no_grad():
+        image = pipe(prompt_embeds=hidden[0:1], negative_prompt_embeds=hidden[1:2],
+                     width=RUN["width"], height=RUN["height"],
+                     num_inference_steps=RUN["steps"], guidance_scale=RUN["guidance_scale"],
+                     generator=torch.Generator("cpu").manual_seed(RUN["seed"]),
+                     output_type="np", callback_on_step_end=keep).images
+    out["run_latents"] = torch.cat(steps)
+    # The pipeline's PIL conversion: (x * 255).round() of the [0, 1] image.
+    out["run_image"] = torch.from_numpy((image[0] * 255).round().astype(np.uint8))
+    return out
+
+
+def main():
+    if not in_venv():
+        bootstrap()
+    import torch
+    from safetensors.torch import save_file
+
+    os.makedirs(OUT, exist_ok=True)
+    torch.set_num_threads(2)
+    unet, vae, text_encoder = build()
+
+    ldm = to_ldm(unet, vae, text_encoder)
+    check_against_diffusers(ldm, unet, vae, text_encoder)
+    meta = {"format": "pt", "heurist": "tiny random-weight SD 1.5, tools/make_sd_models.py"}
+    ldm16 = {k: (v.half() if v.is_floating_point() else v) for k, v in ldm.items()}
+    save_file(ldm16, os.path.join(OUT, "tiny-sd15-fp16.safetensors"), metadata=meta)
+
+    folder = os.path.join(OUT, "tiny-sd15-diffusers")
+    for sub, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        module.to(torch.float16).save_pretrained(os.path.join(folder, sub), safe_serialization=True)
+        module.to(torch.float32)
+
+    out = record(unet, vae, text_encoder)
+    save_file({k: v.contiguous() for k, v in out.items()},
+              os.path.join(OUT, "reference.safetensors"))
+    with open(os.path.join(OUT, "reference.json"), "w") as f:
+        json.dump({"prompt_ids": PROMPT_IDS, "unet_timestep": UNET_TIMESTEP, "run": RUN,
+                   "unet": {k: v for k, v in UNET.items()}, "vae": VAE, "clip": CLIP,
+                   "versions": {"torch": torch.__version__,
+                                "diffusers": __import__("diffusers").__version__,
+                                "transformers": __import__("transformers").__version__}},
+                  f, indent=1)
+        f.write("\n")
+    sizes = {n: os.path.getsize(os.path.join(OUT, n)) for n in os.listdir(OUT)
+             if os.path.isfile(os.path.join(OUT, n))}
+    print(json.dumps(sizes, indent=1))
+    print("unet params", sum(p.numel() for p in unet.parameters()),
+          "vae", sum(p.numel() for p in vae.parameters()),
+          "clip", sum(p.numel() for p in text_encoder.parameters()))
+
+
+if __name__ == "__main__":
+    main()
