@@ -307,6 +307,168 @@ def record(unet, vae, text_encoder):
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# SDXL: a second text encoder (OpenCLIP ViT-bigG, stored in OpenCLIP's own names with fused
+# q/k/v and a transposed projection), the UNet's context being both encoders' penultimate hidden
+# states side by side, and the pooled projection plus the size/crop "time ids" added to the time
+# embedding through `add_embedding` (LDM `label_emb`). SDXL base: blocks (320, 640, 1280),
+# transformer depth (0, 2, 10), head size 64, linear projections, context 768 + 1280.
+XL_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(32, 64),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2),
+    attention_head_dim=(1, 1),  # heads: width / 64, at least one (SDXL's head size convention)
+    use_linear_projection=True,
+    cross_attention_dim=32,  # 16 (CLIP-L) + 16 (bigG)
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 16,
+    norm_num_groups=32,
+)
+XL_VAE = dict(VAE, scaling_factor=0.13025)
+XL_CLIP_G = dict(CLIP, hidden_size=16, intermediate_size=32, hidden_act="gelu", projection_dim=16)
+# SDXL's second tokenizer pads with "!" (id 0), the first with the end token.
+XL_RUN = dict(seed=7, width=64, height=64, steps=5, guidance_scale=5.0)
+
+
+def openclip_key(name):
+    """The OpenCLIP name of a transformers CLIPTextModelWithProjection tensor (q/k/v: fused)."""
+    fixed = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+             "text_model.embeddings.position_embedding.weight": "positional_embedding",
+             "text_model.final_layer_norm.weight": "ln_final.weight",
+             "text_model.final_layer_norm.bias": "ln_final.bias",
+             "text_projection.weight": "text_projection"}
+    if name in fixed:
+        return fixed[name]
+    m = re.fullmatch(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", name)
+    layer = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+             "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.q_proj": "attn.in_proj", "self_attn.k_proj": "attn.in_proj",
+             "self_attn.v_proj": "attn.in_proj"}[m[2]]
+    sep = "_" if layer == "attn.in_proj" else "."
+    return f"transformer.resblocks.{m[1]}.{layer}{sep}{m[3]}"
+
+
+def to_ldm_xl(unet, vae, te1, te2):
+    import torch
+    layers = XL_UNET["layers_per_block"]
+    up_has_attn = [t.startswith("CrossAttn") for t in XL_UNET["up_block_types"]]
+    ldm = {}
+    for name, t in unet.state_dict().items():
+        m = re.fullmatch(r"add_embedding\.linear_([12])\.(\w+)", name)
+        key = f"label_emb.0.{0 if m[1] == '1' else 2}.{m[2]}" if m else \
+            ldm_unet_key(name, layers, up_has_attn)
+        ldm["model.diffusion_model." + key] = t
+    levels = len(XL_VAE["block_out_channels"])
+    for name, t in vae.state_dict().items():
+        key, conv = ldm_vae_key(name, levels)
+        ldm["first_stage_model." + key] = t[:, :, None, None] if conv else t
+    for name, t in te1.state_dict().items():
+        ldm["conditioner.embedders.0.transformer." + name] = t
+    fused = {}
+    for name, t in te2.state_dict().items():
+        key = "conditioner.embedders.1.model." + openclip_key(name)
+        if "in_proj" in key:
+            fused.setdefault(key, {})[re.search(r"([qkv])_proj", name)[1]] = t
+        else:
+            ldm[key] = t.T if key.endswith("text_projection") else t
+    for key, parts in fused.items():
+        ldm[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    ldm["conditioner.embedders.1.model.logit_scale"] = torch.tensor(4.6052)
+    return {k: v.contiguous() for k, v in ldm.items()}
+
+
+def check_xl_against_diffusers(ldm, unet, vae, te1, te2):
+    import torch
+    from diffusers.loaders import single_file_utils as sfu
+
+    def same(name, converted, original):
+        assert set(converted) == set(original), \
+            f"{name}: {sorted(set(converted) ^ set(original))[:6]}"
+        for k, v in original.items():
+            assert converted[k].shape == v.shape and torch.equal(converted[k], v), f"{name}: {k}"
+
+    same("unet", sfu.convert_ldm_unet_checkpoint(ldm, dict(unet.config)), unet.state_dict())
+    same("vae", sfu.convert_ldm_vae_checkpoint(ldm, dict(vae.config)), vae.state_dict())
+    clip_l = sfu.convert_ldm_clip_checkpoint(
+        {k: v for k, v in ldm.items() if k.startswith("conditioner.embedders.0.")})
+    same("clip-l", clip_l, te1.state_dict())
+    same("clip-g", sfu.convert_open_clip_checkpoint(te2, ldm, prefix="conditioner.embedders.1.model."),
+         te2.state_dict())
+
+
+def build_xl():
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(WEIGHT_SEED + 1)
+    unet = UNet2DConditionModel(**XL_UNET)
+    vae = AutoencoderKL(**XL_VAE)
+    te1 = CLIPTextModel(CLIPTextConfig(**CLIP))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**XL_CLIP_G))
+    with torch.no_grad():
+        for module in (unet, vae, te1, te2):
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+                p.copy_(p.half().float())
+            module.eval()
+    return unet, vae, te1, te2
+
+
+def record_xl(unet, vae, te1, te2):
+    import numpy as np
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
+
+    out = {}
+    with torch.no_grad():
+        ids1 = torch.tensor([padded(p) for p in PROMPT_IDS], dtype=torch.int64)
+        ids2 = torch.tensor([p + [0] * (77 - len(p)) for p in PROMPT_IDS], dtype=torch.int64)
+        h1 = te1(ids1, output_hidden_states=True).hidden_states[-2]
+        o2 = te2(ids2, output_hidden_states=True)
+        context = torch.cat([h1, o2.hidden_states[-2]], dim=-1)
+        pooled = o2.text_embeds
+        out["xl_ids_1"], out["xl_ids_2"] = ids1, ids2
+        out["xl_context"], out["xl_pooled"] = context, pooled
+
+        g = torch.Generator("cpu").manual_seed(9)
+        sample = torch.randn((2, 4, 8, 8), generator=g)
+        time_ids = torch.tensor([[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * 2)
+        out["xl_unet_sample"], out["xl_time_ids"] = sample, time_ids
+        out["xl_unet_out"] = unet(sample, UNET_TIMESTEP, encoder_hidden_states=context,
+                                  added_cond_kwargs={"text_embeds": pooled,
+                                                     "time_ids": time_ids}).sample
+
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", steps_offset=1,
+        algorithm_type="sde-dpmsolver++", use_karras_sigmas=True)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=None,
+                                     tokenizer_2=None, unet=unet, scheduler=scheduler)
+    steps = []
+
+    def keep(pipe_, i, t, kwargs):
+        steps.append(kwargs["latents"].clone())
+        return kwargs
+
+    with torch.no_grad():
+        image = pipe(prompt_embeds=context[0:1], negative_prompt_embeds=context[1:2],
+                     pooled_prompt_embeds=pooled[0:1], negative_pooled_prompt_embeds=pooled[1:2],
+                     width=XL_RUN["width"], height=XL_RUN["height"],
+                     num_inference_steps=XL_RUN["steps"], guidance_scale=XL_RUN["guidance_scale"],
+                     generator=torch.Generator("cpu").manual_seed(XL_RUN["seed"]),
+                     output_type="np", callback_on_step_end=keep).images
+    out["xl_run_latents"] = torch.cat(steps)
+    out["xl_run_image"] = torch.from_numpy((image[0] * 255).round().astype(np.uint8))
+    return out
+
+
 def main():
     if not in_venv():
         bootstrap()
@@ -319,7 +481,8 @@ def main():
 
     ldm = to_ldm(unet, vae, text_encoder)
     check_against_diffusers(ldm, unet, vae, text_encoder)
-    meta = {"format": "pt", "heurist": "tiny random-weight SD 1.5, tools/make_sd_models.py"}
+    # One metadata key: safetensors writes a map's keys in no fixed order.
+    meta = {"format": "pt"}
     ldm16 = {k: (v.half() if v.is_floating_point() else v) for k, v in ldm.items()}
     save_file(ldm16, os.path.join(OUT, "tiny-sd15-fp16.safetensors"), metadata=meta)
 
@@ -329,10 +492,18 @@ def main():
         module.to(torch.float32)
 
     out = record(unet, vae, text_encoder)
+
+    xl = build_xl()
+    ldm_xl = to_ldm_xl(*xl)
+    check_xl_against_diffusers(ldm_xl, *xl)
+    save_file({k: (v.half() if v.is_floating_point() else v) for k, v in ldm_xl.items()},
+              os.path.join(OUT, "tiny-sdxl-fp16.safetensors"), metadata=meta)
+    out.update(record_xl(*xl))
     save_file({k: v.contiguous() for k, v in out.items()},
               os.path.join(OUT, "reference.safetensors"))
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump({"prompt_ids": PROMPT_IDS, "unet_timestep": UNET_TIMESTEP, "run": RUN,
+                   "xl_run": XL_RUN,
                    "unet": {k: v for k, v in UNET.items()}, "vae": VAE, "clip": CLIP,
                    "versions": {"torch": torch.__version__,
                                 "diffusers": __import__("diffusers").__version__,

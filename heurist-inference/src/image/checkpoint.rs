@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
+use super::ldm_names::Lookup;
 use crate::error::{InferenceError, Result};
 
 /// safetensors' limit on the JSON header; a larger length field means a corrupt file.
@@ -136,8 +137,13 @@ impl SafetensorsFile {
     }
 }
 
-/// How a module's diffusers names become the file's names.
-pub(crate) type Rename = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// Where a module's (diffusers / transformers) tensor names are in a file.
+pub(crate) type Rename = Box<dyn Fn(&str) -> Option<Lookup> + Send + Sync>;
+
+/// A [`Rename`] that puts `prefix` before every name.
+pub(crate) fn prefixed(prefix: &'static str) -> Rename {
+    Box::new(move |n| Some(Lookup::plain(format!("{prefix}{n}"))))
+}
 
 /// The first lookup a backend could not answer: the module's name and the file's name.
 pub(crate) type MissingSlot = Arc<Mutex<Option<(String, Option<String>)>>>;
@@ -150,19 +156,30 @@ struct RenamingBackend {
 }
 
 impl RenamingBackend {
-    fn key(&self, name: &str) -> candle_core::Result<String> {
-        let key = (self.rename)(name);
-        match key {
-            Some(key) if self.file.contains(&key) => Ok(key),
-            key => {
+    /// The module's tensor `name`, cut out of or transposed from the stored one as needed.
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<(String, Tensor)> {
+        let lookup = (self.rename)(name);
+        let lookup = match lookup {
+            Some(lookup) if self.file.contains(&lookup.key) => lookup,
+            lookup => {
+                let key = lookup.map(|l| l.key);
                 if let Ok(mut slot) = self.missing.lock() {
                     slot.get_or_insert((name.to_owned(), key.clone()));
                 }
-                Err(candle_core::Error::CannotFindTensor {
+                return Err(candle_core::Error::CannotFindTensor {
                     path: key.unwrap_or_else(|| name.to_owned()),
-                })
+                });
             }
+        };
+        let mut tensor = self.file.tensors.load(&lookup.key, dev)?;
+        if let Some((i, n)) = lookup.part {
+            let len = tensor.dim(0)? / n;
+            tensor = tensor.narrow(0, i * len, len)?;
         }
+        if lookup.transpose {
+            tensor = tensor.t()?.contiguous()?;
+        }
+        Ok((lookup.key, tensor))
     }
 }
 
@@ -175,8 +192,7 @@ impl SimpleBackend for RenamingBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let key = self.key(name)?;
-        let tensor = self.file.tensors.load(&key, dev)?;
+        let (key, tensor) = self.load(name, dev)?;
         let tensor = if tensor.shape() == &shape {
             tensor
         } else if squeezes_to(tensor.dims(), shape.dims()) {
@@ -193,13 +209,29 @@ impl SimpleBackend for RenamingBackend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let key = self.key(name)?;
-        self.file.tensors.load(&key, dev)?.to_dtype(dtype)
+        self.load(name, dev)?.1.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        (self.rename)(name).is_some_and(|key| self.file.contains(&key))
+        (self.rename)(name).is_some_and(|lookup| self.file.contains(&lookup.key))
     }
+}
+
+/// The shapes a [`Rename`] gives a module, without reading any data.
+pub(crate) fn renamed_shape(
+    file: &SafetensorsFile,
+    rename: &Rename,
+    name: &str,
+) -> Option<Vec<usize>> {
+    let lookup = rename(name)?;
+    let mut shape = file.shape(&lookup.key)?;
+    if let Some((_, n)) = lookup.part {
+        shape[0] /= n;
+    }
+    if lookup.transpose {
+        shape.reverse();
+    }
+    Some(shape)
 }
 
 /// Whether `stored` is `wanted` with trailing dimensions of size 1 added.

@@ -1,73 +1,95 @@
-//! A Stable Diffusion 1.5 architecture read from the tensors, since single-file checkpoints
-//! carry no configuration (the way ComfyUI's model detection works).
+//! A Stable Diffusion architecture (SD 1.5 or SDXL) read from the tensors, since single-file
+//! checkpoints carry no configuration (the way ComfyUI's model detection works).
 //!
 //! From the shapes: the UNet's levels, their channels, resnets per level, which levels have
-//! cross-attention and how many transformer blocks, the context (text embedding) width, linear
-//! or convolutional attention projections; the VAE's levels, channels, resnets per level and
-//! latent channels; CLIP's vocabulary, positions, width, depth and MLP width.
+//! cross-attention and how many transformer blocks (per level and in the mid block), the context
+//! (text embedding) width, linear or convolutional attention projections, SDXL's added
+//! conditioning (`add_embedding` input width, hence the time-id embedding width); the VAE's
+//! levels, channels, resnets per level and latent channels; each CLIP text encoder's vocabulary,
+//! positions, width, depth, MLP width and projection. The family is SDXL when a second text
+//! encoder is present.
 //!
-//! What shapes cannot tell comes from the family's conventions:
-//! - UNet attention: 8 heads in every block (SD 1.5's `attention_head_dim = 8`, which diffusers
-//!   reads as a head count), so a head is `channels / 8` wide;
+//! What shapes cannot tell comes from the families' conventions:
+//! - UNet attention heads: SD 1.5 has 8 in every block (its `attention_head_dim = 8`, which
+//!   diffusers reads as a head count); SDXL has heads of size 64 (`channels / 64`, at least one);
 //! - CLIP attention: heads of size 64 (`hidden / 64`, 12 for ViT-L/14's 768), and at least one
 //!   head: a test model narrower than 64 has a single head as wide as the model;
-//! - group norms of 32 groups, CLIP's quick-GELU, the VAE's single-head mid attention.
+//! - CLIP's activation: quick-GELU for OpenAI's ViT-L (SD 1.5, SDXL's first encoder), exact GELU
+//!   for OpenCLIP's ViT-bigG (SDXL's second);
+//! - group norms of 32 groups, the VAE's single-head mid attention.
 
 use std::collections::BTreeSet;
 
-use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
-use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModelConfig,
-};
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKLConfig;
 
+use super::clip_text::{ClipActivation, ClipDims};
 use super::ldm_names::UnetLayout;
 use crate::error::{InferenceError, Result};
 
 /// SD 1.5's attention heads per UNet block.
 pub const SD15_UNET_HEADS: usize = 8;
-/// The CLIP text encoders' head size.
-pub const CLIP_HEAD_SIZE: usize = 64;
+/// The head size of SDXL's UNet and of the CLIP text encoders.
+pub const HEAD_SIZE: usize = 64;
 /// Group norm groups in the UNet and the VAE.
 const NORM_GROUPS: usize = 32;
 
-/// The architecture of a Stable Diffusion 1.5-shaped model, as read from its tensors.
+/// Which Stable Diffusion family a model belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdFamily {
+    /// Stable Diffusion 1.x: one CLIP ViT-L text encoder, last hidden state.
+    Sd15,
+    /// Stable Diffusion XL: CLIP ViT-L and OpenCLIP ViT-bigG, penultimate hidden states, pooled
+    /// embedding and size conditioning.
+    Sdxl,
+}
+
+/// SDXL's added conditioning: `[pooled projection, 6 time ids x time_id_dim]` into
+/// `add_embedding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddEmbeddingDims {
+    /// Width of each time id's sinusoidal embedding (256 in SDXL).
+    pub time_id_dim: usize,
+    /// `add_embedding`'s input width (2816 in SDXL).
+    pub in_features: usize,
+}
+
+/// The architecture of a Stable Diffusion model, as read from its tensors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SdArchitecture {
+    /// SD 1.5 or SDXL.
+    pub family: SdFamily,
     /// UNet: output channels per level, from the highest resolution.
     pub unet_channels: Vec<usize>,
     /// UNet: per level, the transformer blocks of its cross-attention (`None`: no attention).
     pub unet_attention: Vec<Option<usize>>,
+    /// UNet: transformer blocks in the mid block.
+    pub mid_depth: usize,
     /// UNet: resnets per down level.
     pub layers_per_block: usize,
     /// UNet: latent channels in and out.
     pub latent_channels: usize,
-    /// UNet: attention heads per block (a convention, see the module docs).
-    pub unet_heads: usize,
+    /// UNet: attention heads per level (a convention, see the module docs).
+    pub unet_heads: Vec<usize>,
     /// UNet: width of the text embeddings it attends to.
     pub context_dim: usize,
     /// UNet: attention projections are linear layers (else 1x1 convolutions).
     pub linear_projection: bool,
+    /// UNet: SDXL's added conditioning.
+    pub add_embedding: Option<AddEmbeddingDims>,
+    /// UNet and VAE: group norm groups (a convention).
+    pub norm_groups: usize,
     /// VAE: channels per level, from the highest resolution.
     pub vae_channels: Vec<usize>,
     /// VAE: resnets per encoder level.
     pub vae_layers_per_block: usize,
-    /// CLIP: vocabulary size.
-    pub clip_vocab: usize,
-    /// CLIP: positions (77).
-    pub clip_positions: usize,
-    /// CLIP: width.
-    pub clip_hidden: usize,
-    /// CLIP: MLP width.
-    pub clip_intermediate: usize,
-    /// CLIP: layers.
-    pub clip_layers: usize,
-    /// CLIP: attention heads (a convention, see the module docs).
-    pub clip_heads: usize,
+    /// The (first) text encoder, CLIP ViT-L.
+    pub clip: ClipDims,
+    /// SDXL's second text encoder, OpenCLIP ViT-bigG with its projection.
+    pub clip2: Option<ClipDims>,
 }
 
 impl SdArchitecture {
-    /// How many image pixels one latent pixel covers (8 for SD 1.5's four VAE levels).
+    /// How many image pixels one latent pixel covers (8 for the four VAE levels of SD).
     pub fn vae_scale_factor(&self) -> usize {
         1 << (self.vae_channels.len() - 1)
     }
@@ -85,51 +107,15 @@ impl SdArchitecture {
         }
     }
 
-    /// candle's UNet configuration.
-    pub(crate) fn unet_config(&self) -> UNet2DConditionModelConfig {
-        UNet2DConditionModelConfig {
-            blocks: self
-                .unet_channels
-                .iter()
-                .zip(&self.unet_attention)
-                .map(|(&out_channels, &use_cross_attn)| BlockConfig {
-                    out_channels,
-                    use_cross_attn,
-                    attention_head_dim: self.unet_heads,
-                })
-                .collect(),
-            layers_per_block: self.layers_per_block,
-            norm_num_groups: NORM_GROUPS,
-            cross_attention_dim: self.context_dim,
-            use_linear_projection: self.linear_projection,
-            ..UNet2DConditionModelConfig::default()
-        }
-    }
-
     /// candle's VAE configuration.
     pub(crate) fn vae_config(&self) -> AutoEncoderKLConfig {
         AutoEncoderKLConfig {
             block_out_channels: self.vae_channels.clone(),
             layers_per_block: self.vae_layers_per_block,
             latent_channels: self.latent_channels,
-            norm_num_groups: NORM_GROUPS,
+            norm_num_groups: self.norm_groups,
             use_quant_conv: true,
             use_post_quant_conv: true,
-        }
-    }
-
-    /// candle's CLIP text configuration.
-    pub(crate) fn clip_config(&self) -> ClipTextConfig {
-        ClipTextConfig {
-            vocab_size: self.clip_vocab,
-            embed_dim: self.clip_hidden,
-            activation: Activation::QuickGelu,
-            intermediate_size: self.clip_intermediate,
-            max_position_embeddings: self.clip_positions,
-            pad_with: None,
-            num_hidden_layers: self.clip_layers,
-            num_attention_heads: self.clip_heads,
-            projection_dim: self.clip_hidden,
         }
     }
 }
@@ -149,8 +135,11 @@ pub(crate) trait Shapes {
 pub(crate) struct ComponentShapes<'a> {
     pub(crate) unet: &'a dyn Shapes,
     pub(crate) vae: &'a dyn Shapes,
+    /// The first text encoder, in transformers' names (probed, `names` unused).
     pub(crate) clip: &'a dyn Shapes,
-    /// Whether the names are LDM's (else diffusers').
+    /// SDXL's second text encoder, in transformers' names (probed, `names` unused).
+    pub(crate) clip2: Option<&'a dyn Shapes>,
+    /// Whether the UNet's and VAE's names are LDM's (else diffusers').
     pub(crate) ldm: bool,
     /// For error messages: the file or folder.
     pub(crate) source: &'a std::path::Path,
@@ -270,10 +259,7 @@ impl ComponentShapes<'_> {
         }
         let context_dim =
             context_dim.ok_or_else(|| self.fail("the UNet has no cross-attention".into()))?;
-        if let Some(&bad) = unet_channels
-            .iter()
-            .find(|&&c| c % NORM_GROUPS != 0 || c % SD15_UNET_HEADS != 0)
-        {
+        if let Some(&bad) = unet_channels.iter().find(|&&c| c % NORM_GROUPS != 0) {
             return Err(self.fail(format!(
                 "UNet block width {bad} is not a multiple of {NORM_GROUPS} norm groups"
             )));
@@ -298,42 +284,131 @@ impl ComponentShapes<'_> {
             )));
         }
 
-        // CLIP (names relative to `text_model.`).
-        let clip = self.clip;
-        let clip_vocab = self.dim(clip, "embeddings.token_embedding.weight", 0)?;
-        let clip_hidden = self.dim(clip, "embeddings.token_embedding.weight", 1)?;
-        let clip_positions = self.dim(clip, "embeddings.position_embedding.weight", 0)?;
-        let clip_layers = self.count(clip, "encoder.layers.")?;
-        let clip_intermediate = self.dim(clip, "encoder.layers.0.mlp.fc1.weight", 0)?;
-        let clip_heads = (clip_hidden / CLIP_HEAD_SIZE).max(1);
-        if clip_hidden % clip_heads != 0 {
+        // Text encoders.
+        let clip = self.clip_dims(self.clip, ClipActivation::QuickGelu, false)?;
+        let clip2 = match self.clip2 {
+            None => None,
+            Some(shapes) => Some(self.clip_dims(shapes, ClipActivation::Gelu, true)?),
+        };
+        let family = if clip2.is_some() {
+            SdFamily::Sdxl
+        } else {
+            SdFamily::Sd15
+        };
+        let text_width = clip.hidden + clip2.as_ref().map_or(0, |c| c.hidden);
+        if text_width != context_dim {
             return Err(self.fail(format!(
-                "CLIP width {clip_hidden} is not a multiple of the head size {CLIP_HEAD_SIZE}"
-            )));
-        }
-        if clip_hidden != context_dim {
-            return Err(self.fail(format!(
-                "CLIP is {clip_hidden} wide but the UNet attends to {context_dim}-wide context \
-                 (an SDXL checkpoint has two text encoders and is not supported here yet)"
+                "the text encoders are {text_width} wide but the UNet attends to \
+                 {context_dim}-wide context"
             )));
         }
 
+        // The mid block and SDXL's added conditioning.
+        let (mid, add) = if self.ldm {
+            ("middle_block.1.transformer_blocks.", "label_emb.0.0.weight")
+        } else {
+            (
+                "mid_block.attentions.0.transformer_blocks.",
+                "add_embedding.linear_1.weight",
+            )
+        };
+        let mid_depth = self.count(unet, mid)?;
+        let add_embedding = match (unet.shape(add), &clip2) {
+            (None, None) => None,
+            (Some(shape), Some(clip2)) => {
+                let in_features = shape.get(1).copied().unwrap_or(0);
+                let pooled = clip2.projection.unwrap_or(0);
+                let ids = in_features.saturating_sub(pooled);
+                if ids == 0 || ids % 6 != 0 {
+                    return Err(self.fail(format!(
+                        "add_embedding takes {in_features} features, which is not the pooled \
+                         {pooled} plus 6 time ids"
+                    )));
+                }
+                Some(AddEmbeddingDims {
+                    time_id_dim: ids / 6,
+                    in_features,
+                })
+            }
+            (Some(_), None) => {
+                return Err(self.fail(
+                    "an SDXL UNet (add_embedding) without a second text \
+                                      encoder"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(self.fail("two text encoders but no add_embedding in the UNet".into()));
+            }
+        };
+        let unet_heads = unet_channels
+            .iter()
+            .map(|&c| match family {
+                SdFamily::Sd15 => SD15_UNET_HEADS,
+                SdFamily::Sdxl => (c / HEAD_SIZE).max(1),
+            })
+            .collect();
+
         Ok(SdArchitecture {
+            family,
             unet_channels,
             unet_attention,
+            mid_depth,
             layers_per_block: layers,
             latent_channels,
-            unet_heads: SD15_UNET_HEADS,
+            unet_heads,
             context_dim,
             linear_projection,
+            add_embedding,
+            norm_groups: NORM_GROUPS,
             vae_channels,
             vae_layers_per_block,
-            clip_vocab,
-            clip_positions,
-            clip_hidden,
-            clip_intermediate,
-            clip_layers,
-            clip_heads,
+            clip,
+            clip2,
+        })
+    }
+
+    /// One text encoder's shape, probing transformers' names.
+    fn clip_dims(
+        &self,
+        clip: &dyn Shapes,
+        activation: ClipActivation,
+        projected: bool,
+    ) -> Result<ClipDims> {
+        let embedding = "text_model.embeddings.token_embedding.weight";
+        let vocab = self.dim(clip, embedding, 0)?;
+        let hidden = self.dim(clip, embedding, 1)?;
+        let positions = self.dim(clip, "text_model.embeddings.position_embedding.weight", 0)?;
+        let layers = (0..)
+            .take_while(|i| {
+                clip.shape(&format!("text_model.encoder.layers.{i}.layer_norm1.weight"))
+                    .is_some()
+            })
+            .count();
+        if layers == 0 {
+            return Err(self.fail("a CLIP text encoder without layers".into()));
+        }
+        let intermediate = self.dim(clip, "text_model.encoder.layers.0.mlp.fc1.weight", 0)?;
+        let heads = (hidden / HEAD_SIZE).max(1);
+        if hidden % heads != 0 {
+            return Err(self.fail(format!(
+                "CLIP width {hidden} is not a multiple of the head size {HEAD_SIZE}"
+            )));
+        }
+        let projection = if projected {
+            Some(self.dim(clip, "text_projection.weight", 0)?)
+        } else {
+            None
+        };
+        Ok(ClipDims {
+            vocab,
+            positions,
+            hidden,
+            intermediate,
+            layers,
+            heads,
+            projection,
+            activation,
         })
     }
 }

@@ -14,6 +14,76 @@
 //! levels from the bottom (`up.0` is the last diffusers up block) and stores the mid-block
 //! attention's projections as 1x1 convolutions.
 
+/// Where a module's tensor is in a file: a name, and for fused or transposed storage, how to
+/// get the module's tensor out of the stored one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lookup {
+    /// The file's tensor name.
+    pub(crate) key: String,
+    /// `(i, n)`: the module's tensor is the `i`-th of `n` equal slices along the first axis
+    /// (OpenCLIP's fused q/k/v projections).
+    pub(crate) part: Option<(usize, usize)>,
+    /// The stored tensor is the module's transposed (OpenCLIP's `text_projection`).
+    pub(crate) transpose: bool,
+}
+
+impl Lookup {
+    /// A tensor stored as the module wants it.
+    pub(crate) fn plain(key: String) -> Self {
+        Self {
+            key,
+            part: None,
+            transpose: false,
+        }
+    }
+}
+
+/// Where transformers' name for a CLIP text tensor (`text_model.…`, `text_projection.weight`)
+/// is in an OpenCLIP state dict (SDXL's `conditioner.embedders.1.model.`, without the prefix).
+pub(crate) fn open_clip(name: &str) -> Option<Lookup> {
+    let fixed = match name {
+        "text_model.embeddings.token_embedding.weight" => Some("token_embedding.weight".into()),
+        "text_model.embeddings.position_embedding.weight" => Some("positional_embedding".into()),
+        "text_projection.weight" => {
+            return Some(Lookup {
+                transpose: true,
+                ..Lookup::plain("text_projection".into())
+            });
+        }
+        _ => name
+            .strip_prefix("text_model.final_layer_norm.")
+            .map(|param| format!("ln_final.{param}")),
+    };
+    if let Some(key) = fixed {
+        return Some(Lookup::plain(key));
+    }
+    let rest = name.strip_prefix("text_model.encoder.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, param) = rest.rsplit_once('.')?;
+    let block = format!("transformer.resblocks.{layer}");
+    let fused = |i| Lookup {
+        part: Some((i, 3)),
+        ..Lookup::plain(format!("{block}.attn.in_proj_{param}"))
+    };
+    Some(match module {
+        "self_attn.q_proj" => fused(0),
+        "self_attn.k_proj" => fused(1),
+        "self_attn.v_proj" => fused(2),
+        _ => {
+            let ldm = match module {
+                "layer_norm1" => "ln_1",
+                "layer_norm2" => "ln_2",
+                "self_attn.out_proj" => "attn.out_proj",
+                "mlp.fc1" => "mlp.c_fc",
+                "mlp.fc2" => "mlp.c_proj",
+                _ => return None,
+            };
+            Lookup::plain(format!("{block}.{ldm}.{param}"))
+        }
+    })
+}
+
 /// What the UNet name mapping needs to know of the architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UnetLayout {
@@ -59,6 +129,9 @@ pub(crate) fn unet(name: &str, layout: &UnetLayout) -> Option<String> {
         ("conv_in.", "input_blocks.0.0."),
         ("conv_norm_out.", "out.0."),
         ("conv_out.", "out.2."),
+        // SDXL's added conditioning.
+        ("add_embedding.linear_1.", "label_emb.0.0."),
+        ("add_embedding.linear_2.", "label_emb.0.2."),
     ] {
         if let Some(param) = name.strip_prefix(diffusers) {
             return Some(format!("{ldm}{param}"));
@@ -259,7 +332,29 @@ mod tests {
         }
         assert_eq!(unet("down_blocks.0.resnets.2.conv1.weight", &sd15()), None);
         assert_eq!(unet("up_blocks.4.resnets.0.conv1.weight", &sd15()), None);
-        assert_eq!(unet("add_embedding.linear_1.weight", &sd15()), None);
+        assert_eq!(
+            unet("add_embedding.linear_1.weight", &sd15()).as_deref(),
+            Some("label_emb.0.0.weight")
+        );
+    }
+
+    #[test]
+    fn open_clip_names_split_the_fused_attention() {
+        let q = open_clip("text_model.encoder.layers.3.self_attn.k_proj.bias").unwrap();
+        assert_eq!(q.key, "transformer.resblocks.3.attn.in_proj_bias");
+        assert_eq!(q.part, Some((1, 3)));
+        let fc = open_clip("text_model.encoder.layers.0.mlp.fc2.weight").unwrap();
+        assert_eq!(
+            fc,
+            Lookup::plain("transformer.resblocks.0.mlp.c_proj.weight".into())
+        );
+        let proj = open_clip("text_projection.weight").unwrap();
+        assert!(proj.transpose && proj.key == "text_projection");
+        assert_eq!(
+            open_clip("text_model.final_layer_norm.bias"),
+            Some(Lookup::plain("ln_final.bias".into()))
+        );
+        assert_eq!(open_clip("text_model.encoder.layers.0.bogus.weight"), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The image engines: Stable Diffusion 1.5 from the network's single-file checkpoints, on the
-//! numerically exact foundation of seeded noise and the diffusion schedulers.
+//! The image engines: Stable Diffusion 1.5 and SDXL from the network's single-file checkpoints,
+//! on the numerically exact foundation of seeded noise and the diffusion schedulers.
 //!
 //! - [`ImageEngine`]: loads an LDM / A1111 single-file checkpoint or a diffusers folder
 //!   (memory-mapped, renamed on lookup, architecture read from the tensors) and runs an
@@ -13,16 +13,22 @@
 //! through fixtures in tests/fixtures/, never only against its own earlier output.
 
 mod checkpoint;
+mod clip_text;
 mod detect;
+mod engine;
 mod job;
 mod ldm_names;
 pub mod noise;
 pub mod scheduler;
-mod sd15;
+mod unet;
 
-pub use detect::{CLIP_HEAD_SIZE, SD15_UNET_HEADS, SdArchitecture};
+pub use clip_text::{ClipActivation, ClipDims};
+pub use detect::{AddEmbeddingDims, HEAD_SIZE, SD15_UNET_HEADS, SdArchitecture, SdFamily};
+pub use engine::{
+    CLIP_END_TOKEN, ImageEngine, OPEN_CLIP_PAD_TOKEN, SD15_VAE_SCALE, SDXL_VAE_SCALE,
+    TextConditioning,
+};
 pub use job::{
     GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, MAX_IMAGE_STEPS, PromptTokenizer,
     encode_png,
 };
-pub use sd15::{CLIP_END_TOKEN, ImageEngine, SD15_VAE_SCALE};

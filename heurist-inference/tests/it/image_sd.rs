@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use heurist_inference::image::noise::TorchCpuGenerator;
-use heurist_inference::image::{ImageEngine, ImageJob};
+use heurist_inference::image::{ClipActivation, ImageEngine, ImageJob, SdFamily};
 use heurist_inference::{DeviceSpec, InferenceError};
 use serde_json::Value;
 
@@ -29,7 +29,7 @@ pub(crate) fn checkpoint_fp16() -> PathBuf {
     sd_dir().join("tiny-sd15-fp16.safetensors")
 }
 
-fn reference() -> &'static std::collections::HashMap<String, Tensor> {
+pub(crate) fn reference() -> &'static std::collections::HashMap<String, Tensor> {
     static REF: OnceLock<std::collections::HashMap<String, Tensor>> = OnceLock::new();
     REF.get_or_init(|| {
         candle_core::safetensors::load(sd_dir().join("reference.safetensors"), &Device::Cpu)
@@ -37,12 +37,12 @@ fn reference() -> &'static std::collections::HashMap<String, Tensor> {
     })
 }
 
-fn reference_json() -> Value {
+pub(crate) fn reference_json() -> Value {
     serde_json::from_str(&std::fs::read_to_string(sd_dir().join("reference.json")).unwrap())
         .unwrap()
 }
 
-fn tensor(name: &str) -> Tensor {
+pub(crate) fn tensor(name: &str) -> Tensor {
     reference()[name].clone()
 }
 
@@ -52,7 +52,7 @@ pub(crate) fn engine() -> &'static ImageEngine {
 }
 
 /// The largest difference relative to the largest reference magnitude.
-fn relative_error(actual: &Tensor, expected: &Tensor) -> f32 {
+pub(crate) fn relative_error(actual: &Tensor, expected: &Tensor) -> f32 {
     assert_eq!(actual.dims(), expected.dims());
     let a = actual.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let e = expected.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -70,14 +70,19 @@ fn text_ids() -> Vec<Vec<u32>> {
 }
 
 fn check_models(engine: &ImageEngine, what: &str) {
-    let hidden = engine.encode_token_ids(&text_ids()).unwrap();
+    let hidden = engine.encode_token_ids(&text_ids()).unwrap().context;
     let err = relative_error(&hidden, &tensor("text_hidden"));
     eprintln!("{what}: CLIP relative error {err:e}");
     assert!(err < TOLERANCE, "{what}: CLIP {err}");
 
     let timestep = reference_json()["unet_timestep"].as_f64().unwrap();
     let out = engine
-        .unet_forward(&tensor("unet_sample"), timestep, &tensor("text_hidden"))
+        .unet_forward(
+            &tensor("unet_sample"),
+            timestep,
+            &tensor("text_hidden"),
+            None,
+        )
         .unwrap();
     let err = relative_error(&out, &tensor("unet_out"));
     eprintln!("{what}: UNet relative error {err:e}");
@@ -92,23 +97,28 @@ fn check_models(engine: &ImageEngine, what: &str) {
 #[test]
 fn image_sd_architecture_is_read_from_the_tensors() {
     let arch = engine().architecture();
+    assert_eq!(arch.family, SdFamily::Sd15);
     assert_eq!(arch.unet_channels, [32, 64]);
     assert_eq!(arch.unet_attention, [None, Some(1)]);
-    assert_eq!(arch.layers_per_block, 2);
-    assert_eq!(
-        (arch.latent_channels, arch.context_dim, arch.unet_heads),
-        (4, 16, 8)
-    );
+    assert_eq!((arch.layers_per_block, arch.mid_depth), (2, 1));
+    assert_eq!((arch.latent_channels, arch.context_dim), (4, 16));
+    assert_eq!(arch.unet_heads, [8, 8]);
     assert!(!arch.linear_projection);
+    assert_eq!(arch.add_embedding, None);
     assert_eq!(arch.vae_channels, [32, 32, 32, 32]);
     assert_eq!(arch.vae_layers_per_block, 1);
     assert_eq!(arch.vae_scale_factor(), 8);
-    assert_eq!((arch.clip_vocab, arch.clip_positions), (49408, 77));
+    let clip = &arch.clip;
+    assert_eq!((clip.vocab, clip.positions), (49408, 77));
     assert_eq!(
-        (arch.clip_hidden, arch.clip_intermediate, arch.clip_layers),
-        (16, 32, 2)
+        (clip.hidden, clip.intermediate, clip.layers, clip.heads),
+        (16, 32, 2, 1)
     );
-    assert_eq!(arch.clip_heads, 1);
+    assert_eq!(
+        (clip.projection, clip.activation),
+        (None, ClipActivation::QuickGelu)
+    );
+    assert_eq!(arch.clip2, None);
 }
 
 #[test]
@@ -147,7 +157,7 @@ fn image_sd_diffusers_folder_matches_diffusers() {
 }
 
 /// 10 log10(255^2 / MSE) over all channels.
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
+pub(crate) fn psnr(a: &[u8], b: &[u8]) -> f64 {
     assert_eq!(a.len(), b.len());
     let mse = a
         .iter()
