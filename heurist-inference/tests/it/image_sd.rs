@@ -98,10 +98,10 @@ fn check_models(engine: &ImageEngine, what: &str) {
 fn image_sd_architecture_is_read_from_the_tensors() {
     let arch = engine().architecture();
     assert_eq!(arch.family, SdFamily::Sd15);
-    assert_eq!(arch.unet_channels, [32, 64]);
+    assert_eq!(arch.unet_channels, [32, 32]);
     assert_eq!(arch.unet_attention, [None, Some(1)]);
     assert_eq!((arch.layers_per_block, arch.mid_depth), (2, 1));
-    assert_eq!((arch.latent_channels, arch.context_dim), (4, 16));
+    assert_eq!((arch.latent_channels, arch.context_dim), (4, 8));
     assert_eq!(arch.unet_heads, [8, 8]);
     assert!(!arch.linear_projection);
     assert_eq!(arch.add_embedding, None);
@@ -112,7 +112,7 @@ fn image_sd_architecture_is_read_from_the_tensors() {
     assert_eq!((clip.vocab, clip.positions), (49408, 77));
     assert_eq!(
         (clip.hidden, clip.intermediate, clip.layers, clip.heads),
-        (16, 32, 2, 1)
+        (8, 16, 2, 1)
     );
     assert_eq!(
         (clip.projection, clip.activation),

@@ -37,20 +37,21 @@ fn image_sdxl_architecture_is_read_from_the_tensors() {
     assert_eq!(arch.family, SdFamily::Sdxl);
     assert_eq!(arch.unet_channels, [32, 64]);
     assert_eq!(arch.unet_attention, [None, Some(2)]);
-    assert_eq!((arch.mid_depth, arch.context_dim), (2, 32));
+    assert_eq!((arch.mid_depth, arch.context_dim), (2, 16));
+    assert_eq!(arch.layers_per_block, 1);
     assert_eq!(arch.unet_heads, [1, 1]);
     assert!(arch.linear_projection);
     assert_eq!(
         arch.add_embedding,
         Some(AddEmbeddingDims {
             time_id_dim: 8,
-            in_features: 64
+            in_features: 56
         })
     );
     let clip2 = arch.clip2.as_ref().unwrap();
     assert_eq!(
         (clip2.hidden, clip2.layers, clip2.projection),
-        (16, 2, Some(16))
+        (8, 2, Some(8))
     );
     assert_eq!(clip2.activation, ClipActivation::Gelu);
     assert_eq!(arch.clip.activation, ClipActivation::QuickGelu);
