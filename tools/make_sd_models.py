@@ -426,7 +426,8 @@ def build_xl():
 def record_xl(unet, vae, te1, te2):
     import numpy as np
     import torch
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
+    from diffusers import (DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                           StableDiffusionXLPipeline)
 
     out = {}
     with torch.no_grad():
@@ -468,6 +469,21 @@ def record_xl(unet, vae, te1, te2):
                      output_type="np", callback_on_step_end=keep).images
     out["xl_run_latents"] = torch.cat(steps)
     out["xl_run_image"] = torch.from_numpy((image[0] * 255).round().astype(np.uint8))
+
+    # The same job with SDXL's own default sampler: Euler, "leading" spacing, steps offset 1.
+    pipe.scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    steps.clear()
+    with torch.no_grad():
+        image = pipe(prompt_embeds=context[0:1], negative_prompt_embeds=context[1:2],
+                     pooled_prompt_embeds=pooled[0:1], negative_pooled_prompt_embeds=pooled[1:2],
+                     width=XL_RUN["width"], height=XL_RUN["height"],
+                     num_inference_steps=XL_RUN["steps"], guidance_scale=XL_RUN["guidance_scale"],
+                     generator=torch.Generator("cpu").manual_seed(XL_RUN["seed"]),
+                     output_type="np", callback_on_step_end=keep).images
+    out["xl_euler_latents"] = torch.cat(steps)
+    out["xl_euler_image"] = torch.from_numpy((image[0] * 255).round().astype(np.uint8))
     return out
 
 

@@ -143,7 +143,9 @@ pub enum InferenceError {
     },
 
     /// The messages are not a JSON array of `{"role": …, "content": …}` objects.
-    #[error("messages: {source} (expected a JSON array of {{\"role\": …, \"content\": …}} objects)")]
+    #[error(
+        "messages: {source} (expected a JSON array of {{\"role\": …, \"content\": …}} objects)"
+    )]
     InvalidMessages {
         /// serde_json's error, with line and column.
         #[source]
@@ -321,7 +323,9 @@ pub enum InferenceError {
     },
 
     /// A tensor the model needs is not in the file.
-    #[error("{path}: the {component} needs tensor {tensor} (module name {wanted}), which is missing")]
+    #[error(
+        "{path}: the {component} needs tensor {tensor} (module name {wanted}), which is missing"
+    )]
     MissingTensor {
         /// The file.
         path: PathBuf,
@@ -340,6 +344,16 @@ pub enum InferenceError {
         name: &'static str,
         /// The requested value.
         value: u32,
+    },
+
+    /// A job names a sampler this engine does not run.
+    #[error(
+        "sampler {sampler} is not supported (supported: DPMSolverMultistepScheduler with \
+         algorithm_type sde-dpmsolver++ and Karras sigmas, EulerDiscreteScheduler)"
+    )]
+    UnsupportedSampler {
+        /// The sampler as the job names it.
+        sampler: String,
     },
 
     /// The PNG encoder refused the image.

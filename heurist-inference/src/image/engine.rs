@@ -3,10 +3,10 @@
 //!
 //! A job is: both prompts through the text encoder(s) (`[negative, positive]`), initial latents
 //! drawn from torch's seeded CPU generator, then per step the UNet on the doubled batch,
-//! classifier-free guidance `uncond + g * (text - uncond)` and one DPM-Solver++ 2M SDE Karras
-//! step (the network's sampler, which draws its own noise from the same generator), and finally
-//! the VAE decode of `latents / scaling_factor`, mapped to 8-bit pixels as diffusers' PIL output
-//! is. Latents, guidance and the scheduler stay in f32 whatever dtype the models run in.
+//! classifier-free guidance `uncond + g * (text - uncond)` and one sampler step (DPM-Solver++ 2M
+//! SDE Karras, the network's, which draws its own noise from the same generator, or Euler), and
+//! finally the VAE decode of `latents / scaling_factor`, mapped to 8-bit pixels as diffusers' PIL
+//! output is. Latents, guidance and the scheduler stay in f32 whatever dtype the models run in.
 //!
 //! The families differ in the conditioning: SD 1.5 attends to CLIP ViT-L's last hidden state
 //! (prompts padded with the end token); SDXL to the penultimate hidden states of CLIP ViT-L and
@@ -16,7 +16,7 @@
 //! device, as diffusers upcasts it (it overflows in f16).
 //!
 //! Not yet here (issue 7): LoRA, the VAE override, long prompt weighting (the engine takes token
-//! ids of at most 77 positions), other samplers per job.
+//! ids of at most 77 positions), Euler ancestral and DDIM.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,10 +28,14 @@ use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 use super::checkpoint::{self, MissingSlot, Rename, SafetensorsFile, prefixed, renamed_shape};
 use super::clip_text::ClipTextEncoder;
 use super::detect::{ComponentShapes, SdArchitecture, SdFamily, Shapes};
-use super::job::{GeneratedImage, ImageJob, ImageTimings, PromptTokenizer, encode_png};
+use super::job::{
+    GeneratedImage, ImageJob, ImageTimings, PromptTokenizer, SamplerKind, encode_png,
+};
 use super::ldm_names::{self, Lookup};
 use super::noise::{NoiseDType, NoiseSource, TorchCpuGenerator};
-use super::scheduler::{DEFAULT_SCHEDULER_CONFIG, DpmSolverMultistepScheduler};
+use super::scheduler::{
+    DEFAULT_SCHEDULER_CONFIG, DpmSolverMultistepScheduler, EulerDiscreteScheduler,
+};
 use super::unet::Unet;
 use crate::device::DeviceSpec;
 use crate::error::{InferenceError, Result};
@@ -53,6 +57,60 @@ const CLIP_PREFIXES: [&str; 2] = [
     "conditioner.embedders.0.transformer.",
 ];
 const OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
+
+/// The scheduler of one job.
+enum Sampler {
+    Dpm(DpmSolverMultistepScheduler),
+    Euler(EulerDiscreteScheduler),
+}
+
+impl Sampler {
+    fn new(kind: SamplerKind, steps: usize) -> Result<Self> {
+        Ok(match kind {
+            SamplerKind::DpmSolverSdeKarras => Self::Dpm(DpmSolverMultistepScheduler::new(
+                DEFAULT_SCHEDULER_CONFIG,
+                steps,
+            )?),
+            SamplerKind::EulerDiscrete => Self::Euler(EulerDiscreteScheduler::new(
+                DEFAULT_SCHEDULER_CONFIG,
+                steps,
+            )?),
+        })
+    }
+
+    fn timesteps(&self) -> Vec<f64> {
+        match self {
+            Self::Dpm(s) => s.timesteps().iter().map(|&t| t as f64).collect(),
+            Self::Euler(s) => s.timesteps().iter().map(|&t| f64::from(t)).collect(),
+        }
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        match self {
+            Self::Dpm(s) => s.init_noise_sigma(),
+            Self::Euler(s) => s.init_noise_sigma(),
+        }
+    }
+
+    fn scale_model_input(&self, sample: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dpm(s) => Ok(s.scale_model_input(sample)),
+            Self::Euler(s) => s.scale_model_input(sample),
+        }
+    }
+
+    fn step(
+        &mut self,
+        eps: &Tensor,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Dpm(s) => s.step(eps, sample, noise),
+            Self::Euler(s) => s.step(eps, sample, noise),
+        }
+    }
+}
 
 /// A loaded Stable Diffusion model.
 pub struct ImageEngine {
@@ -364,6 +422,15 @@ impl ImageEngine {
         &self.device
     }
 
+    /// The sampler of a job that names none: the reference's for the family (DPM-Solver++ 2M
+    /// SDE Karras for SD 1.5, Euler for SDXL as in SDXL base's configuration).
+    pub fn default_sampler(&self) -> SamplerKind {
+        match self.arch.family {
+            SdFamily::Sd15 => SamplerKind::DpmSolverSdeKarras,
+            SdFamily::Sdxl => SamplerKind::EulerDiscrete,
+        }
+    }
+
     /// The VAE's latent scaling of this family.
     pub fn vae_scale(&self) -> f64 {
         match self.arch.family {
@@ -540,7 +607,11 @@ impl ImageEngine {
         let added = text.pooled.as_ref().zip(time_ids.as_ref());
         let encoded = Instant::now();
 
-        let mut scheduler = DpmSolverMultistepScheduler::new(DEFAULT_SCHEDULER_CONFIG, job.steps)?;
+        let kind = match &job.sampler {
+            Some(spec) => spec.kind()?,
+            None => self.default_sampler(),
+        };
+        let mut scheduler = Sampler::new(kind, job.steps)?;
         let factor = self.arch.vae_scale_factor();
         let shape = [
             1,
@@ -559,15 +630,14 @@ impl ImageEngine {
         let mut latents = (noise.randn_tensor(&shape, NoiseDType::F32, &self.device)?
             * f64::from(scheduler.init_noise_sigma()))
         .map_err(tensor("initial latents"))?;
-        let timesteps = scheduler.timesteps().to_vec();
-        for (step, &t) in timesteps.iter().enumerate() {
+        for (step, t) in scheduler.timesteps().into_iter().enumerate() {
             let input = if guided {
                 Tensor::cat(&[&latents, &latents], 0).map_err(tensor("guidance batch"))?
             } else {
                 latents.clone()
             };
-            let input = scheduler.scale_model_input(&input);
-            let eps = self.unet_forward(&input, t as f64, &text.context, added)?;
+            let input = scheduler.scale_model_input(&input)?;
+            let eps = self.unet_forward(&input, t, &text.context, added)?;
             let eps = if guided {
                 let guide = || {
                     let uncond = eps.i(0..1)?;

@@ -36,6 +36,58 @@ pub struct ImageJob {
     pub guidance_scale: f64,
     /// The seed of torch's CPU generator.
     pub seed: u64,
+    /// The sampler the job names (the real examples' `sampler`); `None`: the family's default.
+    #[serde(default)]
+    pub sampler: Option<SamplerSpec>,
+}
+
+/// A sampler as the network's jobs name it: a diffusers scheduler class and its options.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SamplerSpec {
+    /// The diffusers class, e.g. `DPMSolverMultistepScheduler`.
+    pub class_name: String,
+    /// `algorithm_type` (DPM-Solver), e.g. `sde-dpmsolver++`.
+    #[serde(default)]
+    pub algorithm_type: Option<String>,
+    /// `use_karras_sigmas`.
+    #[serde(default)]
+    pub use_karras_sigmas: Option<bool>,
+}
+
+/// The samplers this engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// DPM-Solver++ 2M SDE with Karras sigmas: the network's SD 1.5 sampler and the one its
+    /// example jobs name.
+    DpmSolverSdeKarras,
+    /// Euler discrete, "leading" spacing, steps offset 1: SDXL base's default.
+    EulerDiscrete,
+}
+
+impl SamplerSpec {
+    /// Which supported sampler this is.
+    ///
+    /// # Errors
+    /// [`InferenceError::UnsupportedSampler`] for any other class or option.
+    pub fn kind(&self) -> Result<SamplerKind> {
+        let karras = self.use_karras_sigmas.unwrap_or(false);
+        match (
+            self.class_name.as_str(),
+            self.algorithm_type.as_deref(),
+            karras,
+        ) {
+            ("DPMSolverMultistepScheduler", Some("sde-dpmsolver++"), true) => {
+                Ok(SamplerKind::DpmSolverSdeKarras)
+            }
+            ("EulerDiscreteScheduler", None, false) => Ok(SamplerKind::EulerDiscrete),
+            _ => Err(InferenceError::UnsupportedSampler {
+                sampler: format!(
+                    "{} (algorithm_type {:?}, use_karras_sigmas {karras})",
+                    self.class_name, self.algorithm_type
+                ),
+            }),
+        }
+    }
 }
 
 impl ImageJob {
@@ -46,7 +98,7 @@ impl ImageJob {
     /// [`InferenceError::InvalidImageSize`] when a side is below 8 (nothing is left after
     /// rounding), [`InferenceError::InvalidInferenceSteps`] for 0 steps,
     /// [`InferenceError::InvalidSampling`] for a guidance scale that is NaN, infinite or
-    /// negative.
+    /// negative, [`InferenceError::UnsupportedSampler`] for a sampler this engine does not run.
     pub fn checked(&self) -> Result<Self> {
         let side = |name: &'static str, value: u32| {
             let clamped = value.min(MAX_IMAGE_SIDE) / 8 * 8;
@@ -56,6 +108,9 @@ impl ImageJob {
                 Ok(clamped)
             }
         };
+        if let Some(sampler) = &self.sampler {
+            sampler.kind()?;
+        }
         if self.steps == 0 {
             return Err(InferenceError::InvalidInferenceSteps {
                 steps: 0,
@@ -158,6 +213,7 @@ mod tests {
             steps: 50,
             guidance_scale: 7.0,
             seed: 1,
+            sampler: None,
         }
     }
 
@@ -185,6 +241,13 @@ mod tests {
             err,
             InferenceError::InvalidInferenceSteps { steps: 0, .. }
         ));
+        let spec = SamplerSpec {
+            class_name: "DPMSolverMultistepScheduler".into(),
+            algorithm_type: Some("dpmsolver++".into()),
+            use_karras_sigmas: Some(true),
+        };
+        let err = spec.kind().unwrap_err();
+        assert!(err.to_string().contains("dpmsolver++"), "{err}");
         let err = ImageJob {
             guidance_scale: f64::NAN,
             ..job()

@@ -30,5 +30,5 @@ pub use engine::{
 };
 pub use job::{
     GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, MAX_IMAGE_STEPS, PromptTokenizer,
-    encode_png,
+    SamplerKind, SamplerSpec, encode_png,
 };

@@ -193,6 +193,7 @@ fn image_sd_seeded_run_matches_diffusers() {
         steps: run["steps"].as_u64().unwrap() as usize,
         guidance_scale: run["guidance_scale"].as_f64().unwrap(),
         seed: run["seed"].as_u64().unwrap(),
+        sampler: None,
     };
     let expected = tensor("run_latents");
     let mut worst = 0f32;
@@ -302,6 +303,7 @@ fn image_sd_bad_jobs_are_typed_errors() {
         steps: 2,
         guidance_scale: 7.0,
         seed: 1,
+        sampler: None,
     };
     let err = engine()
         .generate(

@@ -12,7 +12,9 @@ use std::sync::OnceLock;
 use candle_core::{DType, Tensor};
 use heurist_inference::DeviceSpec;
 use heurist_inference::image::noise::TorchCpuGenerator;
-use heurist_inference::image::{AddEmbeddingDims, ClipActivation, ImageEngine, ImageJob, SdFamily};
+use heurist_inference::image::{
+    AddEmbeddingDims, ClipActivation, ImageEngine, ImageJob, SamplerKind, SamplerSpec, SdFamily,
+};
 
 use crate::image_sd::{psnr, reference_json, relative_error, sd_dir, tensor};
 
@@ -106,8 +108,8 @@ fn image_sdxl_text_and_unet_match_diffusers() {
     assert!(err.to_string().contains("time ids"), "{err}");
 }
 
-#[test]
-fn image_sdxl_seeded_run_matches_diffusers() {
+/// The seeded CFG run of the fixture with `sampler`, against diffusers' latents and image.
+fn check_run(sampler: Option<SamplerSpec>, latents_key: &str, image: &str) {
     let json = reference_json();
     let run = &json["xl_run"];
     let ids = prompt_ids();
@@ -126,11 +128,12 @@ fn image_sdxl_seeded_run_matches_diffusers() {
         steps: run["steps"].as_u64().unwrap() as usize,
         guidance_scale: run["guidance_scale"].as_f64().unwrap(),
         seed: run["seed"].as_u64().unwrap(),
+        sampler,
     };
-    let expected = tensor("xl_run_latents");
+    let expected = tensor(latents_key);
     let mut worst = 0f32;
     let mut noise = TorchCpuGenerator::new(job.seed);
-    let image = engine()
+    let out = engine()
         .generate_with(
             &job,
             &tokenizer,
@@ -138,18 +141,38 @@ fn image_sdxl_seeded_run_matches_diffusers() {
             &mut |step, latents: &Tensor| {
                 let err =
                     relative_error(latents, &expected.get(step).unwrap().unsqueeze(0).unwrap());
-                eprintln!("SDXL step {step}: latents relative error {err:e}");
+                eprintln!("{latents_key} step {step}: relative error {err:e}");
                 worst = worst.max(err);
             },
         )
         .unwrap();
-    assert!(worst < 1e-3, "trajectory relative error {worst}");
-    let expected_rgb = tensor("xl_run_image")
+    assert!(
+        worst < 1e-3,
+        "{latents_key}: trajectory relative error {worst}"
+    );
+    let expected_rgb = tensor(image)
         .flatten_all()
         .unwrap()
         .to_vec1::<u8>()
         .unwrap();
-    let psnr = psnr(&image.rgb, &expected_rgb);
-    eprintln!("SDXL image PSNR {psnr:.1} dB");
-    assert!(psnr >= 40.0, "PSNR {psnr}");
+    let psnr = psnr(&out.rgb, &expected_rgb);
+    eprintln!("{image}: PSNR {psnr:.1} dB");
+    assert!(psnr >= 40.0, "{image}: PSNR {psnr}");
+}
+
+#[test]
+fn image_sdxl_seeded_run_matches_diffusers() {
+    // The network's sampler, as its SDXL example jobs name it.
+    let spec = SamplerSpec {
+        class_name: "DPMSolverMultistepScheduler".into(),
+        algorithm_type: Some("sde-dpmsolver++".into()),
+        use_karras_sigmas: Some(true),
+    };
+    check_run(Some(spec), "xl_run_latents", "xl_run_image");
+}
+
+#[test]
+fn image_sdxl_default_euler_run_matches_diffusers() {
+    assert_eq!(engine().default_sampler(), SamplerKind::EulerDiscrete);
+    check_run(None, "xl_euler_latents", "xl_euler_image");
 }
