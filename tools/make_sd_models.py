@@ -1,40 +1,37 @@
 #!/usr/bin/env python3
-"""Build a tiny random-weight Stable Diffusion 1.5 and record what diffusers computes with it.
+"""Build tiny random-weight Stable Diffusion models (SD 1.5, SDXL, a kohya LoRA) and record what
+diffusers computes with them.
 
-No real weights reach the test machines, so heurist-inference's SD 1.5 engine is checked against
-a model of the real architecture (UNet2DConditionModel with cross-attention, AutoencoderKL,
-CLIPTextModel) with small channel counts and seeded random weights. The independent peers are
-diffusers 0.30.2 and transformers 4.44.2 on torch 2.4.0 (CPU), in tools/.venv-image (the venv of
-tools/make_image_fixtures.py; this script installs transformers there).
+No real weights reach the test machines, so heurist-inference's image engine is checked against
+models of the real architectures (UNet2DConditionModel with cross-attention, AutoencoderKL,
+CLIPTextModel, CLIPTextModelWithProjection) with small widths and seeded random weights. The
+independent peers are diffusers 0.30.2, transformers 4.44.2 and peft 0.12.0 on torch 2.4.0 (CPU),
+in tools/.venv-image (the venv of tools/make_image_fixtures.py; this script adds its pins there).
 
     python3 tools/make_sd_models.py
 
-The model is saved twice:
-  * as ONE single-file checkpoint in the original LDM / A1111 layout (`model.diffusion_model.*`,
-    `first_stage_model.*`, `cond_stage_model.transformer.*`), the layout of the network's civitai
-    checkpoints, in f16. Every weight is rounded to an f16 value before anything is recorded, so
-    the f16 file holds the f32 model exactly: the Rust tests load it as f16 and, converted
-    tensor by tensor to an f32 file, as f32, and both must give diffusers' f32 results. (An f32
-    copy would double the repository's share of this fixture for no information.) The diffusers -> LDM key mapping is written here (see
-    `ldm_unet_key`, `ldm_vae_key`) and proven independent: diffusers' own single-file converters
-    (`convert_ldm_*_checkpoint`) must map the file back onto exactly the original tensors;
-  * as a diffusers-layout folder (unet/, vae/, text_encoder/ with config.json and safetensors),
-    in f16 to keep the repository small.
+Every weight is rounded to an f16 value before anything is recorded, so the f16 files hold the
+f32 models exactly: the Rust tests load them as f16 and, converted tensor by tensor to an f32
+file, as f32, and both must give diffusers' f32 results (an f32 copy in the repository would
+double its share for no information).
 
-Writes heurist-inference/tests/fixtures/sd/:
-  tiny-sd15-fp16.safetensors                           single-file LDM checkpoint
-  tiny-sd15-diffusers/                                 diffusers-layout folder (f16)
-  reference.safetensors                                recorded tensors (f32, uint8), below
-  reference.json                                       the inputs: token ids, timestep, seed,
-                                                       steps, guidance, sizes
-Recorded tensors:
-  text_ids / text_hidden      2 fixed token-id prompts and CLIP's last hidden state
-  unet_sample / unet_out     one UNet forward at a fixed timestep, context text_hidden
-  vae_latent / vae_image      one VAE decode (the raw decoder output, before clamping)
-  run_latents                 a whole seeded CFG run's latents after every step
-                              (StableDiffusionPipeline, DPMSolverMultistepScheduler
-                              sde-dpmsolver++ with Karras sigmas, as in the network's jobs)
-  run_image                   its final image, uint8 HWC as the pipeline's PIL output
+The models are saved as single-file checkpoints in the original LDM / A1111 layout, the layout of
+the network's civitai checkpoints (`model.diffusion_model.*`, `first_stage_model.*`,
+`cond_stage_model.transformer.*`; SDXL: `conditioner.embedders.0.transformer.*` and OpenCLIP's
+`conditioner.embedders.1.model.*`). The diffusers -> LDM / OpenCLIP key mappings are written here
+(`ldm_unet_key`, `ldm_vae_key`, `openclip_key`) and proven independent: diffusers' own
+single-file converters (`convert_ldm_*_checkpoint`, `convert_open_clip_checkpoint`) must map the
+files back onto exactly the original tensors. The SD 1.5 model is also saved as a
+diffusers-layout folder (unet/, vae/, text_encoder/).
+
+Writes heurist-inference/tests/fixtures/sd/ (SOURCE.md there lists every tensor):
+  tiny-sd15-fp16.safetensors     SD 1.5, single-file LDM checkpoint
+  tiny-sd15-diffusers/           the same, diffusers-layout folder
+  tiny-sdxl-fp16.safetensors     SDXL, single-file LDM checkpoint
+  tiny-sd15-lora.safetensors     a kohya LoRA for the SD 1.5 model
+  reference.safetensors          recorded tensors: text encoder outputs, one UNet forward, one
+                                 VAE decode, whole seeded CFG runs (per-step latents, image)
+  reference.json                 the inputs: token ids, timestep, seeds, steps, guidance, sizes
 """
 import json
 import os
@@ -46,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(ROOT, "tools", ".venv-image")
 OUT = os.path.join(ROOT, "heurist-inference", "tests", "fixtures", "sd")
 PINS = ["torch==2.4.0", "diffusers==0.30.2", "numpy==1.26.4", "huggingface_hub==0.24.6",
-        "transformers==4.44.2", "safetensors==0.8.0"]
+        "transformers==4.44.2", "safetensors==0.8.0", "peft==0.12.0"]
 
 # The architecture. SD 1.5 is blocks (320, 640, 1280, 1280), cross-attention in the first three,
 # 2 layers per block, 8 heads, context 768. The tiny one keeps every kind of block and the LDM
@@ -487,6 +484,103 @@ def record_xl(unet, vae, te1, te2):
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# A kohya-style LoRA for the tiny SD 1.5 (the network's LoRAs are civitai/kohya files): keys
+# `lora_unet_<diffusers module path with _>` / `lora_te_<transformers path with _>`, each with
+# `.lora_down.weight`, `.lora_up.weight` and `.alpha`; linear layers, 1x1 and 3x3 convolutions
+# (LoCon). diffusers loads it (its kohya converter and peft) and fuses it at the network's
+# `default_weight` as the scale.
+LORA_RANK = 2
+LORA_ALPHA = 1.0
+LORA_SCALE = 0.8
+LORA_UNET = [
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0",
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
+    "down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2",
+    "down_blocks.1.attentions.1.proj_in",
+    "up_blocks.0.attentions.2.transformer_blocks.0.attn1.to_v",
+    "mid_block.attentions.0.proj_out",
+    "down_blocks.0.resnets.1.conv1",
+    "up_blocks.1.resnets.0.conv2",
+]
+LORA_TE = [
+    "text_model.encoder.layers.0.self_attn.q_proj",
+    "text_model.encoder.layers.1.self_attn.out_proj",
+    "text_model.encoder.layers.1.mlp.fc1",
+]
+
+
+def make_lora(unet, text_encoder):
+    import torch
+    g = torch.Generator("cpu").manual_seed(99)
+    lora = {}
+    for prefix, model, paths in (("lora_unet_", unet, LORA_UNET), ("lora_te_", text_encoder, LORA_TE)):
+        modules = dict(model.named_modules())
+        for path in paths:
+            w = modules[path].weight
+            name = prefix + path.replace(".", "_")
+            if w.ndim == 4:
+                down = torch.randn((LORA_RANK, w.shape[1], w.shape[2], w.shape[3]), generator=g)
+                up = torch.randn((w.shape[0], LORA_RANK, 1, 1), generator=g)
+            else:
+                down = torch.randn((LORA_RANK, w.shape[1]), generator=g)
+                up = torch.randn((w.shape[0], LORA_RANK), generator=g)
+            lora[name + ".lora_down.weight"] = (down * 0.2).half()
+            lora[name + ".lora_up.weight"] = (up * 0.2).half()
+            lora[name + ".alpha"] = torch.tensor(LORA_ALPHA).half()
+    return lora
+
+
+def record_lora(unet, vae, text_encoder, lora_path):
+    import copy
+    import numpy as np
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    base_unet, base_te = unet, text_encoder
+    unet, text_encoder = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", steps_offset=1,
+        algorithm_type="sde-dpmsolver++", use_karras_sigmas=True)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=None, unet=unet,
+                                   scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.load_lora_weights(os.path.dirname(lora_path), weight_name=os.path.basename(lora_path))
+    pipe.fuse_lora(lora_scale=LORA_SCALE)
+    pipe.unload_lora_weights()  # the fused weights stay
+    # Every LoRA module must have been fused by diffusers as W + scale * alpha / rank * up @ down
+    # (nothing silently skipped), or the fixture would not test what it claims.
+    lora = make_lora(base_unet, base_te)
+    for prefix, base, fused, paths in (("lora_unet_", base_unet, unet, LORA_UNET),
+                                       ("lora_te_", base_te, text_encoder, LORA_TE)):
+        for path in paths:
+            name = prefix + path.replace(".", "_")
+            down = lora[name + ".lora_down.weight"].float()
+            up = lora[name + ".lora_up.weight"].float()
+            w0 = dict(base.named_modules())[path].weight
+            w1 = dict(fused.named_modules())[path].weight
+            delta = (up.flatten(1) @ down.flatten(1)).reshape(w0.shape)
+            want = w0 + LORA_SCALE * LORA_ALPHA / LORA_RANK * delta
+            assert torch.allclose(w1, want, atol=1e-5), f"diffusers did not fuse {name}"
+    out = {}
+    with torch.no_grad():
+        ids = torch.tensor([padded(p) for p in PROMPT_IDS], dtype=torch.int64)
+        hidden = text_encoder(ids)[0]
+        out["lora_text_hidden"] = hidden
+        g = torch.Generator("cpu").manual_seed(7)
+        sample = torch.randn((2, 4, 8, 8), generator=g)
+        out["lora_unet_out"] = unet(sample, UNET_TIMESTEP, encoder_hidden_states=hidden).sample
+        image = pipe(prompt_embeds=hidden[0:1], negative_prompt_embeds=hidden[1:2],
+                     width=RUN["width"], height=RUN["height"],
+                     num_inference_steps=RUN["steps"], guidance_scale=RUN["guidance_scale"],
+                     generator=torch.Generator("cpu").manual_seed(RUN["seed"]),
+                     output_type="np").images
+    out["lora_run_image"] = torch.from_numpy((image[0] * 255).round().astype(np.uint8))
+    return out
+
+
 def main():
     if not in_venv():
         bootstrap()
@@ -510,6 +604,9 @@ def main():
         module.to(torch.float32)
 
     out = record(unet, vae, text_encoder)
+    lora_path = os.path.join(OUT, "tiny-sd15-lora.safetensors")
+    save_file(make_lora(unet, text_encoder), lora_path, metadata=meta)
+    out.update(record_lora(unet, vae, text_encoder, lora_path))
 
     xl = build_xl()
     ldm_xl = to_ldm_xl(*xl)
@@ -521,7 +618,7 @@ def main():
               os.path.join(OUT, "reference.safetensors"))
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump({"prompt_ids": PROMPT_IDS, "unet_timestep": UNET_TIMESTEP, "run": RUN,
-                   "xl_run": XL_RUN,
+                   "xl_run": XL_RUN, "lora_scale": LORA_SCALE,
                    "unet": {k: v for k, v in UNET.items()}, "vae": VAE, "clip": CLIP,
                    "versions": {"torch": torch.__version__,
                                 "diffusers": __import__("diffusers").__version__,

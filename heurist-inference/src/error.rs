@@ -356,6 +356,24 @@ pub enum InferenceError {
         sampler: String,
     },
 
+    /// A LoRA file that is not in a layout this crate reads.
+    #[error("{path}: not a kohya LoRA: {problem}")]
+    LoraFormat {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A LoRA whose adapters do not fit the model (another family, another architecture).
+    #[error("{path}: the LoRA does not fit the model: {problem}")]
+    LoraMismatch {
+        /// The LoRA file.
+        path: PathBuf,
+        /// Which adapters fit nothing.
+        problem: String,
+    },
+
     /// The PNG encoder refused the image.
     #[error("PNG encoding: {problem}")]
     ImageEncoding {

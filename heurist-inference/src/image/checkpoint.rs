@@ -22,6 +22,7 @@ use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
 use super::ldm_names::Lookup;
+use super::lora::Lora;
 use crate::error::{InferenceError, Result};
 
 /// safetensors' limit on the JSON header; a larger length field means a corrupt file.
@@ -128,6 +129,11 @@ impl SafetensorsFile {
         self.names.iter().map(String::as_str)
     }
 
+    /// One tensor, read from the mapping.
+    pub(crate) fn tensor(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
+        self.tensors.load(name, device)
+    }
+
     /// The shape of a tensor, without reading its data.
     pub(crate) fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.tensors
@@ -138,21 +144,77 @@ impl SafetensorsFile {
 }
 
 /// Where a module's (diffusers / transformers) tensor names are in a file.
-pub(crate) type Rename = Box<dyn Fn(&str) -> Option<Lookup> + Send + Sync>;
+pub(crate) type Rename = Arc<dyn Fn(&str) -> Option<Lookup> + Send + Sync>;
 
 /// A [`Rename`] that puts `prefix` before every name.
 pub(crate) fn prefixed(prefix: &'static str) -> Rename {
-    Box::new(move |n| Some(Lookup::plain(format!("{prefix}{n}"))))
+    Arc::new(move |n| Some(Lookup::plain(format!("{prefix}{n}"))))
 }
 
 /// The first lookup a backend could not answer: the module's name and the file's name.
 pub(crate) type MissingSlot = Arc<Mutex<Option<(String, Option<String>)>>>;
 
-/// A candle [`SimpleBackend`] over a mapped file that translates every name with a [`Rename`].
+/// A LoRA merged into one component's weights as they load.
+#[derive(Clone)]
+pub(crate) struct LoraHook {
+    /// The adapters.
+    pub(crate) lora: Arc<Lora>,
+    /// The component's kohya prefix (`lora_unet_`, `lora_te_`, `lora_te1_`, `lora_te2_`).
+    pub(crate) prefix: &'static str,
+    /// The LoRA weight.
+    pub(crate) scale: f64,
+    /// Adapters merged so far, and adapters whose shape fitted no weight.
+    pub(crate) seen: Arc<Mutex<LoraSeen>>,
+}
+
+/// What a [`LoraHook`] met while a model loaded.
+#[derive(Debug, Default)]
+pub(crate) struct LoraSeen {
+    /// Kohya module names merged.
+    pub(crate) merged: BTreeSet<String>,
+    /// Kohya module names whose adapter does not fit the weight's shape.
+    pub(crate) misfits: BTreeSet<String>,
+}
+
+/// A candle [`SimpleBackend`] over a mapped file that translates every name with a [`Rename`]
+/// and merges a LoRA when one is hooked in.
 struct RenamingBackend {
     file: Arc<SafetensorsFile>,
     rename: Rename,
     missing: MissingSlot,
+    lora: Option<LoraHook>,
+}
+
+impl RenamingBackend {
+    /// `weight` with the hooked LoRA's adapter for module `name` merged in (f32 math).
+    fn merge(&self, name: &str, weight: Tensor) -> candle_core::Result<Tensor> {
+        let Some(hook) = &self.lora else {
+            return Ok(weight);
+        };
+        let Some(module) = name.strip_suffix(".weight") else {
+            return Ok(weight);
+        };
+        let kohya = format!("{}{}", hook.prefix, module.replace('.', "_"));
+        if !hook.lora.adapts(&kohya) {
+            return Ok(weight);
+        }
+        let delta = hook.lora.delta(&kohya, weight.dims(), weight.device())?;
+        let mut seen = hook
+            .seen
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("LoRA bookkeeping poisoned".into()))?;
+        match delta {
+            None => {
+                seen.misfits.insert(kohya);
+                Ok(weight)
+            }
+            Some(delta) => {
+                seen.merged.insert(kohya);
+                // In f32, whatever the file's dtype: the caller converts to the model's.
+                weight.to_dtype(DType::F32)? + (delta * hook.scale)?
+            }
+        }
+    }
 }
 
 impl RenamingBackend {
@@ -205,11 +267,12 @@ impl SimpleBackend for RenamingBackend {
                 got: tensor.shape().clone(),
             });
         };
-        tensor.to_dtype(dtype)
+        self.merge(name, tensor)?.to_dtype(dtype)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.load(name, dev)?.1.to_dtype(dtype)
+        let tensor = self.load(name, dev)?.1;
+        self.merge(name, tensor)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
@@ -241,19 +304,21 @@ fn squeezes_to(stored: &[usize], wanted: &[usize]) -> bool {
         && stored[wanted.len()..].iter().all(|&d| d == 1)
 }
 
-/// A [`VarBuilder`] reading `file` through `rename`, in `dtype` on `device`; lookups that fail
-/// are recorded in `missing`.
+/// A [`VarBuilder`] reading `file` through `rename`, merging `lora`, in `dtype` on `device`;
+/// lookups that fail are recorded in `missing`.
 pub(crate) fn var_builder(
     file: &Arc<SafetensorsFile>,
-    rename: Rename,
+    rename: &Rename,
     missing: &MissingSlot,
+    lora: Option<LoraHook>,
     dtype: DType,
     device: &Device,
 ) -> VarBuilder<'static> {
     let backend: Box<dyn SimpleBackend> = Box::new(RenamingBackend {
         file: Arc::clone(file),
-        rename,
+        rename: Arc::clone(rename),
         missing: Arc::clone(missing),
+        lora,
     });
     VarBuilder::from_backend(backend, dtype, device.clone())
 }

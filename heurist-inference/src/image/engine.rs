@@ -15,7 +15,10 @@
 //! corner, target size) through the UNet's `add_embedding`. SDXL's VAE runs in f32 on every
 //! device, as diffusers upcasts it (it overflows in f16).
 //!
-//! Not yet here (issue 7): LoRA, the VAE override, long prompt weighting (the engine takes token
+//! LoRAs ([`Lora`], kohya layout) are merged into the text encoders and UNet with
+//! [`ImageEngine::set_lora`].
+//!
+//! Not yet here (issue 7): diffusers-layout LoRAs, the registry's composites, the VAE override, long prompt weighting (the engine takes token
 //! ids of at most 77 positions), Euler ancestral and DDIM.
 
 use std::path::{Path, PathBuf};
@@ -25,13 +28,16 @@ use std::time::Instant;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::models::stable_diffusion::vae::AutoEncoderKL;
 
-use super::checkpoint::{self, MissingSlot, Rename, SafetensorsFile, prefixed, renamed_shape};
+use super::checkpoint::{
+    self, LoraHook, LoraSeen, MissingSlot, Rename, SafetensorsFile, prefixed, renamed_shape,
+};
 use super::clip_text::ClipTextEncoder;
 use super::detect::{ComponentShapes, SdArchitecture, SdFamily, Shapes};
 use super::job::{
     GeneratedImage, ImageJob, ImageTimings, PromptTokenizer, SamplerKind, encode_png,
 };
 use super::ldm_names::{self, Lookup};
+use super::lora::Lora;
 use super::noise::{NoiseDType, NoiseSource, TorchCpuGenerator};
 use super::scheduler::{
     DEFAULT_SCHEDULER_CONFIG, DpmSolverMultistepScheduler, EulerDiscreteScheduler,
@@ -123,6 +129,9 @@ pub struct ImageEngine {
     dtype: DType,
     vae_dtype: DType,
     source: PathBuf,
+    /// The base weights, kept mapped so that LoRAs can be swapped without reopening them.
+    parts: Components,
+    lora: Option<(Arc<Lora>, f64)>,
 }
 
 impl std::fmt::Debug for ImageEngine {
@@ -205,7 +214,7 @@ fn clip_rename(file: &SafetensorsFile) -> Option<Rename> {
     let old = CLIP_PREFIXES[0];
     file.contains(&format!("{old}embeddings.token_embedding.weight"))
         .then(|| {
-            let rename: Rename = Box::new(move |n: &str| {
+            let rename: Rename = Arc::new(move |n: &str| {
                 let n = n.strip_prefix("text_model.")?;
                 Some(Lookup::plain(format!("{old}{n}")))
             });
@@ -244,7 +253,7 @@ impl ImageEngine {
             ))
         })?;
         let has_open_clip = file.names().any(|n| n.starts_with(OPEN_CLIP_PREFIX));
-        let open_clip_rename: Rename = Box::new(|n| {
+        let open_clip_rename: Rename = Arc::new(|n| {
             ldm_names::open_clip(n).map(|l| Lookup {
                 key: format!("{OPEN_CLIP_PREFIX}{}", l.key),
                 ..l
@@ -279,10 +288,10 @@ impl ImageEngine {
             rename,
         };
         let components = Components {
-            unet: part(Box::new(move |n| {
+            unet: part(Arc::new(move |n| {
                 ldm_names::unet(n, &layout).map(|k| Lookup::plain(format!("{UNET_PREFIX}{k}")))
             })),
-            vae: part(Box::new(move |n| {
+            vae: part(Arc::new(move |n| {
                 ldm_names::vae(n, levels).map(|k| Lookup::plain(format!("{VAE_PREFIX}{k}")))
             })),
             clip: part(clip_rename),
@@ -360,7 +369,7 @@ impl ImageEngine {
 
     fn build(
         arch: SdArchitecture,
-        components: Components,
+        parts: Components,
         source: &Path,
         device: DeviceSpec,
     ) -> Result<Self> {
@@ -375,25 +384,18 @@ impl ImageEngine {
             SdFamily::Sd15 => dtype,
             SdFamily::Sdxl => DType::F32,
         };
+        let (clip, clip2, unet) = Self::build_adapted(&arch, &parts, source, &device, dtype, None)?;
         let missing: MissingSlot = Arc::new(Mutex::new(None));
-        let fail = |component, source_error| {
-            checkpoint::load_error(source, component, &missing, source_error)
-        };
-        let vb = |part: Part, dtype| {
-            checkpoint::var_builder(&part.file, part.rename, &missing, dtype, &device)
-        };
-        let clip = ClipTextEncoder::new(vb(components.clip, dtype), &arch.clip)
-            .map_err(|e| fail("CLIP", e))?;
-        let clip2 = match (components.clip2, &arch.clip2) {
-            (Some(part), Some(dims)) => Some(
-                ClipTextEncoder::new(vb(part, dtype), dims)
-                    .map_err(|e| fail("OpenCLIP bigG", e))?,
-            ),
-            _ => None,
-        };
-        let unet = Unet::new(vb(components.unet, dtype), &arch).map_err(|e| fail("UNet", e))?;
-        let vae = AutoEncoderKL::new(vb(components.vae, vae_dtype), 3, 3, arch.vae_config())
-            .map_err(|e| fail("VAE", e))?;
+        let vb = checkpoint::var_builder(
+            &parts.vae.file,
+            &parts.vae.rename,
+            &missing,
+            None,
+            vae_dtype,
+            &device,
+        );
+        let vae = AutoEncoderKL::new(vb, 3, 3, arch.vae_config())
+            .map_err(|e| checkpoint::load_error(source, "VAE", &missing, e))?;
         Ok(Self {
             arch,
             clip,
@@ -404,7 +406,122 @@ impl ImageEngine {
             dtype,
             vae_dtype,
             source: source.to_owned(),
+            parts,
+            lora: None,
         })
+    }
+
+    /// The modules a LoRA adapts (text encoders and UNet), with `lora` merged in.
+    fn build_adapted(
+        arch: &SdArchitecture,
+        parts: &Components,
+        source: &Path,
+        device: &Device,
+        dtype: DType,
+        lora: Option<(&Arc<Lora>, f64)>,
+    ) -> Result<(ClipTextEncoder, Option<ClipTextEncoder>, Unet)> {
+        let missing: MissingSlot = Arc::new(Mutex::new(None));
+        let seen = Arc::new(Mutex::new(LoraSeen::default()));
+        let fail = |component, source_error| {
+            checkpoint::load_error(source, component, &missing, source_error)
+        };
+        let hook = |prefix| {
+            lora.map(|(lora, scale)| LoraHook {
+                lora: Arc::clone(lora),
+                prefix,
+                scale,
+                seen: Arc::clone(&seen),
+            })
+        };
+        let vb = |part: &Part, prefix| {
+            checkpoint::var_builder(
+                &part.file,
+                &part.rename,
+                &missing,
+                hook(prefix),
+                dtype,
+                device,
+            )
+        };
+        let (te1, te2) = match arch.family {
+            SdFamily::Sd15 => ("lora_te_", "lora_te2_"),
+            SdFamily::Sdxl => ("lora_te1_", "lora_te2_"),
+        };
+        let clip =
+            ClipTextEncoder::new(vb(&parts.clip, te1), &arch.clip).map_err(|e| fail("CLIP", e))?;
+        let clip2 = match (&parts.clip2, &arch.clip2) {
+            (Some(part), Some(dims)) => Some(
+                ClipTextEncoder::new(vb(part, te2), dims).map_err(|e| fail("OpenCLIP bigG", e))?,
+            ),
+            _ => None,
+        };
+        let unet = Unet::new(vb(&parts.unet, "lora_unet_"), arch).map_err(|e| fail("UNet", e))?;
+        if let Some((lora, _)) = lora {
+            let seen = seen.lock().map_err(|_| InferenceError::LoraMismatch {
+                path: lora.path().to_owned(),
+                problem: "LoRA bookkeeping poisoned".into(),
+            })?;
+            let unmatched: Vec<&str> = lora
+                .modules()
+                .filter(|m| !seen.merged.contains(*m))
+                .collect();
+            if !unmatched.is_empty() {
+                let misfit = unmatched
+                    .iter()
+                    .filter(|m| seen.misfits.contains(**m))
+                    .count();
+                return Err(InferenceError::LoraMismatch {
+                    path: lora.path().to_owned(),
+                    problem: format!(
+                        "{} of its {} adapters fit no weight of this {:?} model ({misfit} by \
+                         shape, the others by name), e.g. {}",
+                        unmatched.len(),
+                        lora.modules().count(),
+                        arch.family,
+                        unmatched[0]
+                    ),
+                });
+            }
+        }
+        Ok((clip, clip2, unet))
+    }
+
+    /// Merges `lora` at weight `scale` (the registry's `default_weight`) into the text encoders
+    /// and the UNet, replacing any LoRA merged before; `None` takes it out. The modules are
+    /// rebuilt from the memory-mapped base checkpoint, which is not read again from disk.
+    ///
+    /// # Errors
+    /// [`InferenceError::LoraMismatch`] when an adapter of the file fits no weight of this
+    /// model (an SD 1.5 LoRA on SDXL, say); [`InferenceError::InvalidSampling`] for a weight
+    /// that is not finite. The engine keeps its previous weights on error.
+    pub fn set_lora(&mut self, lora: Option<(Arc<Lora>, f64)>) -> Result<()> {
+        if let Some((_, scale)) = &lora
+            && !scale.is_finite()
+        {
+            return Err(InferenceError::InvalidSampling {
+                name: "lora_weight",
+                value: *scale,
+                expected: "a finite number",
+            });
+        }
+        let (clip, clip2, unet) = Self::build_adapted(
+            &self.arch,
+            &self.parts,
+            &self.source,
+            &self.device,
+            self.dtype,
+            lora.as_ref().map(|(l, s)| (l, *s)),
+        )?;
+        self.clip = clip;
+        self.clip2 = clip2;
+        self.unet = unet;
+        self.lora = lora;
+        Ok(())
+    }
+
+    /// The LoRA merged now and its weight.
+    pub fn lora(&self) -> Option<(&Lora, f64)> {
+        self.lora.as_ref().map(|(l, s)| (l.as_ref(), *s))
     }
 
     /// The architecture read from the weights.

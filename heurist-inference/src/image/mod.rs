@@ -18,6 +18,7 @@ mod detect;
 mod engine;
 mod job;
 mod ldm_names;
+mod lora;
 pub mod noise;
 pub mod scheduler;
 mod unet;
@@ -32,3 +33,4 @@ pub use job::{
     GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, MAX_IMAGE_STEPS, PromptTokenizer,
     SamplerKind, SamplerSpec, encode_png,
 };
+pub use lora::Lora;

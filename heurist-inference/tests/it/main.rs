@@ -7,6 +7,7 @@ mod image_noise;
 mod image_scheduler;
 mod image_sd;
 mod image_sd_bad_input;
+mod image_sd_lora;
 mod image_sdxl;
 mod llama_cpp_parity;
 mod support;
