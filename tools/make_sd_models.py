@@ -29,6 +29,7 @@ Writes heurist-inference/tests/fixtures/sd/ (SOURCE.md there lists every tensor)
   tiny-sd15-diffusers/           the same, diffusers-layout folder
   tiny-sdxl-fp16.safetensors     SDXL, single-file LDM checkpoint
   tiny-sd15-lora.safetensors     a kohya LoRA for the SD 1.5 model
+  tiny-sdxl-lora.safetensors     a kohya LoRA for the SDXL model
   reference.safetensors          recorded tensors: text encoder outputs, one UNet forward, one
                                  VAE decode, whole seeded CFG runs (per-step latents, image)
   reference.json                 the inputs: token ids, timestep, seeds, steps, guidance, sizes
@@ -511,11 +512,13 @@ LORA_TE = [
 ]
 
 
-def make_lora(unet, text_encoder):
+def make_lora(unet, text_encoder, seed=99, targets=None):
     import torch
-    g = torch.Generator("cpu").manual_seed(99)
+    g = torch.Generator("cpu").manual_seed(seed)
     lora = {}
-    for prefix, model, paths in (("lora_unet_", unet, LORA_UNET), ("lora_te_", text_encoder, LORA_TE)):
+    if targets is None:
+        targets = (("lora_unet_", unet, LORA_UNET), ("lora_te_", text_encoder, LORA_TE))
+    for prefix, model, paths in targets:
         modules = dict(model.named_modules())
         for path in paths:
             w = modules[path].weight
@@ -581,6 +584,76 @@ def record_lora(unet, vae, text_encoder, lora_path):
     return out
 
 
+# SDXL's kohya LoRA: `lora_te1_` / `lora_te2_` for the two text encoders (bigG's q/k/v are
+# fused in the checkpoint, so its adapters land on slices of one stored tensor).
+XL_LORA_UNET = [
+    "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_v",
+    "down_blocks.1.attentions.0.proj_in",
+    "up_blocks.0.attentions.1.transformer_blocks.0.ff.net.0.proj",
+    "up_blocks.1.resnets.1.conv1",
+]
+# (diffusers recognises a kohya text-encoder LoRA by an `out_proj` adapter, so each has one.)
+XL_LORA_TE1 = ["text_model.encoder.layers.0.self_attn.v_proj",
+               "text_model.encoder.layers.0.self_attn.out_proj"]
+XL_LORA_TE2 = [
+    "text_model.encoder.layers.1.self_attn.k_proj",
+    "text_model.encoder.layers.1.self_attn.out_proj",
+    "text_model.encoder.layers.0.mlp.fc2",
+]
+
+
+def xl_lora_targets(unet, te1, te2):
+    return (("lora_unet_", unet, XL_LORA_UNET), ("lora_te1_", te1, XL_LORA_TE1),
+            ("lora_te2_", te2, XL_LORA_TE2))
+
+
+def record_xl_lora(unet, vae, te1, te2, lora_path):
+    import copy
+    import numpy as np
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
+
+    base = xl_lora_targets(unet, te1, te2)
+    unet, te1, te2 = copy.deepcopy(unet), copy.deepcopy(te1), copy.deepcopy(te2)
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+        beta_schedule="scaled_linear", steps_offset=1,
+        algorithm_type="sde-dpmsolver++", use_karras_sigmas=True)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=None,
+                                     tokenizer_2=None, unet=unet, scheduler=scheduler)
+    pipe.load_lora_weights(os.path.dirname(lora_path), weight_name=os.path.basename(lora_path))
+    pipe.fuse_lora(lora_scale=LORA_SCALE)
+    pipe.unload_lora_weights()
+    lora = make_lora(None, None, seed=98, targets=base)
+    for (prefix, b, paths), (_, f, _) in zip(base, xl_lora_targets(unet, te1, te2)):
+        for path in paths:
+            name = prefix + path.replace(".", "_")
+            down = lora[name + ".lora_down.weight"].float()
+            up = lora[name + ".lora_up.weight"].float()
+            w0 = dict(b.named_modules())[path].weight
+            w1 = dict(f.named_modules())[path].weight
+            delta = (up.flatten(1) @ down.flatten(1)).reshape(w0.shape)
+            want = w0 + LORA_SCALE * LORA_ALPHA / LORA_RANK * delta
+            assert torch.allclose(w1, want, atol=1e-5), f"diffusers did not fuse {name}"
+    out = {}
+    with torch.no_grad():
+        ids1 = torch.tensor([padded(p) for p in PROMPT_IDS], dtype=torch.int64)
+        ids2 = torch.tensor([p + [0] * (77 - len(p)) for p in PROMPT_IDS], dtype=torch.int64)
+        h1 = te1(ids1, output_hidden_states=True).hidden_states[-2]
+        o2 = te2(ids2, output_hidden_states=True)
+        context = torch.cat([h1, o2.hidden_states[-2]], dim=-1)
+        pooled = o2.text_embeds
+        out["xl_lora_context"], out["xl_lora_pooled"] = context, pooled
+        image = pipe(prompt_embeds=context[0:1], negative_prompt_embeds=context[1:2],
+                     pooled_prompt_embeds=pooled[0:1], negative_pooled_prompt_embeds=pooled[1:2],
+                     width=XL_RUN["width"], height=XL_RUN["height"],
+                     num_inference_steps=XL_RUN["steps"], guidance_scale=XL_RUN["guidance_scale"],
+                     generator=torch.Generator("cpu").manual_seed(XL_RUN["seed"]),
+                     output_type="np").images
+    out["xl_lora_run_image"] = torch.from_numpy((image[0] * 255).round().astype(np.uint8))
+    return out
+
+
 def main():
     if not in_venv():
         bootstrap()
@@ -614,6 +687,10 @@ def main():
     save_file({k: (v.half() if v.is_floating_point() else v) for k, v in ldm_xl.items()},
               os.path.join(OUT, "tiny-sdxl-fp16.safetensors"), metadata=meta)
     out.update(record_xl(*xl))
+    xl_lora_path = os.path.join(OUT, "tiny-sdxl-lora.safetensors")
+    save_file(make_lora(None, None, seed=98, targets=xl_lora_targets(xl[0], xl[2], xl[3])),
+              xl_lora_path, metadata=meta)
+    out.update(record_xl_lora(*xl, xl_lora_path))
     save_file({k: v.contiguous() for k, v in out.items()},
               os.path.join(OUT, "reference.safetensors"))
     with open(os.path.join(OUT, "reference.json"), "w") as f:

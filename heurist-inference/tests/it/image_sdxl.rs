@@ -3,17 +3,20 @@
 //! checkpoint with CLIP ViT-L in transformers' names and OpenCLIP bigG in its own (fused q/k/v,
 //! transposed projection), `label_emb` for the added conditioning. The text conditioning (both
 //! encoders' penultimate states and the pooled projection), one UNet forward with pooled
-//! embedding and time ids, and a whole seeded CFG run must match, as for SD 1.5.
+//! embedding and time ids, and whole seeded CFG runs (DPM++ SDE Karras, Euler, and with a kohya
+//! LoRA whose `lora_te2_` adapters land on slices of bigG's fused q/k/v) must match, as for
+//! SD 1.5.
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Tensor};
 use heurist_inference::DeviceSpec;
 use heurist_inference::image::noise::TorchCpuGenerator;
 use heurist_inference::image::{
-    AddEmbeddingDims, ClipActivation, ImageEngine, ImageJob, SamplerKind, SamplerSpec, SdFamily,
+    AddEmbeddingDims, ClipActivation, ImageEngine, ImageJob, Lora, SamplerKind, SamplerSpec,
+    SdFamily,
 };
 
 use crate::image_sd::{psnr, reference_json, relative_error, sd_dir, tensor};
@@ -175,4 +178,54 @@ fn image_sdxl_seeded_run_matches_diffusers() {
 fn image_sdxl_default_euler_run_matches_diffusers() {
     assert_eq!(engine().default_sampler(), SamplerKind::EulerDiscrete);
     check_run(None, "xl_euler_latents", "xl_euler_image");
+}
+
+#[test]
+fn image_sdxl_lora_matches_diffusers_fused_lora() {
+    let mut engine =
+        ImageEngine::load_checkpoint(sd_dir().join("tiny-sdxl-fp16.safetensors"), DeviceSpec::Cpu)
+            .unwrap();
+    let lora = Lora::open(sd_dir().join("tiny-sdxl-lora.safetensors")).unwrap();
+    let scale = reference_json()["lora_scale"].as_f64().unwrap();
+    engine.set_lora(Some((Arc::new(lora), scale))).unwrap();
+    let text = engine.encode_token_ids(&prompt_ids()).unwrap();
+    let err = relative_error(&text.context, &tensor("xl_lora_context"));
+    eprintln!("SDXL LoRA context relative error {err:e}");
+    assert!(err < TOLERANCE, "context {err}");
+    assert!(relative_error(&text.context, &tensor("xl_context")) > 1e-2);
+    let err = relative_error(&text.pooled.unwrap(), &tensor("xl_lora_pooled"));
+    assert!(err < TOLERANCE, "pooled {err}");
+
+    let run = &reference_json()["xl_run"];
+    let ids = prompt_ids();
+    let tokenizer = |text: &str| -> heurist_inference::Result<Vec<u32>> {
+        Ok(if text == "positive" {
+            ids[0].clone()
+        } else {
+            ids[1].clone()
+        })
+    };
+    let job = ImageJob {
+        prompt: "positive".into(),
+        neg_prompt: "negative".into(),
+        width: run["width"].as_u64().unwrap() as u32,
+        height: run["height"].as_u64().unwrap() as u32,
+        steps: run["steps"].as_u64().unwrap() as usize,
+        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
+        seed: run["seed"].as_u64().unwrap(),
+        sampler: Some(SamplerSpec {
+            class_name: "DPMSolverMultistepScheduler".into(),
+            algorithm_type: Some("sde-dpmsolver++".into()),
+            use_karras_sigmas: Some(true),
+        }),
+    };
+    let image = engine.generate(&job, &tokenizer).unwrap();
+    let expected = tensor("xl_lora_run_image")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    let psnr = psnr(&image.rgb, &expected);
+    eprintln!("SDXL LoRA image PSNR {psnr:.1} dB");
+    assert!(psnr >= 40.0, "PSNR {psnr}");
 }
