@@ -30,6 +30,7 @@ Writes heurist-inference/tests/fixtures/sd/ (SOURCE.md there lists every tensor)
   tiny-sdxl-fp16.safetensors     SDXL, single-file LDM checkpoint
   tiny-sd15-lora.safetensors     a kohya LoRA for the SD 1.5 model
   tiny-sdxl-lora.safetensors     a kohya LoRA for the SDXL model
+  tiny-vae-override.safetensors  another VAE for the SD 1.5 model, as the registry's VAE files
   reference.safetensors          recorded tensors: text encoder outputs, one UNet forward, one
                                  VAE decode, whole seeded CFG runs (per-step latents, image)
   reference.json                 the inputs: token ids, timestep, seeds, steps, guidance, sizes
@@ -654,6 +655,31 @@ def record_xl_lora(unet, vae, te1, te2, lora_path):
     return out
 
 
+def make_vae_override():
+    """A second VAE for the tiny SD 1.5, as the registry's VAE files are stored: LDM names with
+    no `first_stage_model.` prefix (vae-ft-mse-840000-ema-pruned and the like)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(WEIGHT_SEED + 2)
+    vae = AutoencoderKL(**VAE)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+            p.copy_(p.half().float())
+    vae.eval()
+    levels = len(VAE["block_out_channels"])
+    ldm = {}
+    for name, t in vae.state_dict().items():
+        key, conv = ldm_vae_key(name, levels)
+        ldm[key] = (t[:, :, None, None] if conv else t).contiguous()
+    from diffusers.loaders import single_file_utils as sfu
+    back = sfu.convert_ldm_vae_checkpoint(ldm, dict(vae.config))
+    assert set(back) == set(vae.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in vae.state_dict().items())
+    return vae, ldm
+
+
 def main():
     if not in_venv():
         bootstrap()
@@ -680,6 +706,11 @@ def main():
     lora_path = os.path.join(OUT, "tiny-sd15-lora.safetensors")
     save_file(make_lora(unet, text_encoder), lora_path, metadata=meta)
     out.update(record_lora(unet, vae, text_encoder, lora_path))
+    vae2, vae2_ldm = make_vae_override()
+    save_file({k: v.half() for k, v in vae2_ldm.items()},
+              os.path.join(OUT, "tiny-vae-override.safetensors"), metadata=meta)
+    with torch.no_grad():
+        out["vae2_image"] = vae2.decode(out["vae_latent"]).sample
 
     xl = build_xl()
     ldm_xl = to_ldm_xl(*xl)

@@ -18,8 +18,12 @@
 //! LoRAs ([`Lora`], kohya layout) are merged into the text encoders and UNet with
 //! [`ImageEngine::set_lora`].
 //!
-//! Not yet here (issue 7): diffusers-layout LoRAs, the registry's composites, the VAE override, long prompt weighting (the engine takes token
-//! ids of at most 77 positions), Euler ancestral and DDIM.
+//! [`ImageEngine::set_vae`] swaps in the registry's VAE override.
+//!
+//! Not yet here (issue 7): diffusers-layout LoRAs, the registry's composites (a caller can load
+//! the base and [`ImageEngine::set_lora`] the composite's file at its `default_weight`), long
+//! prompt weighting (the engine takes token ids of at most 77 positions), Euler ancestral and
+//! DDIM.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -516,6 +520,62 @@ impl ImageEngine {
         self.clip2 = clip2;
         self.unet = unet;
         self.lora = lora;
+        Ok(())
+    }
+
+    /// Replaces the checkpoint's VAE by the one in `path` (the registry's `vae` override: a
+    /// safetensors file in LDM names, with or without `first_stage_model.`, or in diffusers
+    /// names); `None` puts the checkpoint's own VAE back.
+    ///
+    /// # Errors
+    /// The safetensors errors of [`ImageEngine::load_checkpoint`];
+    /// [`InferenceError::UnknownCheckpointLayout`] when the file holds no VAE decoder;
+    /// [`InferenceError::MissingTensor`] or [`InferenceError::Load`] when it does not fit this
+    /// model's VAE. The engine keeps its previous VAE on error.
+    pub fn set_vae(&mut self, path: Option<&Path>) -> Result<()> {
+        let missing: MissingSlot = Arc::new(Mutex::new(None));
+        let (part, source) = match path {
+            None => (
+                Part {
+                    file: Arc::clone(&self.parts.vae.file),
+                    rename: Arc::clone(&self.parts.vae.rename),
+                },
+                self.source.clone(),
+            ),
+            Some(path) => {
+                let file = Arc::new(SafetensorsFile::open(path)?);
+                let levels = self.arch.vae_channels.len();
+                let rename: Rename = if file.contains("decoder.up_blocks.0.resnets.0.conv1.weight")
+                {
+                    prefixed("")
+                } else {
+                    let prefix = if file.contains(&format!("{VAE_PREFIX}decoder.conv_in.weight")) {
+                        VAE_PREFIX
+                    } else if file.contains("decoder.conv_in.weight") {
+                        ""
+                    } else {
+                        return Err(InferenceError::UnknownCheckpointLayout {
+                            path: path.to_owned(),
+                            problem: "no VAE decoder (decoder.conv_in.weight)".into(),
+                        });
+                    };
+                    Arc::new(move |n| {
+                        ldm_names::vae(n, levels).map(|k| Lookup::plain(format!("{prefix}{k}")))
+                    })
+                };
+                (Part { file, rename }, path.to_owned())
+            }
+        };
+        let vb = checkpoint::var_builder(
+            &part.file,
+            &part.rename,
+            &missing,
+            None,
+            self.vae_dtype,
+            &self.device,
+        );
+        self.vae = AutoEncoderKL::new(vb, 3, 3, self.arch.vae_config())
+            .map_err(|e| checkpoint::load_error(&source, "VAE", &missing, e))?;
         Ok(())
     }
 

@@ -2,7 +2,8 @@
 //! convolutions, text encoder and UNet, rank 2, alpha 1) merged at weight 0.8 against diffusers,
 //! which loaded the same file with its kohya converter and peft and fused it at that scale
 //! (tools/make_sd_models.py asserts that diffusers fused every adapter). Taking the LoRA out
-//! gives the base model back; an SD 1.5 LoRA on SDXL is a typed error.
+//! gives the base model back; an SD 1.5 LoRA on SDXL is a typed error. Also the VAE override
+//! (another VAE file in the registry's layout) against diffusers.
 
 #![allow(clippy::unwrap_used)]
 
@@ -129,4 +130,28 @@ fn image_sd_lora_file_without_adapters_is_a_typed_error() {
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let err = Lora::open(&path).unwrap_err();
     assert!(matches!(err, InferenceError::LoraFormat { .. }), "{err}");
+}
+
+#[test]
+fn image_sd_vae_override_matches_diffusers() {
+    let mut engine = ImageEngine::load_checkpoint(checkpoint_fp16(), DeviceSpec::Cpu).unwrap();
+    engine
+        .set_vae(Some(&sd_dir().join("tiny-vae-override.safetensors")))
+        .unwrap();
+    let image = engine.vae_decode(&tensor("vae_latent")).unwrap();
+    let err = relative_error(&image, &tensor("vae2_image"));
+    eprintln!("VAE override relative error {err:e}");
+    assert!(err < TOLERANCE, "VAE override {err}");
+    assert!(relative_error(&image, &tensor("vae_image")) > 1e-2);
+    engine.set_vae(None).unwrap();
+    let image = engine.vae_decode(&tensor("vae_latent")).unwrap();
+    assert!(relative_error(&image, &tensor("vae_image")) < TOLERANCE);
+    // A file with no VAE in it.
+    let err = engine
+        .set_vae(Some(&sd_dir().join("tiny-sd15-lora.safetensors")))
+        .unwrap_err();
+    assert!(
+        matches!(err, InferenceError::UnknownCheckpointLayout { .. }),
+        "{err}"
+    );
 }
