@@ -104,6 +104,7 @@ PROMPT_IDS = [
 WEIGHT_SEED = 1234
 UNET_TIMESTEP = 501
 RUN = dict(seed=42, width=64, height=64, steps=6, guidance_scale=7.0)
+ODD_RUN = dict(seed=3, width=72, height=64, steps=3, guidance_scale=7.0)
 
 
 def in_venv():
@@ -305,6 +306,16 @@ def record(unet, vae, text_encoder):
     out["run_latents"] = torch.cat(steps)
     # The pipeline's PIL conversion: (x * 255).round() of the [0, 1] image.
     out["run_image"] = torch.from_numpy((image[0] * 255).round().astype(np.uint8))
+
+    # A size whose latent (9 x 8) is not a multiple of the UNet's downscale (2): the up path
+    # then upsamples to the skip connection's size, as real jobs of width 680 (latent 85) do.
+    with torch.no_grad():
+        image = pipe(prompt_embeds=hidden[0:1], negative_prompt_embeds=hidden[1:2],
+                     width=ODD_RUN["width"], height=ODD_RUN["height"],
+                     num_inference_steps=ODD_RUN["steps"], guidance_scale=ODD_RUN["guidance_scale"],
+                     generator=torch.Generator("cpu").manual_seed(ODD_RUN["seed"]),
+                     output_type="np").images
+    out["odd_run_image"] = torch.from_numpy((image[0] * 255).round().astype(np.uint8))
     return out
 
 
@@ -726,7 +737,7 @@ def main():
               os.path.join(OUT, "reference.safetensors"))
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump({"prompt_ids": PROMPT_IDS, "unet_timestep": UNET_TIMESTEP, "run": RUN,
-                   "xl_run": XL_RUN, "lora_scale": LORA_SCALE,
+                   "odd_run": ODD_RUN, "xl_run": XL_RUN, "lora_scale": LORA_SCALE,
                    "unet": {k: v for k, v in UNET.items()}, "vae": VAE, "clip": CLIP,
                    "versions": {"torch": torch.__version__,
                                 "diffusers": __import__("diffusers").__version__,

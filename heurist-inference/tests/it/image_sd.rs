@@ -370,3 +370,38 @@ fn image_sd_bad_jobs_are_typed_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn image_sd_latent_of_odd_size_matches_diffusers() {
+    // 72 x 64 pixels: a 9 x 8 latent, not a multiple of the UNet's downscale.
+    let json = reference_json();
+    let run = &json["odd_run"];
+    let ids = text_ids();
+    let tokenizer = |text: &str| -> heurist_inference::Result<Vec<u32>> {
+        Ok(if text == "positive" {
+            ids[0].clone()
+        } else {
+            ids[1].clone()
+        })
+    };
+    let job = ImageJob {
+        prompt: "positive".into(),
+        neg_prompt: "negative".into(),
+        width: run["width"].as_u64().unwrap() as u32,
+        height: run["height"].as_u64().unwrap() as u32,
+        steps: run["steps"].as_u64().unwrap() as usize,
+        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
+        seed: run["seed"].as_u64().unwrap(),
+        sampler: None,
+    };
+    let image = engine().generate(&job, &tokenizer).unwrap();
+    assert_eq!((image.width, image.height), (72, 64));
+    let expected = tensor("odd_run_image")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    let psnr = psnr(&image.rgb, &expected);
+    eprintln!("72x64 image PSNR {psnr:.1} dB");
+    assert!(psnr >= 40.0, "PSNR {psnr}");
+}
