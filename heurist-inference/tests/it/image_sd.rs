@@ -98,11 +98,11 @@ fn check_models(engine: &ImageEngine, what: &str) {
 fn image_sd_architecture_is_read_from_the_tensors() {
     let arch = engine().architecture();
     assert_eq!(arch.family, SdFamily::Sd15);
-    assert_eq!(arch.unet_channels, [32, 32]);
-    assert_eq!(arch.unet_attention, [None, Some(1)]);
+    assert_eq!(arch.unet_channels, [32, 32, 32]);
+    assert_eq!(arch.unet_attention, [None, None, Some(1)]);
     assert_eq!((arch.layers_per_block, arch.mid_depth), (2, 1));
     assert_eq!((arch.latent_channels, arch.context_dim), (4, 8));
-    assert_eq!(arch.unet_heads, [8, 8]);
+    assert_eq!(arch.unet_heads, [8, 8, 8]);
     assert!(!arch.linear_projection);
     assert_eq!(arch.add_embedding, None);
     assert_eq!(arch.vae_channels, [32, 32, 32, 32]);
