@@ -21,6 +21,7 @@ mod ldm_names;
 mod lora;
 pub mod noise;
 pub mod scheduler;
+mod transformer;
 mod unet;
 
 pub use clip_text::{ClipActivation, ClipDims};

@@ -1,32 +1,29 @@
-//! The conditional UNet of SD 1.5 and SDXL, assembled from candle-transformers' blocks.
+//! The conditional UNet of SD 1.5 and SDXL: candle-transformers' resnets and time embeddings,
+//! with the top level, the block assembly and the spatial transformers ([`super::transformer`])
+//! here.
 //!
 //! candle's own `UNet2DConditionModel` has no `add_embedding`: SDXL adds to the time embedding
 //! an embedding of the pooled text projection and the six "time ids" (original size, crop
-//! corner, target size), each id through the same sinusoidal projection as the timestep. So the
-//! top level (time embedding, block order, skip connections) lives here, and the down, mid and
-//! up blocks are candle's. Names are diffusers' (`add_embedding.linear_1`, …).
+//! corner, target size), each id through the same sinusoidal projection as the timestep. And
+//! candle's transformer blocks use an approximate GELU. Names are diffusers' (`down_blocks.1.
+//! attentions.0…`, `add_embedding.linear_1`, …).
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Conv2d, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    CrossAttnDownBlock2D, CrossAttnDownBlock2DConfig, CrossAttnUpBlock2D, CrossAttnUpBlock2DConfig,
-    DownBlock2D, DownBlock2DConfig, UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig,
-    UpBlock2D, UpBlock2DConfig,
-};
+use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
 use super::detect::SdArchitecture;
+use super::transformer::SpatialTransformer;
 
 const NORM_EPS: f64 = 1e-5;
 
-enum Down {
-    Plain(DownBlock2D),
-    Attention(CrossAttnDownBlock2D),
-}
-
-enum Up {
-    Plain(UpBlock2D),
-    Attention(CrossAttnUpBlock2D),
+/// One resolution level of the down or up path.
+struct Level {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialTransformer>,
+    /// A stride-2 convolution (down) or nearest upsampling and a convolution (up).
+    sampler: Option<Conv2d>,
 }
 
 /// SDXL's added conditioning.
@@ -37,16 +34,15 @@ struct AddEmbedding {
 
 /// The UNet.
 pub(crate) struct Unet {
-    conv_in: candle_nn::Conv2d,
+    conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     add: Option<AddEmbedding>,
-    down: Vec<Down>,
-    mid: UNetMidBlock2DCrossAttn,
-    up: Vec<Up>,
+    down: Vec<Level>,
+    mid: (ResnetBlock2D, SpatialTransformer, ResnetBlock2D),
+    up: Vec<Level>,
     norm_out: candle_nn::GroupNorm,
-    conv_out: candle_nn::Conv2d,
-    levels: usize,
+    conv_out: Conv2d,
 }
 
 impl Unet {
@@ -75,104 +71,108 @@ impl Unet {
                 )?,
             }),
         };
+        let resnet = |vb: VarBuilder<'_>, in_ch: usize, out_ch: usize| {
+            ResnetBlock2D::new(
+                vb,
+                in_ch,
+                ResnetBlock2DConfig {
+                    out_channels: Some(out_ch),
+                    temb_channels: Some(time_dim),
+                    groups,
+                    groups_out: None,
+                    eps: NORM_EPS,
+                    use_in_shortcut: None,
+                    output_scale_factor: 1.0,
+                },
+            )
+        };
+        let transformer = |vb: VarBuilder<'_>, level: usize, depth: usize| {
+            SpatialTransformer::new(
+                vb,
+                channels[level],
+                arch.unet_heads[level],
+                depth,
+                arch.context_dim,
+                arch.linear_projection,
+                groups,
+            )
+        };
+        let down_conv = candle_nn::Conv2dConfig {
+            padding: 1,
+            stride: 2,
+            ..Default::default()
+        };
+        let layers = arch.layers_per_block;
         let down = (0..levels)
             .map(|i| {
-                let in_ch = if i == 0 { c0 } else { channels[i - 1] };
-                let plain = DownBlock2DConfig {
-                    num_layers: arch.layers_per_block,
-                    resnet_eps: NORM_EPS,
-                    resnet_groups: groups,
-                    add_downsample: i + 1 < levels,
-                    downsample_padding: 1,
-                    ..Default::default()
-                };
                 let vb = vb.pp(format!("down_blocks.{i}"));
-                Ok(match arch.unet_attention[i] {
-                    None => Down::Plain(DownBlock2D::new(
-                        vb,
-                        in_ch,
-                        channels[i],
-                        Some(time_dim),
-                        plain,
-                    )?),
-                    Some(depth) => Down::Attention(CrossAttnDownBlock2D::new(
-                        vb,
-                        in_ch,
-                        channels[i],
-                        Some(time_dim),
-                        false,
-                        CrossAttnDownBlock2DConfig {
-                            downblock: plain,
-                            attn_num_head_channels: arch.unet_heads[i],
-                            cross_attention_dim: arch.context_dim,
-                            sliced_attention_size: None,
-                            use_linear_projection: arch.linear_projection,
-                            transformer_layers_per_block: depth,
-                        },
-                    )?),
+                let in_ch = if i == 0 { c0 } else { channels[i - 1] };
+                let out = channels[i];
+                let resnets = (0..layers)
+                    .map(|j| {
+                        let from = if j == 0 { in_ch } else { out };
+                        resnet(vb.pp(format!("resnets.{j}")), from, out)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let attentions = match arch.unet_attention[i] {
+                    None => Vec::new(),
+                    Some(depth) => (0..layers)
+                        .map(|j| transformer(vb.pp(format!("attentions.{j}")), i, depth))
+                        .collect::<Result<Vec<_>>>()?,
+                };
+                let sampler = if i + 1 < levels {
+                    let vb = vb.pp("downsamplers.0.conv");
+                    Some(candle_nn::conv2d(out, out, 3, down_conv, vb)?)
+                } else {
+                    None
+                };
+                Ok(Level {
+                    resnets,
+                    attentions,
+                    sampler,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let last = levels - 1;
-        let mid = UNetMidBlock2DCrossAttn::new(
-            vb.pp("mid_block"),
-            channels[last],
-            Some(time_dim),
-            false,
-            UNetMidBlock2DCrossAttnConfig {
-                resnet_eps: NORM_EPS,
-                resnet_groups: Some(groups),
-                attn_num_head_channels: arch.unet_heads[last],
-                cross_attn_dim: arch.context_dim,
-                use_linear_projection: arch.linear_projection,
-                transformer_layers_per_block: arch.mid_depth,
-                ..Default::default()
-            },
-        )?;
+        let top = channels[last];
+        let mid_vb = vb.pp("mid_block");
+        let mid = (
+            resnet(mid_vb.pp("resnets.0"), top, top)?,
+            transformer(mid_vb.pp("attentions.0"), last, arch.mid_depth)?,
+            resnet(mid_vb.pp("resnets.1"), top, top)?,
+        );
         let up = (0..levels)
             .map(|i| {
-                // Up block i mirrors down level `levels - 1 - i`.
+                // Up block i mirrors down level `levels - 1 - i`; its resnets take the previous
+                // output (or their own) concatenated with a skip connection.
                 let level = levels - 1 - i;
-                let prev_out = if i == 0 {
-                    channels[last]
-                } else {
-                    channels[level + 1]
-                };
-                let skip_in = channels[level.saturating_sub(1)];
-                let plain = UpBlock2DConfig {
-                    num_layers: arch.layers_per_block + 1,
-                    resnet_eps: NORM_EPS,
-                    resnet_groups: groups,
-                    add_upsample: i + 1 < levels,
-                    ..Default::default()
-                };
                 let vb = vb.pp(format!("up_blocks.{i}"));
                 let out = channels[level];
-                Ok(match arch.unet_attention[level] {
-                    None => Up::Plain(UpBlock2D::new(
-                        vb,
-                        skip_in,
-                        prev_out,
-                        out,
-                        Some(time_dim),
-                        plain,
-                    )?),
-                    Some(depth) => Up::Attention(CrossAttnUpBlock2D::new(
-                        vb,
-                        skip_in,
-                        prev_out,
-                        out,
-                        Some(time_dim),
-                        false,
-                        CrossAttnUpBlock2DConfig {
-                            upblock: plain,
-                            attn_num_head_channels: arch.unet_heads[level],
-                            cross_attention_dim: arch.context_dim,
-                            sliced_attention_size: None,
-                            use_linear_projection: arch.linear_projection,
-                            transformer_layers_per_block: depth,
-                        },
-                    )?),
+                let prev = if i == 0 { top } else { channels[level + 1] };
+                let level_in = if level == 0 { c0 } else { channels[level - 1] };
+                let resnets = (0..=layers)
+                    .map(|j| {
+                        let from = if j == 0 { prev } else { out };
+                        let skip = if j == layers { level_in } else { out };
+                        resnet(vb.pp(format!("resnets.{j}")), from + skip, out)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let attentions = match arch.unet_attention[level] {
+                    None => Vec::new(),
+                    Some(depth) => (0..=layers)
+                        .map(|j| transformer(vb.pp(format!("attentions.{j}")), level, depth))
+                        .collect::<Result<Vec<_>>>()?,
+                };
+                let sampler = if i + 1 < levels {
+                    let vb = vb.pp("upsamplers.0.conv");
+                    Some(candle_nn::conv2d(out, out, 3, conv3, vb)?)
+                } else {
+                    None
+                };
+                Ok(Level {
+                    resnets,
+                    attentions,
+                    sampler,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -188,7 +188,6 @@ impl Unet {
             up,
             norm_out,
             conv_out,
-            levels,
         })
     }
 
@@ -201,7 +200,7 @@ impl Unet {
         context: &Tensor,
         added: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
-        let (batch, _, height, width) = xs.dims4()?;
+        let batch = xs.dim(0)?;
         let t = (Tensor::ones(batch, xs.dtype(), xs.device())? * timestep)?;
         let mut emb = self.time_embedding.forward(&self.time_proj.forward(&t)?)?;
         match (&self.add, added) {
@@ -221,35 +220,45 @@ impl Unet {
         }
         let mut xs = self.conv_in.forward(xs)?;
         let mut skips = vec![xs.clone()];
-        for block in &self.down {
-            let (out, res) = match block {
-                Down::Plain(b) => b.forward(&xs, Some(&emb))?,
-                Down::Attention(b) => b.forward(&xs, Some(&emb), Some(context))?,
-            };
-            skips.extend(res);
-            xs = out;
-        }
-        xs = self.mid.forward(&xs, Some(&emb), Some(context))?;
-        // When the latent is not a multiple of the total downscale, upsample to the skip's size.
-        let factor = 1 << (self.levels - 1);
-        let odd = height % factor != 0 || width % factor != 0;
-        for (i, block) in self.up.iter().enumerate() {
-            let n = match block {
-                Up::Plain(b) => b.resnets.len(),
-                Up::Attention(b) => b.upblock.resnets.len(),
-            };
-            let res = skips.split_off(skips.len() - n);
-            let size = match skips.last() {
-                Some(skip) if odd && i + 1 < self.levels => {
-                    let (_, _, h, w) = skip.dims4()?;
-                    Some((h, w))
+        for level in &self.down {
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                xs = resnet.forward(&xs, Some(&emb))?;
+                if let Some(attention) = level.attentions.get(j) {
+                    xs = attention.forward(&xs, context)?;
                 }
-                _ => None,
-            };
-            xs = match block {
-                Up::Plain(b) => b.forward(&xs, &res, Some(&emb), size)?,
-                Up::Attention(b) => b.forward(&xs, &res, Some(&emb), size, Some(context))?,
-            };
+                skips.push(xs.clone());
+            }
+            if let Some(conv) = &level.sampler {
+                xs = conv.forward(&xs)?;
+                skips.push(xs.clone());
+            }
+        }
+        xs = self.mid.0.forward(&xs, Some(&emb))?;
+        xs = self.mid.1.forward(&xs, context)?;
+        xs = self.mid.2.forward(&xs, Some(&emb))?;
+        for level in &self.up {
+            for (j, resnet) in level.resnets.iter().enumerate() {
+                let skip = skips.pop().ok_or_else(|| {
+                    candle_core::Error::Msg("UNet skip connections ran out".into())
+                })?;
+                xs = resnet.forward(&Tensor::cat(&[&xs, &skip], 1)?, Some(&emb))?;
+                if let Some(attention) = level.attentions.get(j) {
+                    xs = attention.forward(&xs, context)?;
+                }
+            }
+            if let Some(conv) = &level.sampler {
+                // Nearest upsampling to the next skip's size: twice this one, except when the
+                // latent was not a multiple of the total downscale.
+                let (_, _, h, w) = xs.dims4()?;
+                let (th, tw) = match skips.last() {
+                    Some(skip) => {
+                        let (_, _, sh, sw) = skip.dims4()?;
+                        (sh, sw)
+                    }
+                    None => (2 * h, 2 * w),
+                };
+                xs = conv.forward(&xs.upsample_nearest2d(th, tw)?)?;
+            }
         }
         let xs = candle_nn::ops::silu(&self.norm_out.forward(&xs)?)?;
         self.conv_out.forward(&xs)

@@ -209,7 +209,7 @@ fn image_sd_seeded_run_matches_diffusers() {
         .unwrap();
     assert_eq!(steps_seen, job.steps);
     assert_eq!(image.steps, job.steps);
-    assert!(worst < 1e-3, "trajectory relative error {worst}");
+    assert!(worst < TOLERANCE, "trajectory relative error {worst}");
 
     let expected_rgb = tensor("run_image")
         .flatten_all()
