@@ -150,7 +150,7 @@ fn check_run(sampler: Option<SamplerSpec>, latents_key: &str, image: &str) {
         )
         .unwrap();
     assert!(
-        worst < 1e-3,
+        worst < TOLERANCE,
         "{latents_key}: trajectory relative error {worst}"
     );
     let expected_rgb = tensor(image)
