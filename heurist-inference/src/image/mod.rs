@@ -11,6 +11,35 @@
 //!
 //! Invariant: everything here is checked against the peers it reproduces (torch, diffusers)
 //! through fixtures in tests/fixtures/, never only against its own earlier output.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use heurist_inference::DeviceSpec;
+//! use heurist_inference::image::{ImageEngine, ImageJob, Lora};
+//!
+//! # fn main() -> heurist_inference::Result<()> {
+//! let mut engine = ImageEngine::load_checkpoint("braindance_BD071.safetensors", DeviceSpec::Cpu)?;
+//! engine.set_lora(Some((Arc::new(Lora::open("DD-pepe-v2.safetensors")?), 0.8)))?;
+//! let job = ImageJob {
+//!     prompt: "a koi in a pond".into(),
+//!     neg_prompt: String::new(),
+//!     width: 512,
+//!     height: 768,
+//!     steps: 20,
+//!     guidance_scale: 7.0,
+//!     seed: 2288435497,
+//!     sampler: None, // the family's: DPM-Solver++ 2M SDE Karras for SD 1.5
+//! };
+//! // Any CLIP tokenizer: start token, the text's tokens, end token.
+//! let tokenize = |text: &str| -> heurist_inference::Result<Vec<u32>> {
+//!     Ok([49406].into_iter().chain(text.bytes().map(u32::from)).chain([49407]).collect())
+//! };
+//! let image = engine.generate(&job, &tokenize)?;
+//! std::fs::write("koi.png", &image.png).expect("writable directory");
+//! # Ok(())
+//! # }
+//! ```
 
 mod checkpoint;
 mod clip_text;
