@@ -868,3 +868,14 @@ impl ImageEngine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A miner shares one engine between its job threads.
+    #[test]
+    fn engine_and_lora_are_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::ImageEngine>();
+        shareable::<super::Lora>();
+    }
+}

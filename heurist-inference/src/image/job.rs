@@ -202,6 +202,8 @@ pub fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn job() -> ImageJob {
@@ -215,6 +217,32 @@ mod tests {
             seed: 1,
             sampler: None,
         }
+    }
+
+    #[test]
+    fn reads_the_protocols_sd_input_and_the_example_jobs() {
+        // PROTOCOL.md's `model_input.SD` (num_iterations) ...
+        let job: ImageJob = serde_json::from_str(
+            r#"{"prompt": "p", "neg_prompt": "n", "height": 1024, "width": 680,
+                "num_iterations": 22, "guidance_scale": 4, "seed": 2288435497}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (job.width, job.height, job.steps, job.seed),
+            (680, 1024, 22, 2288435497)
+        );
+        assert_eq!(job.sampler, None);
+        // ... and the reference's example files (num_inference_steps, sampler, no neg_prompt).
+        let job: ImageJob = serde_json::from_str(
+            r#"{"prompt": "p", "seed": 1, "width": 512, "height": 768,
+                "num_inference_steps": 20, "guidance_scale": 7,
+                "sampler": {"class_name": "DPMSolverMultistepScheduler",
+                            "use_karras_sigmas": true, "algorithm_type": "sde-dpmsolver++"}}"#,
+        )
+        .unwrap();
+        assert_eq!((job.steps, job.neg_prompt.as_str()), (20, ""));
+        let kind = job.sampler.as_ref().unwrap().kind().unwrap();
+        assert_eq!(kind, SamplerKind::DpmSolverSdeKarras);
     }
 
     #[test]
