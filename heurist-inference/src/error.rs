@@ -143,7 +143,9 @@ pub enum InferenceError {
     },
 
     /// The messages are not a JSON array of `{"role": …, "content": …}` objects.
-    #[error("messages: {source} (expected a JSON array of {{\"role\": …, \"content\": …}} objects)")]
+    #[error(
+        "messages: {source} (expected a JSON array of {{\"role\": …, \"content\": …}} objects)"
+    )]
     InvalidMessages {
         /// serde_json's error, with line and column.
         #[source]
@@ -291,6 +293,92 @@ pub enum InferenceError {
         /// candle's error.
         #[source]
         source: candle_core::Error,
+    },
+
+    /// A file that is not a whole safetensors file (bad header length, header not JSON).
+    #[error("{path}: not a valid safetensors file: {problem}")]
+    MalformedSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A file that is safetensors but not a Stable Diffusion checkpoint of a known layout.
+    #[error("{path}: not a Stable Diffusion checkpoint in a known layout: {problem}")]
+    UnknownCheckpointLayout {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was looked for and what was found.
+        problem: String,
+    },
+
+    /// The tensors' shapes do not make a model this engine runs.
+    #[error("{path}: unrecognised model architecture: {problem}")]
+    UnrecognisedArchitecture {
+        /// The file or folder.
+        path: PathBuf,
+        /// Which tensor or shape did not fit.
+        problem: String,
+    },
+
+    /// A tensor the model needs is not in the file.
+    #[error(
+        "{path}: the {component} needs tensor {tensor} (module name {wanted}), which is missing"
+    )]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// Which model: CLIP, UNet, VAE.
+        component: &'static str,
+        /// The name looked up in the file.
+        tensor: String,
+        /// The name the module asked for (diffusers naming).
+        wanted: String,
+    },
+
+    /// An image side that is below 8 pixels, so nothing is left after rounding down to 8.
+    #[error("image {name} {value} is out of range (expected 8 to 2048 pixels)")]
+    InvalidImageSize {
+        /// `width` or `height`.
+        name: &'static str,
+        /// The requested value.
+        value: u32,
+    },
+
+    /// A job names a sampler this engine does not run.
+    #[error(
+        "sampler {sampler} is not supported (supported: DPMSolverMultistepScheduler with \
+         algorithm_type sde-dpmsolver++ and Karras sigmas, EulerDiscreteScheduler)"
+    )]
+    UnsupportedSampler {
+        /// The sampler as the job names it.
+        sampler: String,
+    },
+
+    /// A LoRA file that is not in a layout this crate reads.
+    #[error("{path}: not a kohya LoRA: {problem}")]
+    LoraFormat {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A LoRA whose adapters do not fit the model (another family, another architecture).
+    #[error("{path}: the LoRA does not fit the model: {problem}")]
+    LoraMismatch {
+        /// The LoRA file.
+        path: PathBuf,
+        /// Which adapters fit nothing.
+        problem: String,
+    },
+
+    /// The PNG encoder refused the image.
+    #[error("PNG encoding: {problem}")]
+    ImageEncoding {
+        /// The png crate's message.
+        problem: String,
     },
 
     /// Neither the model directory variable nor `HOME` is set.

@@ -17,8 +17,10 @@
 //! [`TokenObserver`]), rewards (`heurist-points`). This crate uses none of its siblings;
 //! `heurist-verify` (behind a feature) and the example binaries use it. Still to come (issue 4):
 //! safetensors Llama 3 / Mistral / Mixtral, top-p / top-k / min-p and penalties, tool calls,
-//! streaming, batched concurrent decoding, fast Q4_1 kernels. The image engines start in
-//! [`image`] (seeded noise, schedulers).
+//! streaming, batched concurrent decoding, fast Q4_1 kernels. The image engine,
+//! [`image::ImageEngine`], runs Stable Diffusion 1.5 and SDXL from the network's single-file
+//! checkpoints (with kohya LoRAs and VAE overrides) on torch-exact seeded noise and diffusers'
+//! schedulers; see [`image`].
 //!
 //! ```no_run
 //! use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, smollm2_path};

@@ -1,0 +1,287 @@
+//! What an image job asks for and what the engine gives back.
+//!
+//! [`ImageJob`] reads the fields of the network's SD `model_input` and of the reference's example
+//! jobs (`num_iterations` or `num_inference_steps`); [`ImageJob::checked`] applies the miner's
+//! limits (sizes down to a multiple of 8 and at most 2048, at most 35 steps) and rejects what no
+//! limit can fix (size 0, steps 0, a guidance scale that is not a finite number >= 0).
+//! [`PromptTokenizer`] is the seam where the CLIP tokenizer plugs in: the engine takes token ids.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{InferenceError, Result};
+
+/// The protocol's largest width and height (`max_width`, `max_height`).
+pub const MAX_IMAGE_SIDE: u32 = 2048;
+/// The protocol's most denoising steps (`max_iterations`).
+pub const MAX_IMAGE_STEPS: usize = 35;
+
+/// One text-to-image job.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ImageJob {
+    /// The prompt.
+    pub prompt: String,
+    /// The negative prompt (the unconditional branch of classifier-free guidance).
+    #[serde(default)]
+    pub neg_prompt: String,
+    /// Image width in pixels.
+    pub width: u32,
+    /// Image height in pixels.
+    pub height: u32,
+    /// Denoising steps.
+    #[serde(alias = "num_iterations", alias = "num_inference_steps")]
+    pub steps: usize,
+    /// Classifier-free guidance scale; at most 1 runs without guidance, as diffusers does.
+    pub guidance_scale: f64,
+    /// The seed of torch's CPU generator.
+    pub seed: u64,
+    /// The sampler the job names (the real examples' `sampler`); `None`: the family's default.
+    #[serde(default)]
+    pub sampler: Option<SamplerSpec>,
+}
+
+/// A sampler as the network's jobs name it: a diffusers scheduler class and its options.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SamplerSpec {
+    /// The diffusers class, e.g. `DPMSolverMultistepScheduler`.
+    pub class_name: String,
+    /// `algorithm_type` (DPM-Solver), e.g. `sde-dpmsolver++`.
+    #[serde(default)]
+    pub algorithm_type: Option<String>,
+    /// `use_karras_sigmas`.
+    #[serde(default)]
+    pub use_karras_sigmas: Option<bool>,
+}
+
+/// The samplers this engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// DPM-Solver++ 2M SDE with Karras sigmas: the network's SD 1.5 sampler and the one its
+    /// example jobs name.
+    DpmSolverSdeKarras,
+    /// Euler discrete, "leading" spacing, steps offset 1: SDXL base's default.
+    EulerDiscrete,
+}
+
+impl SamplerSpec {
+    /// Which supported sampler this is.
+    ///
+    /// # Errors
+    /// [`InferenceError::UnsupportedSampler`] for any other class or option.
+    pub fn kind(&self) -> Result<SamplerKind> {
+        let karras = self.use_karras_sigmas.unwrap_or(false);
+        match (
+            self.class_name.as_str(),
+            self.algorithm_type.as_deref(),
+            karras,
+        ) {
+            ("DPMSolverMultistepScheduler", Some("sde-dpmsolver++"), true) => {
+                Ok(SamplerKind::DpmSolverSdeKarras)
+            }
+            ("EulerDiscreteScheduler", None, false) => Ok(SamplerKind::EulerDiscrete),
+            _ => Err(InferenceError::UnsupportedSampler {
+                sampler: format!(
+                    "{} (algorithm_type {:?}, use_karras_sigmas {karras})",
+                    self.class_name, self.algorithm_type
+                ),
+            }),
+        }
+    }
+}
+
+impl ImageJob {
+    /// The job within the protocol's limits: width and height rounded down to a multiple of 8
+    /// and capped at [`MAX_IMAGE_SIDE`], steps capped at [`MAX_IMAGE_STEPS`].
+    ///
+    /// # Errors
+    /// [`InferenceError::InvalidImageSize`] when a side is below 8 (nothing is left after
+    /// rounding), [`InferenceError::InvalidInferenceSteps`] for 0 steps,
+    /// [`InferenceError::InvalidSampling`] for a guidance scale that is NaN, infinite or
+    /// negative, [`InferenceError::UnsupportedSampler`] for a sampler this engine does not run.
+    pub fn checked(&self) -> Result<Self> {
+        let side = |name: &'static str, value: u32| {
+            let clamped = value.min(MAX_IMAGE_SIDE) / 8 * 8;
+            if clamped == 0 {
+                Err(InferenceError::InvalidImageSize { name, value })
+            } else {
+                Ok(clamped)
+            }
+        };
+        if let Some(sampler) = &self.sampler {
+            sampler.kind()?;
+        }
+        if self.steps == 0 {
+            return Err(InferenceError::InvalidInferenceSteps {
+                steps: 0,
+                train_timesteps: MAX_IMAGE_STEPS,
+            });
+        }
+        if !(self.guidance_scale.is_finite() && self.guidance_scale >= 0.0) {
+            return Err(InferenceError::InvalidSampling {
+                name: "guidance_scale",
+                value: self.guidance_scale,
+                expected: "a finite number >= 0",
+            });
+        }
+        Ok(Self {
+            width: side("width", self.width)?,
+            height: side("height", self.height)?,
+            steps: self.steps.min(MAX_IMAGE_STEPS),
+            ..self.clone()
+        })
+    }
+}
+
+/// Turns a prompt into CLIP token ids: the start token, the text's tokens, the end token. The
+/// engine pads or truncates to the encoder's 77 positions. Closures
+/// `Fn(&str) -> Result<Vec<u32>>` are tokenizers.
+pub trait PromptTokenizer {
+    /// The ids of `text`.
+    ///
+    /// # Errors
+    /// Whatever the tokenizer cannot encode.
+    fn token_ids(&self, text: &str) -> Result<Vec<u32>>;
+}
+
+impl<F: Fn(&str) -> Result<Vec<u32>>> PromptTokenizer for F {
+    fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self(text)
+    }
+}
+
+/// How long each phase of a job took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ImageTimings {
+    /// Tokenizing and encoding both prompts.
+    pub encode: Duration,
+    /// All denoising steps.
+    pub denoise: Duration,
+    /// VAE decoding and PNG encoding.
+    pub decode: Duration,
+}
+
+/// A finished image and the facts a verifier or a reward needs.
+#[derive(Debug, Clone)]
+pub struct GeneratedImage {
+    /// The image as a PNG file (8-bit RGB).
+    pub png: Vec<u8>,
+    /// The pixels, 8-bit RGB, row-major.
+    pub rgb: Vec<u8>,
+    /// Width in pixels (after the protocol's clamping).
+    pub width: u32,
+    /// Height in pixels (after the protocol's clamping).
+    pub height: u32,
+    /// Denoising steps run.
+    pub steps: usize,
+    /// The seed used.
+    pub seed: u64,
+    /// The final latents (1, channels, height / 8, width / 8), f32, before VAE scaling.
+    pub latents: Vec<f32>,
+    /// Phase timings.
+    pub timings: ImageTimings,
+}
+
+/// Encodes 8-bit RGB pixels as a PNG.
+///
+/// # Errors
+/// [`InferenceError::ImageEncoding`] when the png crate refuses (a buffer of the wrong length).
+pub fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
+    let fail = |err: png::EncodingError| InferenceError::ImageEncoding {
+        problem: err.to_string(),
+    };
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().map_err(fail)?;
+    writer.write_image_data(rgb).map_err(fail)?;
+    writer.finish().map_err(fail)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn job() -> ImageJob {
+        ImageJob {
+            prompt: "p".into(),
+            neg_prompt: String::new(),
+            width: 1023,
+            height: 4000,
+            steps: 50,
+            guidance_scale: 7.0,
+            seed: 1,
+            sampler: None,
+        }
+    }
+
+    #[test]
+    fn reads_the_protocols_sd_input_and_the_example_jobs() {
+        // PROTOCOL.md's `model_input.SD` (num_iterations) ...
+        let job: ImageJob = serde_json::from_str(
+            r#"{"prompt": "p", "neg_prompt": "n", "height": 1024, "width": 680,
+                "num_iterations": 22, "guidance_scale": 4, "seed": 2288435497}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (job.width, job.height, job.steps, job.seed),
+            (680, 1024, 22, 2288435497)
+        );
+        assert_eq!(job.sampler, None);
+        // ... and the reference's example files (num_inference_steps, sampler, no neg_prompt).
+        let job: ImageJob = serde_json::from_str(
+            r#"{"prompt": "p", "seed": 1, "width": 512, "height": 768,
+                "num_inference_steps": 20, "guidance_scale": 7,
+                "sampler": {"class_name": "DPMSolverMultistepScheduler",
+                            "use_karras_sigmas": true, "algorithm_type": "sde-dpmsolver++"}}"#,
+        )
+        .unwrap();
+        assert_eq!((job.steps, job.neg_prompt.as_str()), (20, ""));
+        let kind = job.sampler.as_ref().unwrap().kind().unwrap();
+        assert_eq!(kind, SamplerKind::DpmSolverSdeKarras);
+    }
+
+    #[test]
+    fn limits_clamp_like_the_miner() {
+        let checked = job().checked().unwrap();
+        assert_eq!(
+            (checked.width, checked.height, checked.steps),
+            (1016, 2048, 35)
+        );
+    }
+
+    #[test]
+    fn impossible_jobs_are_typed_errors() {
+        let err = ImageJob { width: 7, ..job() }.checked().unwrap_err();
+        assert!(matches!(
+            err,
+            InferenceError::InvalidImageSize {
+                name: "width",
+                value: 7
+            }
+        ));
+        let err = ImageJob { steps: 0, ..job() }.checked().unwrap_err();
+        assert!(matches!(
+            err,
+            InferenceError::InvalidInferenceSteps { steps: 0, .. }
+        ));
+        let spec = SamplerSpec {
+            class_name: "DPMSolverMultistepScheduler".into(),
+            algorithm_type: Some("dpmsolver++".into()),
+            use_karras_sigmas: Some(true),
+        };
+        let err = spec.kind().unwrap_err();
+        assert!(err.to_string().contains("dpmsolver++"), "{err}");
+        let err = ImageJob {
+            guidance_scale: f64::NAN,
+            ..job()
+        }
+        .checked()
+        .unwrap_err();
+        assert!(err.to_string().contains("guidance_scale"), "{err}");
+    }
+}
