@@ -9,8 +9,10 @@
 pub mod config;
 pub mod deliver;
 mod error;
+pub mod image;
 pub mod llm;
 pub mod spool;
+pub mod upload;
 pub mod worker;
 
 use std::time::{SystemTime, UNIX_EPOCH};

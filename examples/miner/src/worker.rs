@@ -182,6 +182,7 @@ impl LlmWorker {
             // A late result earns nothing but the sequencer may still take it; past twice the
             // timeout it is dropped.
             expires_at_ms: received_at_ms + 2 * 1000 * self.limits.llm_timeout_seconds as i64,
+            upload: None,
         };
         // On disk before anything is sent: from here on the result cannot be lost.
         self.spool.put(&finished)?;
