@@ -31,7 +31,7 @@ async fn image_job_uploaded_to_s3_and_submitted() {
     let runner = Arc::new(GradientRunner::default());
     let (worker, stats) = image_worker(miner, &seq.url(), &s3.endpoint(), &spool, runner.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(worker.run(stop_rx));
+    let task = tokio::spawn(Arc::new(worker).run(stop_rx));
     wait_until(Duration::from_secs(60), "two images", || stats.done.load(Ordering::Relaxed) >= 2).await;
     stop_tx.send(true).unwrap();
     task.await.unwrap().unwrap();

@@ -39,10 +39,23 @@ pub fn gradient(width: u32, height: u32, seed: u64) -> Vec<u8> {
     rgb
 }
 
-/// An image runner that paints [`gradient`], counting its calls.
+/// An image runner that paints [`gradient`], counting its calls. With a gate, each call
+/// first waits for a `()` on it (the test decides when a job finishes); a job with seed
+/// `poison_seed` fails, as a job an engine cannot run.
 #[derive(Default)]
 pub struct GradientRunner {
     pub calls: AtomicU64,
+    pub gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    pub poison_seed: Option<u64>,
+    /// Seeds painted, in order.
+    pub seeds: Mutex<Vec<u64>>,
+}
+
+impl GradientRunner {
+    pub fn gated() -> (Self, std::sync::mpsc::Sender<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Self { gate: Mutex::new(Some(rx)), ..Self::default() }, tx)
+    }
 }
 
 impl ImageRunner for GradientRunner {
@@ -50,7 +63,14 @@ impl ImageRunner for GradientRunner {
         if model_id != SD_MODEL {
             return Err(ImageError::UnknownModel(model_id.into()));
         }
+        if let Some(rx) = self.gate.lock().unwrap().as_ref() {
+            rx.recv().unwrap();
+        }
         self.calls.fetch_add(1, Ordering::Relaxed);
+        self.seeds.lock().unwrap().push(params.seed);
+        if Some(params.seed) == self.poison_seed {
+            return Err(ImageError::Png("poisoned job: the engine fails on it".into()));
+        }
         Image::new(params.width, params.height, gradient(params.width, params.height, params.seed))
     }
 }
@@ -101,6 +121,8 @@ pub enum Fault {
     LoseAnswer,
     /// Wait, then forward.
     Delay(Duration),
+    /// Answer with this status and JSON body without forwarding.
+    Answer(u16, &'static str),
 }
 
 type Policy = Arc<dyn Fn(&Method, &str) -> Fault + Send + Sync>;
@@ -112,6 +134,8 @@ struct ProxyState {
     /// Per "METHOD path-prefix": requests seen, and faults injected.
     seen: Mutex<HashMap<String, u64>>,
     faults: AtomicU64,
+    /// Per "METHOD path": upstream answers 2xx (whether or not the client got them).
+    ok: Mutex<HashMap<String, u64>>,
 }
 
 /// A proxy on loopback in front of `upstream`, injecting faults by a policy that can be
@@ -131,6 +155,7 @@ impl FaultProxy {
             http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
             seen: Mutex::new(HashMap::new()),
             faults: AtomicU64::new(0),
+            ok: Mutex::new(HashMap::new()),
         });
         let app = axum::Router::new().fallback(forward).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -158,6 +183,11 @@ impl FaultProxy {
         self.state.seen.lock().unwrap().iter().filter(|(k, _)| k.starts_with(&format!("{method} {prefix}"))).map(|(_, n)| n).sum()
     }
 
+    /// Upstream 2xx answers to requests whose path starts with `prefix`.
+    pub fn ok(&self, method: &str, prefix: &str) -> u64 {
+        self.state.ok.lock().unwrap().iter().filter(|(k, _)| k.starts_with(&format!("{method} {prefix}"))).map(|(_, n)| n).sum()
+    }
+
     pub fn faults(&self) -> u64 {
         self.state.faults.load(Ordering::Relaxed)
     }
@@ -181,9 +211,13 @@ async fn forward(State(state): State<Arc<ProxyState>>, method: Method, uri: Uri,
         Fault::Refuse(status) => {
             return (StatusCode::from_u16(status).unwrap(), format!("injected fault: {status}")).into_response();
         }
+        Fault::Answer(status, body) => {
+            return (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body).into_response();
+        }
         Fault::Delay(d) => tokio::time::sleep(d).await,
         Fault::Pass | Fault::LoseAnswer => {}
     }
+    let key = format!("{method} {path}");
     let url = format!("{}{}", state.upstream, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut req = state.http.request(method, url).body(body);
     for (name, value) in &headers {
@@ -196,10 +230,16 @@ async fn forward(State(state): State<Arc<ProxyState>>, method: Method, uri: Uri,
         Err(e) => return (StatusCode::BAD_GATEWAY, format!("upstream: {e}")).into_response(),
     };
     if fault == Fault::LoseAnswer {
+        if answer.status().is_success() {
+            *state.ok.lock().unwrap().entry(key).or_default() += 1;
+        }
         let _ = answer.bytes().await;
         return (StatusCode::BAD_GATEWAY, "injected fault: answer lost").into_response();
     }
     let status = answer.status();
+    if status.is_success() {
+        *state.ok.lock().unwrap().entry(key.clone()).or_default() += 1;
+    }
     let mut out = Response::builder().status(status.as_u16());
     for (name, value) in answer.headers() {
         if name != "content-length" && name != "transfer-encoding" && name != "connection" {
@@ -217,7 +257,7 @@ pub fn image_worker(
     s3_endpoint: &str,
     spool: &heurist_miner::spool::Spool,
     runner: Arc<GradientRunner>,
-) -> (Arc<heurist_miner::image::ImageWorker>, Arc<heurist_miner::worker::Stats>) {
+) -> (heurist_miner::image::ImageWorker, Arc<heurist_miner::worker::Stats>) {
     let stats = Arc::new(heurist_miner::worker::Stats::default());
     let worker = heurist_miner::image::ImageWorker {
         miner_id: miner.parse().unwrap(),
@@ -233,7 +273,7 @@ pub fn image_worker(
         hardware: "NVIDIA GeForce RTX 4090".into(),
         stats: stats.clone(),
     };
-    (Arc::new(worker), stats)
+    (worker, stats)
 }
 
 /// Waits until `done() >= n`, failing the test after `limit`.
