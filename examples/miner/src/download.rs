@@ -100,7 +100,7 @@ impl ModelStore {
                 self.fetch_checked(name, url, &dest, expected.as_deref()).await?;
                 Ok(dest)
             }
-            (None, Some(repo)) => self.from_hub(name, repo, entry.hf_branch.as_deref(), expected.as_deref()).await,
+            (None, Some(repo)) => self.fetch_from_hub(name, repo, entry.hf_branch.as_deref(), expected.as_deref()).await,
             (None, None) => Err(err(name, "the registry gives neither file_url nor hf_id")),
         }
     }
@@ -221,7 +221,7 @@ impl ModelStore {
 
     /// A file from the Hugging Face hub: the repository's `.gguf` file if it has one (what the
     /// chat engine loads), else its `model.safetensors`; cached by `hf-hub` under `<dir>/hf`.
-    async fn from_hub(&self, name: &str, repo: &str, revision: Option<&str>, expected: Option<&str>) -> Result<PathBuf> {
+    async fn fetch_from_hub(&self, name: &str, repo: &str, revision: Option<&str>, expected: Option<&str>) -> Result<PathBuf> {
         use hf_hub::{Repo, RepoType};
         let api = hf_hub::api::tokio::ApiBuilder::new()
             .with_cache_dir(self.dir.join("hf"))

@@ -69,7 +69,7 @@ impl Uploader {
     /// error naming the key and the status.
     pub async fn put(&self, creds: &TempCredentials, bucket: &str, key: &str, png: Vec<u8>) -> Result<()> {
         let fail = |reason: String| MinerError::Upload { key: key.to_owned(), reason };
-        let b = Bucket::new(self.endpoint.clone(), self.style.clone(), bucket.to_owned(), self.region.clone())
+        let b = Bucket::new(self.endpoint.clone(), self.style, bucket.to_owned(), self.region.clone())
             .map_err(|e| fail(format!("bucket {bucket:?}: {e}")))?;
         let credentials = if creds.session_token().is_empty() {
             Credentials::new(creds.access_key_id(), creds.secret_access_key())
