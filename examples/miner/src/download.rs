@@ -96,7 +96,9 @@ impl ModelStore {
         let file_url = entry.file_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
         match (file_url, &entry.hf_id) {
             (Some(url), _) => {
-                let dest = model_file_path(&self.dir, name);
+                // The reference keeps `<name>.safetensors`; a GGUF keeps its own extension.
+                let gguf = url.split(['?', '#']).next().is_some_and(|u| u.to_ascii_lowercase().ends_with(".gguf"));
+                let dest = if gguf { self.dir.join(format!("{name}.gguf")) } else { model_file_path(&self.dir, name) };
                 self.fetch_checked(name, url, &dest, expected.as_deref()).await?;
                 Ok(dest)
             }

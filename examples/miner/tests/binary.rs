@@ -144,7 +144,7 @@ fn bad_settings_are_named_and_help_lists_every_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (code, help) = run(dir.path(), &["--help"]);
     assert_eq!(code, 0);
-    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--llm-model-id", "--device", "--hardware", "--status-interval"] {
+    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval"] {
         assert!(help.contains(flag), "--help documents {flag}");
     }
 
@@ -157,4 +157,70 @@ fn bad_settings_are_named_and_help_lists_every_flag() {
     let (code, out) = run(dir.path(), &["--config", "config.toml", "--llm-gguf", "x.gguf", "--llm-model-id", MODEL]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("config.toml") && out.contains("sleep_duration"), "names the file and key: {out}");
+}
+
+/// Without `--llm-gguf` the binary finds the model in the registry (`--registry`), downloads
+/// its `file_url` into `<base_dir>/models`, checks it against the registry checksum, loads it
+/// and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_the_model_named_by_the_registry_then_serves() {
+    use sha2::{Digest, Sha256};
+    let gguf = std::fs::read(smollm2_path().unwrap()).unwrap();
+    let checksum = hex::encode_upper(Sha256::digest(&gguf));
+    let served = std::sync::Arc::new(gguf);
+    let body = served.clone();
+    let app = axum::Router::new().route("/m/SmolLM2.gguf", axum::routing::get(move || async move { body.as_ref().clone() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let file_url = format!("http://{}/m/SmolLM2.gguf", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let entry = json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4,
+        "file_url": file_url, "checksum": checksum});
+    let reg_dir = dir.path().join("registry");
+    std::fs::create_dir_all(&reg_dir).unwrap();
+    std::fs::write(reg_dir.join("models.json"), serde_json::to_vec(&json!([entry])).unwrap()).unwrap();
+    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("seq")).unwrap();
+    config.api_keys = vec![KEY.into()];
+    config.registry = Registry::from_dir(&reg_dir).unwrap();
+    let seq = heurist_sequencer::start(config).await.unwrap();
+    let messages = serde_json::to_string(&json!([{"role": "user", "content": "Say hi."}])).unwrap();
+    let job: SubmitJob = serde_json::from_value(json!({"job_id": "dl-1", "model_id": MODEL,
+        "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": 4, "seed": 1}}}))
+    .unwrap();
+    client(&seq.url()).submit_job(KEY, &job).await.unwrap();
+
+    let work = dir.path().join("miner");
+    std::fs::create_dir_all(work.join("keys")).unwrap();
+    std::fs::write(work.join("config.toml"), reference_config(&seq.url(), &work)).unwrap();
+    let id: MinerId = MINER.parse().unwrap();
+    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(&work.join("keys"), &id)).unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(&work)
+        .args(["--config", "config.toml", "--miner-id", MINER, "--llm-model-id", MODEL, "--status-interval", "0"])
+        .arg("--registry")
+        .arg(&reg_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        let s: serde_json::Value =
+            reqwest::Client::new().get(format!("{}/job/dl-1", seq.url())).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+        if !s["result"].is_null() {
+            break s;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the miner exited");
+        assert!(t.elapsed() < Duration::from_secs(180), "no result");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
+    let fetched = work.join("cache").join("models").join(format!("{MODEL}.gguf"));
+    assert!(std::fs::read(&fetched).unwrap() == *served, "the fetched file is the served one");
+    seq.shutdown().await.unwrap();
 }
