@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{
-    HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, Nullable, RequestAnswer, SdParams,
+    HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, ModelKind, Nullable, RequestAnswer,
+    SdParams,
     SubmitResult,
 };
 use tokio::sync::watch;
 
 use crate::deliver::{Delivery, deliver_with};
 use crate::error::{MinerError, Result};
+use crate::signal::{ModelChoice, SignalSetup, signal_loop};
 use crate::spool::{Finished, PendingUpload, Spool};
 use crate::upload::Uploader;
 use crate::worker::Stats;
@@ -112,8 +114,9 @@ pub struct ImageWorker {
     pub miner_id: MinerId,
     /// Its identity.
     pub wallet: Arc<IdentityWallet>,
-    /// The model name it asks jobs for.
-    pub model_id: String,
+    /// The model it asks jobs for, which `miner_signal` answers may switch among those
+    /// present (every `limits.signal_interval` seconds; 0: no signals).
+    pub model: Arc<ModelChoice>,
     /// The engine.
     pub runner: Arc<dyn ImageRunner>,
     /// Where results go.
@@ -164,13 +167,23 @@ impl ImageWorker {
     /// finished and delivered first.
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> Result<()> {
         self.drain_spool(&stop).await?;
+        if self.limits.signal_interval > 0 {
+            let setup = SignalSetup {
+                miner_id: self.miner_id.clone(),
+                kind: ModelKind::Sd,
+                hardware: self.hardware.clone(),
+                version: self.version.clone(),
+                interval: Duration::from_secs(self.limits.signal_interval),
+            };
+            tokio::spawn(signal_loop(self.client.clone(), setup, self.model.clone(), stop.clone()));
+        }
         let mut clock = HeartbeatClock::default();
         let mut failures = 0u32;
         while !*stop.borrow() {
             let heartbeat = clock.due(&self.miner_id, now_s());
             let request = MinerRequest {
                 miner_id: self.miner_id.clone(),
-                model_id: self.model_id.clone(),
+                model_id: self.model.current(),
                 min_deadline: Some(self.limits.min_deadline),
                 hardware: heartbeat.then(|| self.hardware.clone()),
                 version: heartbeat.then(|| self.version.clone()),

@@ -18,7 +18,8 @@ use heurist_miner::config::{ReferenceConfig, expand_home, miner_ids_from_env};
 use heurist_miner::spool::Spool;
 use heurist_miner::worker::{LlmWorker, Stats};
 use heurist_miner::download::ModelStore;
-use heurist_protocol::{IdentityWallet, Registry};
+use heurist_miner::signal::{ModelChoice, SignalSetup, signal_loop};
+use heurist_protocol::{IdentityWallet, ModelKind, Registry};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
 
 /// A native Heurist miner.
@@ -144,6 +145,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             hardware: hardware.clone(),
             stats,
         });
+        if limits.signal_interval > 0 {
+            // One chat model is loaded and named on the command line: pinned, reported.
+            let setup = SignalSetup {
+                miner_id: worker.miner_id.clone(),
+                kind: ModelKind::Llm,
+                hardware: hardware.clone(),
+                version: reference.versions.llm_version.clone(),
+                interval: Duration::from_secs(limits.signal_interval),
+            };
+            let choice = Arc::new(ModelChoice::pinned(args.llm_model_id.clone()));
+            tokio::spawn(signal_loop(client.clone(), setup, choice, stop_rx.clone()));
+        }
         workers.spawn(worker.run(stop_rx.clone()));
     }
     eprintln!("heurist-miner: serving {} on {base_url} ({} worker(s)); spool in {}", args.llm_model_id, all_stats.len(), spool_dir.display());

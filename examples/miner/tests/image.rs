@@ -66,3 +66,35 @@ async fn image_job_uploaded_to_s3_and_submitted() {
     assert_eq!(me["jobs_done"], 2, "{p}");
     seq.shutdown().await.unwrap();
 }
+
+/// `miner_signal`: a worker with nothing to do on its model is told of another with work
+/// waiting, switches to it (it has it present) and serves its jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_switches_to_a_present_model_with_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = LocalS3::start(dir.path().join("s3"), "miner-key", "miner-secret").await.unwrap();
+    s3.create_bucket(BUCKET).unwrap();
+    let seq = heurist_sequencer::start(sequencer_config(&dir.path().join("seq"), "127.0.0.1:0".parse().unwrap(), &s3)).await.unwrap();
+    let c = client(&seq.url());
+    for i in 0..2 {
+        c.submit_job(KEY, &sd_job_for(SD_MODEL_2, &format!("other-{i}"), 16, 16, i)).await.unwrap();
+    }
+    let miner = "0x00000000000000000000000000000000000000d2-gpu0";
+    let spool = Spool::open(dir.path().join("spool")).unwrap();
+    let runner = Arc::new(GradientRunner::default());
+    let (mut worker, stats) = image_worker(miner, &seq.url(), &s3.endpoint(), &spool, runner.clone());
+    let choice = Arc::new(heurist_miner::signal::ModelChoice::new(SD_MODEL, vec![SD_MODEL.into(), SD_MODEL_2.into()]));
+    worker.model = choice.clone();
+    worker.limits.signal_interval = 1;
+    worker.limits.sleep_duration = 1;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(Arc::new(worker).run(stop_rx));
+    wait_until(Duration::from_secs(30), "the other model's jobs", || stats.done.load(Ordering::Relaxed) >= 2).await;
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(choice.current(), SD_MODEL_2);
+    let p = portal(&seq.url()).await;
+    let me = p["miners"].as_array().unwrap().iter().find(|m| m["miner_id"] == miner).unwrap();
+    assert_eq!(me["jobs_done"], 2, "{p}");
+    seq.shutdown().await.unwrap();
+}

@@ -24,6 +24,8 @@ use serde_json::json;
 
 pub const KEY: &str = "test-key";
 pub const SD_MODEL: &str = "AnimagineXL";
+/// Another SDXL model, for switching.
+pub const SD_MODEL_2: &str = "CyberRealisticXL";
 pub const BUCKET: &str = "heurist-images";
 
 /// The pixels the gradient runner paints for a size and seed: what a stored PNG must decode to.
@@ -60,7 +62,7 @@ impl GradientRunner {
 
 impl ImageRunner for GradientRunner {
     fn generate(&self, model_id: &str, params: &SdParams) -> Result<Image, ImageError> {
-        if model_id != SD_MODEL {
+        if model_id != SD_MODEL && model_id != SD_MODEL_2 {
             return Err(ImageError::UnknownModel(model_id.into()));
         }
         if let Some(rx) = self.gate.lock().unwrap().as_ref() {
@@ -88,7 +90,12 @@ pub fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
 
 /// An image job for the SD model.
 pub fn sd_job(id: &str, width: u32, height: u32, seed: u64) -> SubmitJob {
-    serde_json::from_value(json!({"job_id": id, "model_id": SD_MODEL,
+    sd_job_for(SD_MODEL, id, width, height, seed)
+}
+
+/// An image job for `model`.
+pub fn sd_job_for(model: &str, id: &str, width: u32, height: u32, seed: u64) -> SubmitJob {
+    serde_json::from_value(json!({"job_id": id, "model_id": model,
         "model_input": {"SD": {"prompt": "a gradient", "width": width, "height": height, "num_iterations": 4, "guidance_scale": 7, "seed": seed}}}))
     .unwrap()
 }
@@ -262,7 +269,7 @@ pub fn image_worker(
     let worker = heurist_miner::image::ImageWorker {
         miner_id: miner.parse().unwrap(),
         wallet: Arc::new(heurist_protocol::IdentityWallet::generate().unwrap()),
-        model_id: SD_MODEL.into(),
+        model: Arc::new(heurist_miner::signal::ModelChoice::pinned(SD_MODEL)),
         runner,
         uploader: heurist_miner::upload::Uploader::new(s3_endpoint, heurist_miner::upload::DEFAULT_REGION, Duration::from_secs(10)).unwrap(),
         bucket: BUCKET.into(),
