@@ -50,6 +50,10 @@ struct Args {
     #[cfg(feature = "s3")]
     #[arg(long, default_value_t = 0)]
     s3_port: u16,
+    /// Refuse image results whose object is not in the bucket (a signed HEAD before
+    /// accepting; on by default with --s3-dir).
+    #[arg(long)]
+    verify_s3_objects: bool,
     /// S3 bucket for image results.
     #[arg(long, default_value = "heurist-images")]
     s3_bucket: String,
@@ -98,6 +102,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             s3.create_bucket(&args.s3_bucket)?;
             eprintln!("S3 server on {} (bucket {}, objects under {})", s3.endpoint(), args.s3_bucket, dir.display());
             config.s3 = Some(s3.grant(&args.s3_bucket));
+            // Our own S3: an image result is accepted only once its PNG is there.
+            config.verify_s3_objects = true;
             Some(s3)
         }
         None => None,
@@ -105,6 +111,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let (Some(endpoint), Some(key), Some(secret)) = (args.s3_endpoint, args.s3_key, args.s3_secret) {
         config.s3 = Some(S3Grant { endpoint, bucket: args.s3_bucket, access_key_id: key, secret_access_key: secret, session_token: String::new() });
     }
+    config.verify_s3_objects |= args.verify_s3_objects;
     if config.api_keys.is_empty() {
         tracing::warn!("no --api-key: submit_job will refuse every client");
     }

@@ -199,3 +199,24 @@ impl Drop for LocalS3 {
         self.stop();
     }
 }
+
+/// Whether `key` is in the grant's bucket: a `HeadObject` signed with the grant's key, to
+/// any S3 endpoint. `Err` when the endpoint does not answer or answers something else than
+/// found / not found (the caller cannot tell, and should ask again later).
+pub async fn object_exists(http: &reqwest::Client, grant: &S3Grant, key: &str) -> std::result::Result<bool, String> {
+    use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+    let endpoint = grant.endpoint.parse().map_err(|e| format!("endpoint {:?}: {e}", grant.endpoint))?;
+    let bucket = Bucket::new(endpoint, UrlStyle::Path, grant.bucket.clone(), "us-east-1").map_err(|e| format!("bucket {:?}: {e}", grant.bucket))?;
+    let creds = if grant.session_token.is_empty() {
+        Credentials::new(grant.access_key_id.clone(), grant.secret_access_key.clone())
+    } else {
+        Credentials::new_with_token(grant.access_key_id.clone(), grant.secret_access_key.clone(), grant.session_token.clone())
+    };
+    let url = bucket.head_object(Some(&creds), key).sign(std::time::Duration::from_secs(60));
+    let r = http.head(url).send().await.map_err(|e| format!("{}: {e}", grant.endpoint))?;
+    match r.status().as_u16() {
+        200 => Ok(true),
+        404 => Ok(false),
+        s => Err(format!("{}: HEAD {}/{key}: HTTP {s}", grant.endpoint, grant.bucket)),
+    }
+}

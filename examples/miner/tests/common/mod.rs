@@ -109,6 +109,8 @@ pub fn sequencer_config(dir: &Path, listen: SocketAddr, s3: &LocalS3) -> Sequenc
     let mut c = SequencerConfig::new(listen, dir.to_path_buf()).unwrap();
     c.api_keys = vec![KEY.into()];
     c.s3 = Some(s3.grant(BUCKET));
+    // The sequencer checks the PNG is in the bucket before it accepts the key.
+    c.verify_s3_objects = true;
     c
 }
 
