@@ -113,7 +113,12 @@ fn stem(job_id: &str) -> String {
 fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = fs::File::create(&tmp).map_err(|e| spool_err(&tmp, e))?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    // Records of pending uploads hold the job's temporary S3 credentials: owner only.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp).map_err(|e| spool_err(&tmp, e))?;
     f.write_all(bytes).map_err(|e| spool_err(&tmp, e))?;
     f.sync_all().map_err(|e| spool_err(&tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| spool_err(&path, e))?;
@@ -252,5 +257,36 @@ mod tests {
         }
         assert!(spool.pending().unwrap().is_empty());
         assert!(std::fs::read_dir(dir.path()).unwrap().count() == 0, "nothing escaped the folder");
+    }
+
+    #[test]
+    fn images_beside_records_and_orphans_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut job = finished("img/1");
+        job.upload = Some(PendingUpload { bucket: "b".into(), credentials: TempCredentials("k".into(), "s".into(), String::new()) });
+        spool.put_with_image(&job, b"png bytes").unwrap();
+        assert_eq!(spool.image("img/1").unwrap(), b"png bytes");
+        assert_eq!(spool.pending().unwrap(), [job.clone()]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(file_name("img/1"))).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "credentials readable by the owner only");
+        }
+        spool.set_aside("img/1").unwrap();
+        assert!(spool.pending().unwrap().is_empty());
+        assert!(dir.path().join("refused").join(image_name("img/1")).exists(), "the PNG goes with its record");
+
+        // A PNG without a record, old enough not to be one being written: swept.
+        let orphan = dir.path().join(image_name("gone"));
+        std::fs::write(&orphan, b"x").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        std::fs::File::options().write(true).open(&orphan).unwrap().set_modified(old).unwrap();
+        let fresh = dir.path().join(image_name("being-written"));
+        std::fs::write(&fresh, b"y").unwrap();
+        spool.pending().unwrap();
+        assert!(!orphan.exists());
+        assert!(fresh.exists(), "a fresh PNG may be a record still being written");
     }
 }
