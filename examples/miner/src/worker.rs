@@ -92,6 +92,10 @@ impl LlmWorker {
                 Ok(p) => p,
                 Err(_) => break,
             };
+            // Stop may have come while every slot was busy: take no new job after it.
+            if *stop.borrow() {
+                break;
+            }
             let heartbeat = clock.due(&self.miner_id, now_s());
             let request = MinerRequest {
                 miner_id: self.miner_id.clone(),
