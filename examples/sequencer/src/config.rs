@@ -58,7 +58,8 @@ pub struct SequencerConfig {
     /// Credentials for image uploads.
     pub s3: Option<S3Grant>,
     /// Refuse an image result whose object is not in the bucket (a signed `HEAD` to the S3
-    /// endpoint with the grant's key before accepting). Needs the `s3` feature.
+    /// endpoint with the grant's key, for region `us-east-1`, before accepting). Needs the
+    /// `s3` feature.
     pub verify_s3_objects: bool,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
