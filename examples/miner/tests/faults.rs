@@ -2,7 +2,7 @@
 //! one twice: the sequencer down during a submit and back, answering 500, answering too
 //! slowly (the client gives up but the submission landed); the S3 server refusing PUTs; a
 //! malformed job and a job the engine fails on between good ones; and a 1,000-job soak with
-//! faults injected at random on every hop.
+//! faults injected at random on every hop and a sequencer restart halfway.
 //!
 //! Image jobs run on the gradient runner (a real PNG, stored by the embedded S3 server) so
 //! that the tests measure delivery, not inference. The SIGKILL test, which runs the miner
@@ -287,6 +287,12 @@ async fn soak_with_random_faults_every_job_submitted_exactly_once() {
         running.push((spawn(worker), spool));
     }
     let started = std::time::Instant::now();
+    // Halfway, the sequencer itself goes down and comes back on the same port and data.
+    let done = || all_stats.iter().map(|s| s.done.load(Ordering::Relaxed)).sum::<u64>();
+    wait_until(Duration::from_secs(300), "half the soak", || done() >= jobs as u64 / 2).await;
+    rig.stop_sequencer().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rig.start_sequencer().await;
     wait_until(Duration::from_secs(300), "every soak job", || all_stats.iter().map(|s| s.done.load(Ordering::Relaxed)).sum::<u64>() >= jobs as u64).await;
     let took = started.elapsed();
     for ((tx, task), spool) in running {
