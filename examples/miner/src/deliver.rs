@@ -89,11 +89,10 @@ pub async fn deliver_with(
                     return Delivery::Refused(e.to_string());
                 }
             };
-            let key = match &job.result {
-                SubmitResult::S3Key(k) => k.clone(),
-                SubmitResult::Text(_) => {
-                    SubmitResult::s3_key_for(&job.job_id, &job.miner_id)
-                }
+            let SubmitResult::S3Key(key) = job.result.clone() else {
+                tracing::error!(job_id = job.job_id, "a pending upload on a chat result: set aside");
+                let _ = spool.set_aside(&job.job_id);
+                return Delivery::Refused("a pending upload on a chat result".into());
             };
             let started = std::time::Instant::now();
             match uploader.put(&pending.credentials, &pending.bucket, &key, png).await {
