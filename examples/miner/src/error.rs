@@ -31,6 +31,14 @@ pub enum MinerError {
         /// The engine's reason (boxed: it is large and rare).
         error: Box<heurist_inference::InferenceError>,
     },
+    /// The image engine (or the PNG encoder) failed on a job.
+    #[error("job {job_id}: image generation failed: {error}")]
+    Image {
+        /// The job.
+        job_id: String,
+        /// The engine's reason.
+        error: Box<crate::image::ImageError>,
+    },
     /// This worker cannot run the job (another family, a model it does not serve).
     #[error("job {job_id}: {reason}")]
     Unsupported {
@@ -46,6 +54,22 @@ pub enum MinerError {
         path: String,
         /// The OS or JSON error.
         error: String,
+    },
+    /// An image result could not be stored in S3 (one attempt; delivery retries).
+    #[error("S3 upload of {key}: {reason}")]
+    Upload {
+        /// The object key.
+        key: String,
+        /// The HTTP status and body, or the connection error.
+        reason: String,
+    },
+    /// A model file could not be fetched or did not check out.
+    #[error("model {model}: {reason}")]
+    Download {
+        /// The model name (or URL).
+        model: String,
+        /// What went wrong, with the URL, path or digests.
+        reason: String,
     },
     /// A protocol-level failure (signing, talking to the sequencer).
     #[error(transparent)]

@@ -8,9 +8,13 @@
 
 pub mod config;
 pub mod deliver;
+pub mod download;
 mod error;
+pub mod image;
 pub mod llm;
+pub mod signal;
 pub mod spool;
+pub mod upload;
 pub mod worker;
 
 use std::time::{SystemTime, UNIX_EPOCH};

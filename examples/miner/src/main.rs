@@ -1,7 +1,9 @@
-//! `heurist-miner`: one native binary for Heurist LLM mining (image engines join as they land).
+//! `heurist-miner`: one native binary for Heurist LLM mining (image engines join as they land:
+//! the library's `image::ImageWorker` serves any `ImageRunner`).
 //!
 //! Reads the reference miner's `config.toml` and `.env`, loads each miner id's identity from
-//! `~/.heurist-keys`, and runs one worker per miner id on the chat engine. Ctrl-C finishes the
+//! `~/.heurist-keys`, fetches and checks the model file unless one is given, and runs one
+//! worker per miner id on the chat engine. Ctrl-C finishes the
 //! jobs in flight and submits them; a second Ctrl-C stops at once, the spool intact.
 
 use std::path::PathBuf;
@@ -15,7 +17,9 @@ use heurist_inference::{ChatEngine, DeviceSpec};
 use heurist_miner::config::{ReferenceConfig, expand_home, miner_ids_from_env};
 use heurist_miner::spool::Spool;
 use heurist_miner::worker::{LlmWorker, Stats};
-use heurist_protocol::IdentityWallet;
+use heurist_miner::download::ModelStore;
+use heurist_miner::signal::{ModelChoice, SignalSetup, signal_loop};
+use heurist_protocol::{IdentityWallet, ModelKind, Registry};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
 
 /// A native Heurist miner.
@@ -40,9 +44,14 @@ struct Args {
     /// Folder for the spool of finished jobs [default: <[storage].base_dir>/spool].
     #[arg(long)]
     spool_dir: Option<PathBuf>,
-    /// The chat model, a GGUF file.
+    /// The chat model, a GGUF file [default: the registry's file for --llm-model-id,
+    /// downloaded into <[storage].base_dir>/models and checked against its checksum].
     #[arg(long)]
-    llm_gguf: PathBuf,
+    llm_gguf: Option<PathBuf>,
+    /// Folder with the registry's models.json (and lora.json, vae.json) used to find and
+    /// check model files [default: the registry bundled with this miner].
+    #[arg(long)]
+    registry: Option<PathBuf>,
     /// The model id to ask jobs for (the registry name the sequencer knows it by).
     #[arg(long)]
     llm_model_id: String,
@@ -93,13 +102,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ..ClientConfig::default()
     })?;
     let spool = Spool::open(&spool_dir)?;
-    tracing::info!(model = %args.llm_gguf.display(), device = %args.device, "loading the chat model");
-    let path = args.llm_gguf.clone();
+    let gguf = match &args.llm_gguf {
+        Some(p) => p.clone(),
+        None => {
+            let registry = match &args.registry {
+                Some(dir) => Registry::from_dir(dir).with_context(|| format!("--registry {}", dir.display()))?,
+                None => {
+                    let mut r = Registry::bundled()?;
+                    r.extend(Registry::bundled_2024_07()?);
+                    r
+                }
+            };
+            let store = ModelStore::new(expand_home(&reference.storage.base_dir).join("models"))?.with_progress(true);
+            store.ensure(&registry, &args.llm_model_id).await.with_context(|| format!("--llm-model-id {}", args.llm_model_id))?
+        }
+    };
+    tracing::info!(model = %gguf.display(), device = %args.device, "loading the chat model");
+    let path = gguf.clone();
     let device = args.device;
     let engine = Arc::new(heurist_miner::llm::SharedEngine::new(
         tokio::task::spawn_blocking(move || ChatEngine::load_gguf(&path, device))
             .await?
-            .with_context(|| format!("--llm-gguf {}", args.llm_gguf.display()))?,
+            .with_context(|| format!("chat model {}", gguf.display()))?,
     ));
     let hardware = args.hardware.clone().unwrap_or_else(|| args.device.to_string());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -121,6 +145,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             hardware: hardware.clone(),
             stats,
         });
+        if limits.signal_interval > 0 {
+            // One chat model is loaded and named on the command line: pinned, reported.
+            let setup = SignalSetup {
+                miner_id: worker.miner_id.clone(),
+                kind: ModelKind::Llm,
+                hardware: hardware.clone(),
+                version: reference.versions.llm_version.clone(),
+                interval: Duration::from_secs(limits.signal_interval),
+            };
+            let choice = Arc::new(ModelChoice::pinned(args.llm_model_id.clone()));
+            tokio::spawn(signal_loop(client.clone(), setup, choice, stop_rx.clone()));
+        }
         workers.spawn(worker.run(stop_rx.clone()));
     }
     eprintln!("heurist-miner: serving {} on {base_url} ({} worker(s)); spool in {}", args.llm_model_id, all_stats.len(), spool_dir.display());

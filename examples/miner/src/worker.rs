@@ -92,6 +92,10 @@ impl LlmWorker {
                 Ok(p) => p,
                 Err(_) => break,
             };
+            // Stop may have come while every slot was busy: take no new job after it.
+            if *stop.borrow() {
+                break;
+            }
             let heartbeat = clock.due(&self.miner_id, now_s());
             let request = MinerRequest {
                 miner_id: self.miner_id.clone(),
@@ -182,6 +186,7 @@ impl LlmWorker {
             // A late result earns nothing but the sequencer may still take it; past twice the
             // timeout it is dropped.
             expires_at_ms: received_at_ms + 2 * 1000 * self.limits.llm_timeout_seconds as i64,
+            upload: None,
         };
         // On disk before anything is sent: from here on the result cannot be lost.
         self.spool.put(&finished)?;

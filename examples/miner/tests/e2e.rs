@@ -72,6 +72,7 @@ async fn chat_jobs_end_to_end_with_a_spooled_result_from_before() {
             extra: Default::default(),
             received_at_ms: now,
             expires_at_ms: now + 600_000,
+            upload: None,
         })
         .unwrap();
 

@@ -35,12 +35,23 @@ pub(crate) struct AppState {
     pub(crate) rules: RuleSet,
     bindings: Mutex<HashMap<Address, Address>>,
     streams: Mutex<HashMap<String, StreamedText>>,
+    #[cfg(feature = "s3")]
+    http: reqwest::Client,
 }
 
 impl AppState {
     pub(crate) fn new(config: SequencerConfig, store: JobStore, ledger: Box<dyn LedgerStore + Send>, rules: RuleSet) -> Self {
         let bindings = Mutex::new(config.bindings.table.clone());
-        Self { config, store: Mutex::new(store), ledger: Mutex::new(ledger), rules, bindings, streams: Mutex::new(HashMap::new()) }
+        Self {
+            config,
+            store: Mutex::new(store),
+            ledger: Mutex::new(ledger),
+            rules,
+            bindings,
+            streams: Mutex::new(HashMap::new()),
+            #[cfg(feature = "s3")]
+            http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap_or_default(),
+        }
     }
 }
 
@@ -214,6 +225,11 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
         blocking(&state, move |s| lock(&s.store).count_failure(&m)).await?;
         return Err(e);
     }
+    if let SubmitResult::S3Key(key) = &submit.result
+        && state.config.verify_s3_objects
+    {
+        check_object(&state, key).await?;
+    }
     let submission = serde_json::to_value(&submit).map_err(|e| SequencerError::BadInput { what: "body", reason: e.to_string() })?;
     let job_id = submit.job_id.clone();
     let audited = submit.clone();
@@ -231,6 +247,22 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
         });
     }
     Ok(Json(json!({"status": "accepted", "job_id": job_id, "points": outcome.points, "currency": outcome.currency})))
+}
+
+/// Refuses an image result whose PNG is not in the bucket; a silent S3 is a 503 (retry).
+#[cfg(feature = "s3")]
+async fn check_object(state: &AppState, key: &str) -> Result<()> {
+    let Some(grant) = &state.config.s3 else { return Ok(()) };
+    match crate::s3::object_exists(&state.http, grant, key).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(SequencerError::Refused { reason: format!("no object {key:?} in bucket {:?}: upload the image before submitting", grant.bucket) }),
+        Err(reason) => Err(SequencerError::Unavailable { what: "S3", reason }),
+    }
+}
+
+#[cfg(not(feature = "s3"))]
+async fn check_object(_state: &AppState, _key: &str) -> Result<()> {
+    Err(SequencerError::BadInput { what: "verify_s3_objects", reason: "needs heurist-sequencer built with the s3 feature".into() })
 }
 
 struct Accepted {

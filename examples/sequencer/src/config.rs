@@ -57,6 +57,10 @@ pub struct SequencerConfig {
     pub requeue_interval: Duration,
     /// Credentials for image uploads.
     pub s3: Option<S3Grant>,
+    /// Refuse an image result whose object is not in the bucket (a signed `HEAD` to the S3
+    /// endpoint with the grant's key, for region `us-east-1`, before accepting). Needs the
+    /// `s3` feature.
+    pub verify_s3_objects: bool,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
     /// Audits of accepted results (none when `None`).
@@ -82,6 +86,7 @@ impl SequencerConfig {
             max_attempts: 3,
             requeue_interval: Duration::from_secs(1),
             s3: None,
+            verify_s3_objects: false,
             max_body_bytes: heurist_protocol::DEFAULT_MAX_BODY_BYTES,
             audit: None,
         })

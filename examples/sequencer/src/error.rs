@@ -93,6 +93,14 @@ pub enum SequencerError {
     /// The ledger failed.
     #[error("ledger: {0}")]
     Ledger(#[from] heurist_points::PointsError),
+    /// A service the check needs (the S3 endpoint) did not answer; the client may retry.
+    #[error("{what} unavailable: {reason}")]
+    Unavailable {
+        /// The service.
+        what: &'static str,
+        /// Its error.
+        reason: String,
+    },
     /// A blocking task died.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -115,6 +123,7 @@ impl SequencerError {
             Self::UnknownJob { .. } => StatusCode::NOT_FOUND,
             Self::NotAssigned { .. } | Self::Refused { .. } => StatusCode::FORBIDDEN,
             Self::Store { .. } | Self::Corrupt { .. } | Self::Ledger(_) | Self::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

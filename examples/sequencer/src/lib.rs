@@ -20,6 +20,8 @@ pub mod audit;
 pub mod config;
 mod error;
 pub mod portal;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod store;
 
 use std::net::SocketAddr;

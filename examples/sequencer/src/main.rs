@@ -41,6 +41,19 @@ struct Args {
     /// the jobs' temporary credentials.
     #[arg(long)]
     s3_endpoint: Option<String>,
+    /// Run the embedded S3 server, storing objects under this folder, and hand its endpoint
+    /// and key (--s3-key/--s3-secret, or fresh random ones) to image jobs.
+    #[cfg(feature = "s3")]
+    #[arg(long, conflicts_with = "s3_endpoint")]
+    s3_dir: Option<PathBuf>,
+    /// Port for the embedded S3 server (0: any free one).
+    #[cfg(feature = "s3")]
+    #[arg(long, default_value_t = 0)]
+    s3_port: u16,
+    /// Refuse image results whose object is not in the bucket (a signed HEAD before
+    /// accepting; on by default with --s3-dir).
+    #[arg(long)]
+    verify_s3_objects: bool,
     /// S3 bucket for image results.
     #[arg(long, default_value = "heurist-images")]
     s3_bucket: String,
@@ -79,9 +92,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.bindings.table.insert(Address::parse(reward)?, Address::parse(identity)?);
     }
     config.bindings.trust_on_first_use = !args.no_trust_on_first_use;
+    #[cfg(feature = "s3")]
+    let _local_s3 = match &args.s3_dir {
+        Some(dir) => {
+            let key = args.s3_key.clone().unwrap_or_else(|| format!("heurist-{:016x}", rand::random::<u64>()));
+            let secret = args.s3_secret.clone().unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+            let listen = SocketAddr::from(([127, 0, 0, 1], args.s3_port));
+            let s3 = heurist_sequencer::s3::LocalS3::start_on(listen, dir, &key, &secret).await?;
+            s3.create_bucket(&args.s3_bucket)?;
+            eprintln!("S3 server on {} (bucket {}, objects under {})", s3.endpoint(), args.s3_bucket, dir.display());
+            config.s3 = Some(s3.grant(&args.s3_bucket));
+            // Our own S3: an image result is accepted only once its PNG is there.
+            config.verify_s3_objects = true;
+            Some(s3)
+        }
+        None => None,
+    };
     if let (Some(endpoint), Some(key), Some(secret)) = (args.s3_endpoint, args.s3_key, args.s3_secret) {
         config.s3 = Some(S3Grant { endpoint, bucket: args.s3_bucket, access_key_id: key, secret_access_key: secret, session_token: String::new() });
     }
+    config.verify_s3_objects |= args.verify_s3_objects;
     if config.api_keys.is_empty() {
         tracing::warn!("no --api-key: submit_job will refuse every client");
     }

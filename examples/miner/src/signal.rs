@@ -1,0 +1,129 @@
+//! `miner_signal`: every `signal_interval` a worker tells the signal service which model it
+//! has loaded; the answer may name another model with more work waiting. A worker switches
+//! when that model is one it has present (loaded or on disk and checked), and says so in the
+//! log when it is not.
+//!
+//! [`ModelChoice`] is the model a worker asks jobs for, shared between its poll loop (which
+//! reads it before each `miner_request`) and [`signal_loop`] (which may change it).
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use heurist_protocol::client::SequencerClient;
+use heurist_protocol::{MinerId, MinerSignal, ModelKind};
+use tokio::sync::watch;
+
+/// The model a worker serves now, and those it could switch to.
+#[derive(Debug)]
+pub struct ModelChoice {
+    current: RwLock<String>,
+    present: Vec<String>,
+    pinned: bool,
+}
+
+impl ModelChoice {
+    /// Starts on `current`; may switch to any of `present` (which should include it).
+    pub fn new(current: impl Into<String>, present: Vec<String>) -> Self {
+        Self { current: RwLock::new(current.into()), present, pinned: false }
+    }
+
+    /// Never switches, and tells the signal service so (`skip_update`), as the reference does
+    /// when the operator names a model.
+    pub fn pinned(model: impl Into<String>) -> Self {
+        let model = model.into();
+        Self { current: RwLock::new(model.clone()), present: vec![model], pinned: true }
+    }
+
+    /// The model to ask jobs for.
+    pub fn current(&self) -> String {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The models it may switch to.
+    pub fn present(&self) -> &[String] {
+        &self.present
+    }
+
+    /// Switches to `model` if it is present and not the current one; says whether it did.
+    pub fn switch_to(&self, model: &str) -> bool {
+        if self.pinned || !self.present.iter().any(|m| m == model) {
+            return false;
+        }
+        let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if *cur == model {
+            return false;
+        }
+        *cur = model.to_owned();
+        true
+    }
+}
+
+/// What a signal loop reports.
+#[derive(Clone, Debug)]
+pub struct SignalSetup {
+    /// Who reports.
+    pub miner_id: MinerId,
+    /// `SD` or `LLM`.
+    pub kind: ModelKind,
+    /// The GPU's name.
+    pub hardware: String,
+    /// The miner's version string.
+    pub version: String,
+    /// Between signals.
+    pub interval: Duration,
+}
+
+/// Signals every `setup.interval` (the first one at once) until `stop` turns true, switching
+/// `choice` when the answer names a present model. An unreachable signal service is logged
+/// and tried again at the next interval; it never stops the worker.
+pub async fn signal_loop(client: SequencerClient, setup: SignalSetup, choice: Arc<ModelChoice>, mut stop: watch::Receiver<bool>) {
+    let interval = setup.interval.max(Duration::from_millis(100));
+    loop {
+        let loaded = choice.current();
+        let signal = MinerSignal {
+            miner_id: setup.miner_id.clone(),
+            model_type: setup.kind,
+            model_id: loaded.clone(),
+            hardware: Some(setup.hardware.clone()),
+            version: Some(setup.version.clone()),
+            options: None,
+            skip_update: choice.pinned.then_some(true),
+            extra: Default::default(),
+        };
+        match client.signal(&signal).await {
+            Ok(answer) => match answer.model_id.as_deref() {
+                Some(wanted) if wanted != loaded => {
+                    if choice.switch_to(wanted) {
+                        tracing::info!(miner = %setup.miner_id, from = loaded, to = wanted, "switching model: the signal service has more work for it");
+                    } else {
+                        tracing::info!(miner = %setup.miner_id, wanted, "the signal service suggests a model this worker does not have");
+                    }
+                }
+                _ => {}
+            },
+            Err(e) => tracing::warn!(miner = %setup.miner_id, error = %e, "miner_signal failed; trying again next interval"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_only_to_present_models() {
+        let c = ModelChoice::new("A", vec!["A".into(), "B".into()]);
+        assert!(!c.switch_to("A"), "already loaded");
+        assert!(!c.switch_to("C"), "not present");
+        assert_eq!(c.current(), "A");
+        assert!(c.switch_to("B"));
+        assert_eq!(c.current(), "B");
+        let p = ModelChoice::pinned("A");
+        assert!(!p.switch_to("A"));
+        assert_eq!(p.current(), "A");
+    }
+}

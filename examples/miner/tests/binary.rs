@@ -1,0 +1,226 @@
+//! The `heurist-miner` binary set up the reference miner's way: a `config.toml` with the
+//! reference's sections and a `.env` with `MINER_ID_0` in the folder it starts in, identity
+//! keys in the configured folder. It starts, serves a chat job on the real SmolLM2 model
+//! against the local sequencer, and its spool ends empty. Bad settings are named.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use heurist_inference::smollm2_path;
+use heurist_protocol::{IdentityWallet, MinerId, Registry, RegistryEntry, SubmitJob, key_file_path};
+use heurist_sequencer::SequencerConfig;
+use serde_json::json;
+
+const MODEL: &str = "smollm2-135m-instruct";
+const MINER: &str = "0x00000000000000000000000000000000000000b5-cpu0";
+const BIN: &str = env!("CARGO_BIN_EXE_heurist-miner");
+
+/// A `config.toml` as the reference miner's README describes it, pointing at `base_url`
+/// and keeping keys and cache under `dir`. Keys this miner does not use are tolerated.
+fn reference_config(base_url: &str, dir: &std::path::Path) -> String {
+    format!(
+        r#"# Heurist miner configuration (reference layout)
+[service]
+base_url = "{base_url}"
+signal_url = ""
+sd_timeout_seconds = 18
+llm_timeout_seconds = 180
+
+[versions]
+sd_version = "sd-v1.4.0"
+llm_version = "llm-v1.2.0"
+
+[storage]
+s3_bucket = "heurist-images"
+base_dir = "{cache}"
+keys_dir = "{keys}"
+
+[model_config]
+model_config_url = "https://example.invalid/models.json"
+vae_config_url = "https://example.invalid/vae.json"
+lora_config_url = "https://example.invalid/lora.json"
+
+[system]
+num_cuda_devices = 1
+num_child_process = 4
+sleep_duration = 1
+min_deadline = 1
+reload_interval = 600
+signal_interval = 600
+
+[processing_limits]
+max_iterations = 35
+max_width = 2048
+max_height = 2048
+concurrency_soft_limit = 5
+
+[logging]
+log_level = "INFO"
+"#,
+        cache = dir.join("cache").display(),
+        keys = dir.join("keys").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_from_reference_config_and_env_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("seq")).unwrap();
+    config.api_keys = vec![KEY.into()];
+    let mut registry = Registry::bundled().unwrap();
+    let entry: RegistryEntry =
+        serde_json::from_value(json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4})).unwrap();
+    registry.models.push(entry);
+    config.registry = registry;
+    let seq = heurist_sequencer::start(config).await.unwrap();
+    let messages = serde_json::to_string(&json!([{"role": "user", "content": "Say hi."}])).unwrap();
+    let job: SubmitJob = serde_json::from_value(json!({"job_id": "cfg-1", "model_id": MODEL,
+        "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": 6, "seed": 1}}}))
+    .unwrap();
+    client(&seq.url()).submit_job(KEY, &job).await.unwrap();
+
+    let work = dir.path().join("miner");
+    std::fs::create_dir_all(work.join("keys")).unwrap();
+    std::fs::write(work.join("config.toml"), reference_config(&seq.url(), &work)).unwrap();
+    std::fs::write(work.join(".env"), format!("# one miner id per GPU\nMINER_ID_0={MINER}\n")).unwrap();
+    let id: MinerId = MINER.parse().unwrap();
+    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(&work.join("keys"), &id)).unwrap();
+
+    let mut child = Command::new(BIN)
+        .current_dir(&work)
+        .args(["--config", "config.toml", "--llm-model-id", MODEL, "--status-interval", "0"])
+        .arg("--llm-gguf")
+        .arg(smollm2_path().unwrap())
+        .env("RUST_LOG", "warn")
+        .env_remove("MINER_ID_0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        let s: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/job/cfg-1", seq.url()))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !s["result"].is_null() {
+            break s;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the miner exited");
+        assert!(t.elapsed() < Duration::from_secs(120), "no result");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
+    assert_eq!(status["result"]["miner_id"], MINER, "the id from .env");
+    let t = Instant::now();
+    let spool = work.join("cache").join("spool");
+    while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(1) != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the spool under [storage].base_dir was not emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    seq.shutdown().await.unwrap();
+}
+
+fn run(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).current_dir(dir).args(args).env_remove("MINER_ID_0").stdin(Stdio::null()).output().unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn bad_settings_are_named_and_help_lists_every_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, help) = run(dir.path(), &["--help"]);
+    assert_eq!(code, 0);
+    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval"] {
+        assert!(help.contains(flag), "--help documents {flag}");
+    }
+
+    std::fs::write(dir.path().join(".env"), "MINER_ID_0=not-a-miner-id\n").unwrap();
+    let (code, out) = run(dir.path(), &["--llm-gguf", "x.gguf", "--llm-model-id", MODEL]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("MINER_ID_0"), "names the setting: {out}");
+
+    std::fs::write(dir.path().join("config.toml"), "[system]\nsleep_duration = \"soon\"\n").unwrap();
+    let (code, out) = run(dir.path(), &["--config", "config.toml", "--llm-gguf", "x.gguf", "--llm-model-id", MODEL]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("config.toml") && out.contains("sleep_duration"), "names the file and key: {out}");
+}
+
+/// Without `--llm-gguf` the binary finds the model in the registry (`--registry`), downloads
+/// its `file_url` into `<base_dir>/models`, checks it against the registry checksum, loads it
+/// and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_the_model_named_by_the_registry_then_serves() {
+    use sha2::{Digest, Sha256};
+    let gguf = std::fs::read(smollm2_path().unwrap()).unwrap();
+    let checksum = hex::encode_upper(Sha256::digest(&gguf));
+    let served = std::sync::Arc::new(gguf);
+    let body = served.clone();
+    let app = axum::Router::new().route("/m/SmolLM2.gguf", axum::routing::get(move || async move { body.as_ref().clone() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let file_url = format!("http://{}/m/SmolLM2.gguf", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let entry = json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4,
+        "file_url": file_url, "checksum": checksum});
+    let reg_dir = dir.path().join("registry");
+    std::fs::create_dir_all(&reg_dir).unwrap();
+    std::fs::write(reg_dir.join("models.json"), serde_json::to_vec(&json!([entry])).unwrap()).unwrap();
+    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("seq")).unwrap();
+    config.api_keys = vec![KEY.into()];
+    config.registry = Registry::from_dir(&reg_dir).unwrap();
+    let seq = heurist_sequencer::start(config).await.unwrap();
+    let messages = serde_json::to_string(&json!([{"role": "user", "content": "Say hi."}])).unwrap();
+    let job: SubmitJob = serde_json::from_value(json!({"job_id": "dl-1", "model_id": MODEL,
+        "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": 4, "seed": 1}}}))
+    .unwrap();
+    client(&seq.url()).submit_job(KEY, &job).await.unwrap();
+
+    let work = dir.path().join("miner");
+    std::fs::create_dir_all(work.join("keys")).unwrap();
+    std::fs::write(work.join("config.toml"), reference_config(&seq.url(), &work)).unwrap();
+    let id: MinerId = MINER.parse().unwrap();
+    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(&work.join("keys"), &id)).unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(&work)
+        .args(["--config", "config.toml", "--miner-id", MINER, "--llm-model-id", MODEL, "--status-interval", "0"])
+        .arg("--registry")
+        .arg(&reg_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        let s: serde_json::Value =
+            reqwest::Client::new().get(format!("{}/job/dl-1", seq.url())).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+        if !s["result"].is_null() {
+            break s;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the miner exited");
+        assert!(t.elapsed() < Duration::from_secs(180), "no result");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
+    let fetched = work.join("cache").join("models").join(format!("{MODEL}.gguf"));
+    assert!(std::fs::read(&fetched).unwrap() == *served, "the fetched file is the served one");
+    seq.shutdown().await.unwrap();
+}

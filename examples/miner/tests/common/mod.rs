@@ -1,0 +1,295 @@
+//! What the miner's integration tests share: a local sequencer with the embedded S3 server,
+//! an image runner that paints a gradient (a real image, real PNG, in microseconds), and a
+//! fault-injecting HTTP proxy to put between the miner and the sequencer or S3.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)] // each test uses a part
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use heurist_miner::image::{Image, ImageError, ImageRunner};
+use heurist_protocol::client::{ClientConfig, SequencerClient};
+use heurist_protocol::{SdParams, SubmitJob};
+use heurist_sequencer::SequencerConfig;
+use heurist_sequencer::s3::LocalS3;
+use serde_json::json;
+
+pub const KEY: &str = "test-key";
+pub const SD_MODEL: &str = "AnimagineXL";
+/// Another SDXL model, for switching.
+pub const SD_MODEL_2: &str = "CyberRealisticXL";
+pub const BUCKET: &str = "heurist-images";
+
+/// The pixels the gradient runner paints for a size and seed: what a stored PNG must decode to.
+pub fn gradient(width: u32, height: u32, seed: u64) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
+    for y in 0..height {
+        for x in 0..width {
+            rgb.push((x * 255 / width.max(1)) as u8);
+            rgb.push((y * 255 / height.max(1)) as u8);
+            rgb.push((seed % 251) as u8);
+        }
+    }
+    rgb
+}
+
+/// An image runner that paints [`gradient`], counting its calls. With a gate, each call
+/// first waits for a `()` on it (the test decides when a job finishes); a job with seed
+/// `poison_seed` fails, as a job an engine cannot run.
+#[derive(Default)]
+pub struct GradientRunner {
+    pub calls: AtomicU64,
+    pub gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    pub poison_seed: Option<u64>,
+    /// Seeds painted, in order.
+    pub seeds: Mutex<Vec<u64>>,
+}
+
+impl GradientRunner {
+    pub fn gated() -> (Self, std::sync::mpsc::Sender<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Self { gate: Mutex::new(Some(rx)), ..Self::default() }, tx)
+    }
+}
+
+impl ImageRunner for GradientRunner {
+    fn generate(&self, model_id: &str, params: &SdParams) -> Result<Image, ImageError> {
+        if model_id != SD_MODEL && model_id != SD_MODEL_2 {
+            return Err(ImageError::UnknownModel(model_id.into()));
+        }
+        if let Some(rx) = self.gate.lock().unwrap().as_ref() {
+            rx.recv().unwrap();
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.seeds.lock().unwrap().push(params.seed);
+        if Some(params.seed) == self.poison_seed {
+            return Err(ImageError::Png("poisoned job: the engine fails on it".into()));
+        }
+        Image::new(params.width, params.height, gradient(params.width, params.height, params.seed))
+    }
+}
+
+/// Decodes a PNG to (width, height, RGB).
+pub fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+/// An image job for the SD model.
+pub fn sd_job(id: &str, width: u32, height: u32, seed: u64) -> SubmitJob {
+    sd_job_for(SD_MODEL, id, width, height, seed)
+}
+
+/// An image job for `model`.
+pub fn sd_job_for(model: &str, id: &str, width: u32, height: u32, seed: u64) -> SubmitJob {
+    serde_json::from_value(json!({"job_id": id, "model_id": model,
+        "model_input": {"SD": {"prompt": "a gradient", "width": width, "height": height, "num_iterations": 4, "guidance_scale": 7, "seed": seed}}}))
+    .unwrap()
+}
+
+pub fn client(url: &str) -> SequencerClient {
+    SequencerClient::new(ClientConfig { base_url: url.into(), timeout: Duration::from_secs(10), ..ClientConfig::default() }).unwrap()
+}
+
+/// A sequencer configuration whose image jobs get the S3 server's credentials.
+pub fn sequencer_config(dir: &Path, listen: SocketAddr, s3: &LocalS3) -> SequencerConfig {
+    let mut c = SequencerConfig::new(listen, dir.to_path_buf()).unwrap();
+    c.api_keys = vec![KEY.into()];
+    c.s3 = Some(s3.grant(BUCKET));
+    // The sequencer checks the PNG is in the bucket before it accepts the key.
+    c.verify_s3_objects = true;
+    c
+}
+
+/// The portal's JSON view.
+pub async fn portal(url: &str) -> serde_json::Value {
+    reqwest::get(format!("{url}/api/portal")).await.unwrap().json().await.unwrap()
+}
+
+/// What the proxy does with one request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Forward it.
+    Pass,
+    /// Answer with this status without forwarding (the upstream never sees it).
+    Refuse(u16),
+    /// Forward it, then answer 502 instead of the upstream's answer (the answer is lost).
+    LoseAnswer,
+    /// Wait, then forward.
+    Delay(Duration),
+    /// Answer with this status and JSON body without forwarding.
+    Answer(u16, &'static str),
+}
+
+type Policy = Arc<dyn Fn(&Method, &str) -> Fault + Send + Sync>;
+
+struct ProxyState {
+    upstream: String,
+    policy: Mutex<Policy>,
+    http: reqwest::Client,
+    /// Per "METHOD path-prefix": requests seen, and faults injected.
+    seen: Mutex<HashMap<String, u64>>,
+    faults: AtomicU64,
+    /// Per "METHOD path": upstream answers 2xx (whether or not the client got them).
+    ok: Mutex<HashMap<String, u64>>,
+}
+
+/// A proxy on loopback in front of `upstream`, injecting faults by a policy that can be
+/// changed while it runs. The Host header is passed on as received, so S3 signatures (which
+/// cover it) hold through the proxy.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    state: Arc<ProxyState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str) -> Self {
+        let state = Arc::new(ProxyState {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            policy: Mutex::new(Arc::new(|_: &Method, _: &str| Fault::Pass)),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+            seen: Mutex::new(HashMap::new()),
+            faults: AtomicU64::new(0),
+            ok: Mutex::new(HashMap::new()),
+        });
+        let app = axum::Router::new().fallback(forward).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, policy: impl Fn(&Method, &str) -> Fault + Send + Sync + 'static) {
+        *self.state.policy.lock().unwrap() = Arc::new(policy);
+    }
+
+    pub fn pass(&self) {
+        self.set(|_, _| Fault::Pass);
+    }
+
+    /// Requests seen whose path starts with `prefix` and whose method is `method`.
+    pub fn seen(&self, method: &str, prefix: &str) -> u64 {
+        self.state.seen.lock().unwrap().iter().filter(|(k, _)| k.starts_with(&format!("{method} {prefix}"))).map(|(_, n)| n).sum()
+    }
+
+    /// Upstream 2xx answers to requests whose path starts with `prefix`.
+    pub fn ok(&self, method: &str, prefix: &str) -> u64 {
+        self.state.ok.lock().unwrap().iter().filter(|(k, _)| k.starts_with(&format!("{method} {prefix}"))).map(|(_, n)| n).sum()
+    }
+
+    pub fn faults(&self) -> u64 {
+        self.state.faults.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(State(state): State<Arc<ProxyState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().to_owned();
+    *state.seen.lock().unwrap().entry(format!("{method} {path}")).or_default() += 1;
+    let policy = state.policy.lock().unwrap().clone();
+    let fault = policy(&method, &path);
+    if fault != Fault::Pass {
+        state.faults.fetch_add(1, Ordering::Relaxed);
+    }
+    match fault {
+        Fault::Refuse(status) => {
+            return (StatusCode::from_u16(status).unwrap(), format!("injected fault: {status}")).into_response();
+        }
+        Fault::Answer(status, body) => {
+            return (StatusCode::from_u16(status).unwrap(), [("content-type", "application/json")], body).into_response();
+        }
+        Fault::Delay(d) => tokio::time::sleep(d).await,
+        Fault::Pass | Fault::LoseAnswer => {}
+    }
+    let key = format!("{method} {path}");
+    let url = format!("{}{}", state.upstream, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut req = state.http.request(method, url).body(body);
+    for (name, value) in &headers {
+        if name != "content-length" && name != "transfer-encoding" && name != "connection" {
+            req = req.header(name, value);
+        }
+    }
+    let answer = match req.send().await {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("upstream: {e}")).into_response(),
+    };
+    if fault == Fault::LoseAnswer {
+        if answer.status().is_success() {
+            *state.ok.lock().unwrap().entry(key).or_default() += 1;
+        }
+        let _ = answer.bytes().await;
+        return (StatusCode::BAD_GATEWAY, "injected fault: answer lost").into_response();
+    }
+    let status = answer.status();
+    if status.is_success() {
+        *state.ok.lock().unwrap().entry(key.clone()).or_default() += 1;
+    }
+    let mut out = Response::builder().status(status.as_u16());
+    for (name, value) in answer.headers() {
+        if name != "content-length" && name != "transfer-encoding" && name != "connection" {
+            out = out.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await.unwrap_or_default();
+    out.body(Body::from(bytes)).unwrap()
+}
+
+/// An image worker on the gradient runner.
+pub fn image_worker(
+    miner: &str,
+    sequencer_url: &str,
+    s3_endpoint: &str,
+    spool: &heurist_miner::spool::Spool,
+    runner: Arc<GradientRunner>,
+) -> (heurist_miner::image::ImageWorker, Arc<heurist_miner::worker::Stats>) {
+    let stats = Arc::new(heurist_miner::worker::Stats::default());
+    let worker = heurist_miner::image::ImageWorker {
+        miner_id: miner.parse().unwrap(),
+        wallet: Arc::new(heurist_protocol::IdentityWallet::generate().unwrap()),
+        model: Arc::new(heurist_miner::signal::ModelChoice::pinned(SD_MODEL)),
+        runner,
+        uploader: heurist_miner::upload::Uploader::new(s3_endpoint, heurist_miner::upload::DEFAULT_REGION, Duration::from_secs(10)).unwrap(),
+        bucket: BUCKET.into(),
+        client: client(sequencer_url),
+        spool: spool.clone(),
+        limits: heurist_protocol::MinerLimits { sleep_duration: 0, ..heurist_protocol::MinerLimits::default() },
+        version: "sd-v1.4.0".into(),
+        hardware: "NVIDIA GeForce RTX 4090".into(),
+        stats: stats.clone(),
+    };
+    (worker, stats)
+}
+
+/// Waits until `done() >= n`, failing the test after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !done() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,100 @@
+//! Image jobs end to end against the local sequencer and its embedded S3 server: the job
+//! polled, the image painted by the runner seam, the PNG spooled, uploaded with the job's
+//! temporary credentials, the key submitted and its signature accepted; the object really
+//! stored, decoding to the pixels painted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use heurist_miner::spool::Spool;
+use heurist_protocol::SubmitResult;
+use heurist_sequencer::s3::LocalS3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_job_uploaded_to_s3_and_submitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = LocalS3::start(dir.path().join("s3"), "miner-key", "miner-secret").await.unwrap();
+    s3.create_bucket(BUCKET).unwrap();
+    let seq = heurist_sequencer::start(sequencer_config(&dir.path().join("seq"), "127.0.0.1:0".parse().unwrap(), &s3)).await.unwrap();
+    let c = client(&seq.url());
+    c.submit_job(KEY, &sd_job("img-1", 64, 48, 11)).await.unwrap();
+    c.submit_job(KEY, &sd_job("img-2", 32, 32, 12)).await.unwrap();
+
+    let miner = "0x00000000000000000000000000000000000000d1-gpu0";
+    let spool = Spool::open(dir.path().join("spool")).unwrap();
+    let runner = Arc::new(GradientRunner::default());
+    let (worker, stats) = image_worker(miner, &seq.url(), &s3.endpoint(), &spool, runner.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(Arc::new(worker).run(stop_rx));
+    wait_until(Duration::from_secs(60), "two images", || stats.done.load(Ordering::Relaxed) >= 2).await;
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
+    assert_eq!(runner.calls.load(Ordering::Relaxed), 2);
+    assert!(spool.pending().unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(spool.dir()).unwrap().count(), 0, "no PNG left behind");
+
+    let miner_id = miner.parse().unwrap();
+    for (id, w, h, seed) in [("img-1", 64, 48, 11), ("img-2", 32, 32, 12)] {
+        let key = SubmitResult::s3_key_for(id, &miner_id);
+        let stored = std::fs::read(s3.object_path(BUCKET, &key)).unwrap();
+        let (sw, sh, rgb) = decode_png(&stored);
+        assert_eq!((sw, sh), (w, h));
+        assert_eq!(rgb, gradient(w, h, seed), "{id}: the stored PNG holds the painted pixels");
+        let status: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/job/{id}", seq.url()))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["result"]["submission"]["result"]["S3Key"], key, "{status}");
+        assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
+        let upload = status["result"]["submission"]["upload_latency"].as_f64().unwrap();
+        assert!(upload > 0.0, "the upload was timed: {status}");
+    }
+    let p = portal(&seq.url()).await;
+    let me = p["miners"].as_array().unwrap().iter().find(|m| m["miner_id"] == miner).unwrap();
+    assert_eq!(me["jobs_done"], 2, "{p}");
+    seq.shutdown().await.unwrap();
+}
+
+/// `miner_signal`: a worker with nothing to do on its model is told of another with work
+/// waiting, switches to it (it has it present) and serves its jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_switches_to_a_present_model_with_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = LocalS3::start(dir.path().join("s3"), "miner-key", "miner-secret").await.unwrap();
+    s3.create_bucket(BUCKET).unwrap();
+    let seq = heurist_sequencer::start(sequencer_config(&dir.path().join("seq"), "127.0.0.1:0".parse().unwrap(), &s3)).await.unwrap();
+    let c = client(&seq.url());
+    for i in 0..2 {
+        c.submit_job(KEY, &sd_job_for(SD_MODEL_2, &format!("other-{i}"), 16, 16, i)).await.unwrap();
+    }
+    let miner = "0x00000000000000000000000000000000000000d2-gpu0";
+    let spool = Spool::open(dir.path().join("spool")).unwrap();
+    let runner = Arc::new(GradientRunner::default());
+    let (mut worker, stats) = image_worker(miner, &seq.url(), &s3.endpoint(), &spool, runner.clone());
+    let choice = Arc::new(heurist_miner::signal::ModelChoice::new(SD_MODEL, vec![SD_MODEL.into(), SD_MODEL_2.into()]));
+    worker.model = choice.clone();
+    worker.limits.signal_interval = 1;
+    worker.limits.sleep_duration = 1;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(Arc::new(worker).run(stop_rx));
+    wait_until(Duration::from_secs(30), "the other model's jobs", || stats.done.load(Ordering::Relaxed) >= 2).await;
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(choice.current(), SD_MODEL_2);
+    let p = portal(&seq.url()).await;
+    let me = p["miners"].as_array().unwrap().iter().find(|m| m["miner_id"] == miner).unwrap();
+    assert_eq!(me["jobs_done"], 2, "{p}");
+    seq.shutdown().await.unwrap();
+}
