@@ -28,6 +28,12 @@ Writes:
       (EulerDiscreteScheduler, leading spacing, steps_offset 1), and whole seeded trajectories
       with a fixed fake model output (eps = 0.9 * scale_model_input(sample, t)), so that no UNet
       is needed to check step().
+      Added after them (the entries above stay as they were): EulerAncestralDiscreteScheduler and
+      DDIMScheduler, and EulerDiscreteScheduler with the other spacings, under several
+      configurations (beta schedule, timestep spacing, steps offset, set_alpha_to_one,
+      clip_sample, prediction type), each table with its diffusers config; DDIM tables also carry
+      alphas_cumprod at each timestep and at its previous timestep. Their trajectories name the
+      table they use and, for DDIM, eta.
 """
 import hashlib
 import json
@@ -178,6 +184,83 @@ def scheduler_cases():
     }
 
 
+# The schedulers added for issue 7, in the order they are appended to the fixture. Each case is
+# (diffusers class name, config overrides on SCHEDULER_BASE); the trajectories after them.
+EXTRA_CASES = {
+    "euler_linspace": ("EulerDiscreteScheduler", dict(timestep_spacing="linspace")),
+    "euler_trailing_linear": (
+        "EulerDiscreteScheduler",
+        dict(timestep_spacing="trailing", beta_schedule="linear", beta_start=0.0001, beta_end=0.02),
+    ),
+    "euler_leading_vpred": (
+        "EulerDiscreteScheduler",
+        dict(timestep_spacing="leading", prediction_type="v_prediction"),
+    ),
+    "euler_ancestral_leading": ("EulerAncestralDiscreteScheduler", dict(timestep_spacing="leading")),
+    "euler_ancestral_linspace": (
+        "EulerAncestralDiscreteScheduler",
+        dict(timestep_spacing="linspace", steps_offset=0),
+    ),
+    "euler_ancestral_trailing_linear": (
+        "EulerAncestralDiscreteScheduler",
+        dict(timestep_spacing="trailing", beta_schedule="linear", beta_start=0.0001, beta_end=0.02),
+    ),
+    "euler_ancestral_trailing_vpred": (
+        "EulerAncestralDiscreteScheduler",
+        dict(timestep_spacing="trailing", prediction_type="v_prediction"),
+    ),
+    # What DDIMScheduler.from_config of SD 1.5's or SDXL's scheduler config gives.
+    "ddim_leading": (
+        "DDIMScheduler",
+        dict(timestep_spacing="leading", set_alpha_to_one=False, clip_sample=False),
+    ),
+    "ddim_trailing_alpha_one": (
+        "DDIMScheduler",
+        dict(timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False, steps_offset=0),
+    ),
+    "ddim_linspace_linear_clip_vpred": (
+        "DDIMScheduler",
+        dict(
+            timestep_spacing="linspace",
+            beta_schedule="linear",
+            beta_start=0.0001,
+            beta_end=0.02,
+            set_alpha_to_one=True,
+            clip_sample=True,
+            clip_sample_range=1.5,
+            prediction_type="v_prediction",
+        ),
+    ),
+    "dpmpp_2m_sde_karras_vpred": (
+        "DPMSolverMultistepScheduler",
+        dict(algorithm_type="sde-dpmsolver++", use_karras_sigmas=True, prediction_type="v_prediction"),
+    ),
+}
+# 61 steps: numpy's arange makes 62 "trailing" timesteps there, which diffusers keeps.
+EXTRA_STEP_COUNTS = [1, 3, 7, 16, 20, 25, 35, 50, 61]
+# (case, steps, DDIM eta)
+EXTRA_TRAJECTORIES = [
+    ("euler_linspace", 12, None),
+    ("euler_leading_vpred", 10, None),
+    ("euler_ancestral_leading", 20, None),
+    ("euler_ancestral_leading", 5, None),
+    ("euler_ancestral_linspace", 9, None),
+    ("euler_ancestral_trailing_vpred", 10, None),
+    ("ddim_leading", 20, 0.0),
+    ("ddim_leading", 10, 0.5),
+    ("ddim_trailing_alpha_one", 8, 1.0),
+    ("ddim_linspace_linear_clip_vpred", 12, 0.3),
+    ("dpmpp_2m_sde_karras_vpred", 8, None),
+]
+
+
+def extra_case(name):
+    import diffusers
+
+    class_name, overrides = EXTRA_CASES[name]
+    return getattr(diffusers, class_name)(**{**SCHEDULER_BASE, **overrides})
+
+
 def f32_list(t):
     return [float(x) for x in t.to("cpu").float().reshape(-1).tolist()]
 
@@ -208,6 +291,30 @@ def make_schedulers():
                     "init_noise_sigma": float(sched.init_noise_sigma),
                 }
             )
+    for name in EXTRA_CASES:
+        sched = extra_case(name)
+        config = {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
+            for k, v in sched.config.items()
+            if not k.startswith("_")
+        }
+        tables[name] = {"class_name": type(sched).__name__, "config": config, "steps": []}
+        for n in EXTRA_STEP_COUNTS:
+            sched.set_timesteps(n)
+            entry = {
+                "num_inference_steps": n,
+                "timesteps": [float(x) for x in sched.timesteps.tolist()],
+                "init_noise_sigma": float(sched.init_noise_sigma),
+            }
+            if hasattr(sched, "sigmas"):
+                entry["sigmas"] = f32_list(sched.sigmas)
+            else:
+                ratio = sched.config.num_train_timesteps // n
+                prev = lambda t: sched.alphas_cumprod[t] if t >= 0 else sched.final_alpha_cumprod
+                ts = [int(t) for t in sched.timesteps.tolist()]
+                entry["alphas_cumprod"] = [float(sched.alphas_cumprod[t]) for t in ts]
+                entry["alphas_cumprod_prev"] = [float(prev(t - ratio)) for t in ts]
+            tables[name]["steps"].append(entry)
     out["tables"] = tables
 
     trajectories = []
@@ -237,6 +344,34 @@ def make_schedulers():
                     "latents_after_step": steps,
                 }
             )
+    for name, n, eta in EXTRA_TRAJECTORIES:
+        sched = extra_case(name)
+        sched.set_timesteps(n)
+        g = torch.Generator("cpu").manual_seed(TRAJ_SEED)
+        latents = torch.randn(TRAJ_SHAPE, generator=g, dtype=torch.float32)
+        initial = f32_list(latents)
+        latents = latents * sched.init_noise_sigma
+        steps = []
+        for t in sched.timesteps:
+            eps = 0.9 * sched.scale_model_input(latents, t)
+            if eta is None:
+                latents = sched.step(eps, t, latents, generator=g).prev_sample
+            else:
+                latents = sched.step(eps, t, latents, eta=eta, generator=g).prev_sample
+            steps.append(f32_list(latents))
+        trajectories.append(
+            {
+                "scheduler": name,
+                "num_inference_steps": n,
+                "eta": eta,
+                "seed": TRAJ_SEED,
+                "shape": TRAJ_SHAPE,
+                "capability": torch.backends.cpu.get_cpu_capability(),
+                "fake_model": "eps = 0.9 * scale_model_input(sample, t)",
+                "initial_noise": initial,
+                "latents_after_step": steps,
+            }
+        )
     out["trajectories"] = trajectories
     return out
 

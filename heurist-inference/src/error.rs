@@ -285,6 +285,17 @@ pub enum InferenceError {
         steps: usize,
     },
 
+    /// A job named a scheduler (or scheduler options) this crate does not run.
+    #[error(
+        "scheduler {name} is not supported (expected DPMSolverMultistepScheduler with \
+         sde-dpmsolver++ and Karras sigmas, EulerDiscreteScheduler, \
+         EulerAncestralDiscreteScheduler or DDIMScheduler)"
+    )]
+    UnknownScheduler {
+        /// The name as given, with the options that made it unsupported.
+        name: String,
+    },
+
     /// A tensor operation outside a model forward failed (noise, scheduler update).
     #[error("{context}: {source}")]
     Tensor {

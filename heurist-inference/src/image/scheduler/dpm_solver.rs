@@ -1,7 +1,7 @@
 //! DPM-Solver++ (2M) in its SDE variant with Karras sigmas (Lu et al. 2022, "DPM-Solver++";
 //! Karras et al. 2022), as diffusers' `DPMSolverMultistepScheduler` with
 //! `algorithm_type="sde-dpmsolver++"`, `use_karras_sigmas=True`, `solver_order=2`,
-//! `lower_order_final=True`, `final_sigmas_type="zero"` and an epsilon-predicting model.
+//! `lower_order_final=True`, `final_sigmas_type="zero"`, for an epsilon- or v-predicting model.
 //!
 //! Invariants: every step draws one f32 noise tensor of the sample's shape from the generator
 //! (diffusers upcasts to f32 before drawing), in step order; the first and the last step are
@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::{SchedulerConfig, alpha_sigma};
+use super::{PredictionType, SchedulerConfig, alpha_sigma};
 use crate::error::{InferenceError, Result};
 use crate::image::noise::{NoiseDType, NoiseSource};
 
@@ -20,6 +20,7 @@ const KARRAS_RHO: f64 = 7.0;
 /// DPM-Solver++ 2M SDE with Karras sigmas, for `num_inference_steps` steps.
 #[derive(Debug, Clone)]
 pub struct DpmSolverMultistepScheduler {
+    prediction_type: PredictionType,
     timesteps: Vec<i64>,
     sigmas: Vec<f32>,
     step_index: usize,
@@ -59,6 +60,7 @@ impl DpmSolverMultistepScheduler {
         let mut sigmas: Vec<f32> = karras.iter().map(|&s| s as f32).collect();
         sigmas.push(0.0);
         Ok(Self {
+            prediction_type: config.prediction_type,
             timesteps,
             sigmas,
             step_index: 0,
@@ -114,14 +116,23 @@ impl DpmSolverMultistepScheduler {
             context: format!("dpm-solver++ sde step {i}"),
             source,
         };
-        // convert_model_output: the clean-sample estimate x0 = (x - sigma_t * eps) / alpha_t.
+        // convert_model_output: the clean-sample estimate, x0 = (x - sigma_t * eps) / alpha_t
+        // or x0 = alpha_t * x - sigma_t * v.
         let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
-        let x0 = ((sample.to_dtype(DType::F32).map_err(tensor_error)?
-            - (model_output.to_dtype(DType::F32).map_err(tensor_error)? * f64::from(sigma_s0))
-                .map_err(tensor_error)?)
-        .map_err(tensor_error)?
-            / f64::from(alpha_s0))
-        .map_err(tensor_error)?;
+        let prediction_type = self.prediction_type;
+        let clean = || -> candle_core::Result<Tensor> {
+            let x = sample.to_dtype(DType::F32)?;
+            let out = model_output.to_dtype(DType::F32)?;
+            match prediction_type {
+                PredictionType::Epsilon => {
+                    (x - (out * f64::from(sigma_s0))?)? / f64::from(alpha_s0)
+                }
+                PredictionType::VPrediction => {
+                    (x * f64::from(alpha_s0))? - (out * f64::from(sigma_s0))?
+                }
+            }
+        };
+        let x0 = clean().map_err(tensor_error)?;
         let noise = noise.randn(sample.dims(), NoiseDType::F32)?;
         let noise =
             Tensor::from_vec(noise, sample.dims(), sample.device()).map_err(tensor_error)?;

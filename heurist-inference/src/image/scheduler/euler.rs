@@ -1,5 +1,6 @@
 //! Euler discrete sampling (Karras et al. 2022, algorithm 2 without churn), as diffusers'
-//! `EulerDiscreteScheduler` with `timestep_spacing="leading"` and linear sigma interpolation.
+//! `EulerDiscreteScheduler` with linear sigma interpolation and the config's timestep spacing
+//! ("leading" with steps offset 1 for SDXL base).
 //!
 //! Invariant: like diffusers, every step draws one noise tensor (model output's shape and dtype)
 //! from the generator even though churn is zero and the noise is unused, so the generator's
@@ -7,13 +8,14 @@
 
 use candle_core::Tensor;
 
-use super::SchedulerConfig;
+use super::{PredictionType, SchedulerConfig, noise_dtype, spacing};
 use crate::error::{InferenceError, Result};
-use crate::image::noise::{NoiseDType, NoiseSource};
+use crate::image::noise::NoiseSource;
 
-/// Euler discrete scheduler with "leading" spacing, for `num_inference_steps` steps.
+/// Euler discrete scheduler, for `num_inference_steps` steps.
 #[derive(Debug, Clone)]
 pub struct EulerDiscreteScheduler {
+    prediction_type: PredictionType,
     timesteps: Vec<f32>,
     sigmas: Vec<f32>,
     init_noise_sigma: f32,
@@ -28,24 +30,12 @@ impl EulerDiscreteScheduler {
     /// timesteps; [`InferenceError::InvalidSchedulerConfig`] for an unusable `config`.
     pub fn new(config: SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
         config.check(num_inference_steps)?;
-        let train = config.train_sigmas();
-        let ratio = config.num_train_timesteps / num_inference_steps;
-        let timesteps: Vec<usize> = (0..num_inference_steps)
-            .rev()
-            .map(|i| i * ratio + config.steps_offset)
-            .collect();
-        // np.interp at integer points is the table value; past the end it holds the last one.
-        let mut sigmas: Vec<f32> = timesteps
-            .iter()
-            .map(|&t| train[t.min(train.len() - 1)])
-            .collect();
-        sigmas.push(0.0);
-        let max_sigma = sigmas.iter().copied().fold(0.0f32, f32::max);
+        let (timesteps, sigmas) = spacing::euler_schedule(&config, num_inference_steps);
         Ok(Self {
-            timesteps: timesteps.iter().map(|&t| t as f32).collect(),
+            prediction_type: config.prediction_type,
+            init_noise_sigma: spacing::euler_init_noise_sigma(&config, &sigmas),
+            timesteps,
             sigmas,
-            // "leading" spacing: the initial latents are scaled to the variance of x_T.
-            init_noise_sigma: (max_sigma * max_sigma + 1.0).sqrt(),
             step_index: 0,
         })
     }
@@ -94,18 +84,22 @@ impl EulerDiscreteScheduler {
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
         let sigma = self.current_sigma()?;
-        let dtype = if model_output.dtype() == candle_core::DType::F16 {
-            NoiseDType::F16
-        } else {
-            NoiseDType::F32
-        };
-        noise.randn(model_output.dims(), dtype)?;
+        noise.randn(model_output.dims(), noise_dtype(model_output.dtype()))?;
         let sigma_next = self.sigmas[self.step_index + 1];
         let run = || -> candle_core::Result<Tensor> {
             let sample = sample.to_dtype(candle_core::DType::F32)?;
             let model_output_f32 = model_output.to_dtype(candle_core::DType::F32)?;
-            // x0 = x - sigma * eps; derivative = (x - x0) / sigma; x + derivative * (sigma' - sigma)
-            let x0 = (&sample - (&model_output_f32 * f64::from(sigma))?)?;
+            // derivative = (x - x0) / sigma; x + derivative * (sigma' - sigma)
+            let x0 = match self.prediction_type {
+                // x0 = x - sigma * eps
+                PredictionType::Epsilon => (&sample - (&model_output_f32 * f64::from(sigma))?)?,
+                // x0 = v * (-sigma / sqrt(sigma^2 + 1)) + x / (sigma^2 + 1)
+                PredictionType::VPrediction => {
+                    let v_weight = -sigma / (sigma * sigma + 1.0).sqrt();
+                    let x_weight = 1.0 / (sigma * sigma + 1.0);
+                    ((&model_output_f32 * f64::from(v_weight))? + (&sample * f64::from(x_weight))?)?
+                }
+            };
             let derivative = ((&sample - &x0)? / f64::from(sigma))?;
             let prev = (&sample + (derivative * f64::from(sigma_next - sigma))?)?;
             prev.to_dtype(model_output.dtype())
