@@ -57,8 +57,14 @@ impl CausalLm {
             });
         }
         let trained = gguf.opt_u32("llama.context_length")?.map_or(usize::MAX, |n| n as usize);
-        let (content, mut reader, path) = gguf.into_parts();
         let native = std::env::var(CPU_BODY_ENV).map_or(true, |v| v != "candle");
+        Self::load_gguf_body(gguf, device, native, trained)
+    }
+
+    /// [`Self::load_gguf`] with the body chosen by the caller: this crate's CPU body when
+    /// `native` and it can run the file on `device`, else candle's.
+    fn load_gguf_body(gguf: GgufFile, device: &Device, native: bool, trained: usize) -> Result<LoadedLm> {
+        let (content, mut reader, path) = gguf.into_parts();
         if device.is_cpu() && native {
             match CpuLlama::load(&content, &mut reader, &path) {
                 Ok(model) => {
@@ -98,5 +104,68 @@ impl CausalLm {
             }
         };
         logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn load(native: bool) -> CausalLm {
+        let path = crate::smollm2_path().unwrap();
+        let model = CausalLm::load_gguf_body(GgufFile::open(&path).unwrap(), &Device::Cpu, native, 8192).unwrap().model;
+        assert_eq!(matches!(model, CausalLm::CpuLlama(_)), native);
+        model
+    }
+
+    fn argmax(v: &[f32]) -> usize {
+        v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap()
+    }
+
+    /// The CPU body against candle's on the real model: same prompt, then the same tokens fed
+    /// one at a time (candle's greedy choices). Both quantize activations to 8 bits, so logits
+    /// differ by rounding noise (see tests/it/llama_cpp_parity.rs), not by whole units.
+    #[test]
+    fn cpu_body_agrees_with_candles_body() {
+        let (mut ours, mut theirs) = (load(true), load(false));
+        let dev = Device::Cpu;
+        // The "short_question" prompt of tests/fixtures/llama-cpp/smollm2_greedy.json.
+        let prompt = [
+            1u32, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712,
+            8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198,
+        ];
+        let (mut a, mut b) = (ours.forward_last(&prompt, 0, &dev).unwrap(), theirs.forward_last(&prompt, 0, &dev).unwrap());
+        let (mut max_diff, mut agree) = (0f32, 0);
+        for step in 0..12 {
+            assert_eq!(a.len(), b.len());
+            let top = argmax(&b);
+            max_diff = max_diff.max((a[top] - b[top]).abs());
+            let gap = a[argmax(&a)] - a[top];
+            assert!(gap <= 0.75, "step {step}: candle's choice {top} is {gap} below ours");
+            agree += usize::from(argmax(&a) == top);
+            let pos = prompt.len() + step;
+            a = ours.forward_last(&[top as u32], pos, &dev).unwrap();
+            b = theirs.forward_last(&[top as u32], pos, &dev).unwrap();
+        }
+        eprintln!("CPU body vs candle's: |Δlogit| at candle's top token max {max_diff:.3}, argmax {agree}/12");
+        assert!(max_diff < 1.5, "largest difference at candle's top token: {max_diff}");
+        assert!(agree >= 11, "argmax agreed at {agree}/12 steps");
+        // Re-running from position 0 starts over (the cache is cut, not appended to).
+        let again = ours.forward_last(&prompt, 0, &dev).unwrap();
+        let fresh = load(true).forward_last(&prompt, 0, &dev).unwrap();
+        assert_eq!(again, fresh);
+    }
+
+    #[test]
+    fn cpu_body_rejects_bad_positions_and_tokens() {
+        let mut model = load(true);
+        let dev = Device::Cpu;
+        let err = model.forward_last(&[1, 2], 5, &dev).unwrap_err().to_string();
+        assert!(err.contains("position 5") && err.contains("holds 0"), "{err}");
+        let err = model.forward_last(&[49_152], 0, &dev).unwrap_err().to_string();
+        assert!(err.contains("49152"), "{err}");
+        assert!(model.forward_last(&[], 0, &dev).is_err());
     }
 }

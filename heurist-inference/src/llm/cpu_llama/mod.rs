@@ -190,8 +190,10 @@ impl CpuLlama {
 
             s.attn.resize(n_tok * q_dim, 0.0);
             let (k, v) = (&k_cache[..], &v_cache[..]);
-            if n_tok == 1 {
+            if n_tok == 1 && position < 64 {
                 ops::attend(heads, &s.q, k, v, position, &mut s.scores, &mut s.attn);
+            } else if n_tok == 1 {
+                ops::attend_par(heads, &s.q, k, v, position, &mut s.attn);
             } else {
                 s.attn.par_chunks_mut(q_dim).zip(s.q.par_chunks(q_dim)).enumerate().for_each_init(
                     Vec::new,

@@ -1,18 +1,27 @@
 //! The per-token arithmetic between matmuls, on plain f32 slices: RMSNorm, rotary position
-//! embedding, causal grouped-query attention over the KV cache, SwiGLU.
+//! embedding, causal grouped-query attention over the KV cache, SwiGLU. Over several tokens
+//! (a prompt) the per-token work is split across the kernels' pool.
+
+use rayon::prelude::*;
 
 /// `out = x / sqrt(mean(x²) + eps) · weight`, per vector of `weight.len()` values.
 ///
 /// The sum of squares is accumulated in f64, as llama.cpp does.
 pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
-    for (x, out) in x.chunks_exact(weight.len()).zip(out.chunks_exact_mut(weight.len())) {
+    let norm = |(x, out): (&[f32], &mut [f32])| {
         let sum: f64 = x.iter().map(|&v| f64::from(v * v)).sum();
         let mean = (sum / x.len() as f64) as f32;
         let scale = 1.0 / (mean + eps).sqrt();
         for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
             *o = v * scale * w;
         }
+    };
+    let n = weight.len();
+    if x.len() == n {
+        norm((x, out));
+    } else {
+        x.par_chunks(n).zip(out.par_chunks_mut(n)).for_each(norm);
     }
 }
 
@@ -72,32 +81,47 @@ impl Heads {
 /// heads' outputs to `out`.
 pub(super) fn attend(heads: Heads, q: &[f32], k: &[f32], v: &[f32], position: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
     let hd = heads.head_dim;
+    scores.resize(position + 1, 0.0);
+    for (h, (q, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+        attend_head(heads, h, q, k, v, scores, out);
+    }
+}
+
+/// [`attend`] with the heads split across the pool: one token's attention over a long cache
+/// is worth sharing out in decode.
+pub(super) fn attend_par(heads: Heads, q: &[f32], k: &[f32], v: &[f32], position: usize, out: &mut [f32]) {
+    let hd = heads.head_dim;
+    q.par_chunks(hd).zip(out.par_chunks_mut(hd)).enumerate().for_each_init(Vec::new, |scores, (h, (q, out))| {
+        scores.resize(position + 1, 0.0);
+        attend_head(heads, h, q, k, v, scores, out);
+    });
+}
+
+/// Head `h` of [`attend`]; `scores` holds one value per cached position.
+fn attend_head(heads: Heads, h: usize, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
+    let hd = heads.head_dim;
     let kv_dim = heads.kv_dim();
     let group = heads.n_head / heads.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
-    let len = position + 1;
-    scores.resize(len, 0.0);
-    for (h, (q, out)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
-        let off = (h / group) * hd;
-        let mut max = f32::NEG_INFINITY;
-        for (p, s) in scores.iter_mut().enumerate() {
-            let key = &k[p * kv_dim + off..p * kv_dim + off + hd];
-            *s = dot(q, key) * scale;
-            max = max.max(*s);
-        }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        out.fill(0.0);
-        for (p, &s) in scores.iter().enumerate() {
-            let w = s * inv;
-            let value = &v[p * kv_dim + off..p * kv_dim + off + hd];
-            for (o, &x) in out.iter_mut().zip(value) {
-                *o += w * x;
-            }
+    let off = (h / group) * hd;
+    let mut max = f32::NEG_INFINITY;
+    for (p, s) in scores.iter_mut().enumerate() {
+        let key = &k[p * kv_dim + off..p * kv_dim + off + hd];
+        *s = dot(q, key) * scale;
+        max = max.max(*s);
+    }
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    for (p, &s) in scores.iter().enumerate() {
+        let w = s * inv;
+        let value = &v[p * kv_dim + off..p * kv_dim + off + hd];
+        for (o, &x) in out.iter_mut().zip(value) {
+            *o += w * x;
         }
     }
 }
@@ -118,11 +142,16 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// SwiGLU: `out[i] = silu(gate[i]) · up[i]` for each token's `[gate | up]` row of `2 · ff`.
 pub(super) fn swiglu(gate_up: &[f32], ff: usize, out: &mut Vec<f32>) {
     out.resize(gate_up.len() / 2, 0.0);
-    for (gu, out) in gate_up.chunks_exact(2 * ff).zip(out.chunks_exact_mut(ff)) {
+    let act = |(gu, out): (&[f32], &mut [f32])| {
         let (gate, up) = gu.split_at(ff);
         for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
             *o = g / (1.0 + (-g).exp()) * u;
         }
+    };
+    if gate_up.len() == 2 * ff {
+        act((gate_up, out));
+    } else {
+        gate_up.par_chunks(2 * ff).zip(out.par_chunks_mut(ff)).for_each(act);
     }
 }
 

@@ -8,6 +8,7 @@
 //! products the same codes for the same activations.
 
 use half::f16;
+use rayon::prelude::*;
 
 use super::block::QK;
 
@@ -39,7 +40,7 @@ impl Q8Activations {
     /// Quantizes `x`, `rows` vectors of `cols` values (`cols` a multiple of 32, checked by the
     /// caller), reusing the buffers.
     pub(crate) fn quantize(&mut self, x: &[f32], cols: usize) {
-        debug_assert!(cols % QK == 0 && x.len() % cols == 0);
+        debug_assert!(cols.is_multiple_of(QK) && x.len().is_multiple_of(cols));
         let rows = x.len() / cols;
         let blocks = x.len() / QK;
         self.cols = cols;
@@ -47,12 +48,22 @@ impl Q8Activations {
         self.qs.resize(x.len(), 0);
         self.d.resize(blocks, 0.0);
         self.s.resize(blocks, 0.0);
-        let parts = x
-            .chunks_exact(QK)
-            .zip(self.qs.chunks_exact_mut(QK))
-            .zip(self.d.iter_mut().zip(self.s.iter_mut()));
-        for ((x, qs), (d, s)) in parts {
-            (*d, *s) = quantize_block(x, qs);
+        let nb = cols / QK;
+        type Row<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [f32]));
+        let quantize_row = |((x, qs), (d, s)): Row<'_>| {
+            let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()));
+            for ((x, qs), (d, s)) in blocks {
+                (*d, *s) = quantize_block(x, qs);
+            }
+        };
+        if rows == 1 {
+            quantize_row(((x, &mut self.qs[..]), (&mut self.d[..], &mut self.s[..])));
+        } else {
+            // A prompt's rows in parallel (inside the kernels' pool when the model runs).
+            x.par_chunks(cols)
+                .zip(self.qs.par_chunks_mut(cols))
+                .zip(self.d.par_chunks_mut(nb).zip(self.s.par_chunks_mut(nb)))
+                .for_each(quantize_row);
         }
     }
 
@@ -64,6 +75,11 @@ impl Q8Activations {
     /// Vectors held.
     pub(crate) fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// All codes, scales and sums, vector after vector (for the SIMD kernels).
+    pub(crate) fn raw(&self) -> (&[i8], &[f32], &[f32]) {
+        (&self.qs, &self.d, &self.s)
     }
 
     /// Vector `t`.

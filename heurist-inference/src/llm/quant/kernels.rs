@@ -2,8 +2,9 @@
 //! instruction set, chosen at run time.
 //!
 //! [`rows_dot`] computes `out[r · T + t] = W[r] · x[t]` for a run of weight rows and `T`
-//! activation vectors. Each row's blocks are unpacked once and multiplied with up to four
-//! activation vectors (prefill), so the weights are read from memory once per four tokens.
+//! activation vectors. In prefill each row's blocks are unpacked once and multiplied with four
+//! activation vectors, so the weights are read from memory once per four tokens; in decode four
+//! rows run side by side, so four streams of weights are in flight at once.
 //! Per block the integer dot product of the codes is scaled by `d_w · d_x` and accumulated in
 //! f32 lanes; Q4_1's minimum adds `m_w · s_x` (`s_x = d_x · Σ q_x`). This is llama.cpp's
 //! arithmetic for `Q4_1 × Q8_1` and `Q8_0 × Q8_0`.
@@ -13,7 +14,7 @@
 //! binary runs everywhere without `-C target-cpu=native`. The scalar code is the portable
 //! fallback and the tests' reference.
 
-use super::activation::Q8Row;
+use super::activation::{Q8Activations, Q8Row};
 use super::block::{QK, WeightFormat, f16_at};
 
 /// An instruction set the kernels are written for.
@@ -59,17 +60,16 @@ impl Isa {
     }
 }
 
-/// `out[r · x.len() + t] = row r of rows · x[t]`, for every whole row in `rows`.
+/// `out[r · x.rows() + t] = row r of rows · x[t]`, for every whole row in `rows`.
 ///
 /// # Panics
-/// When `out` is not `rows × x.len()` or an activation vector is shorter than a row; callers
+/// When `out` is not `rows × x.rows()` or the activations are not `cols` wide; callers
 /// check shapes once per matmul ([`super::matmul`]), so this is an internal invariant.
-pub(crate) fn rows_dot(isa: Isa, format: WeightFormat, cols: usize, rows: &[u8], x: &[Q8Row<'_>], out: &mut [f32]) {
+pub(crate) fn rows_dot(isa: Isa, format: WeightFormat, cols: usize, rows: &[u8], x: &Q8Activations, out: &mut [f32]) {
     let row_bytes = format.row_bytes(cols);
-    let nb = cols / QK;
-    assert!(cols % QK == 0 && row_bytes > 0 && rows.len() % row_bytes == 0);
-    assert_eq!(out.len(), rows.len() / row_bytes * x.len());
-    assert!(x.iter().all(|r| r.qs.len() >= cols && r.d.len() >= nb && r.s.len() >= nb));
+    assert!(cols.is_multiple_of(QK) && row_bytes > 0 && rows.len().is_multiple_of(row_bytes));
+    assert_eq!(x.cols(), cols);
+    assert_eq!(out.len(), rows.len() / row_bytes * x.rows());
     match isa {
         Isa::Scalar => scalar::rows_dot(format, row_bytes, rows, x, out),
         // SAFETY (all three): `available()` only lists an instruction set after
@@ -88,12 +88,12 @@ pub(crate) fn rows_dot(isa: Isa, format: WeightFormat, cols: usize, rows: &[u8],
 mod scalar {
     use super::*;
 
-    pub(super) fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &[Q8Row<'_>], out: &mut [f32]) {
-        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(x.len())) {
-            for (o, x) in out.iter_mut().zip(x) {
+    pub(super) fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &Q8Activations, out: &mut [f32]) {
+        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(x.rows())) {
+            for (t, o) in out.iter_mut().enumerate() {
                 *o = match format {
-                    WeightFormat::Q4_1 => dot_q4_1(row, x),
-                    WeightFormat::Q8_0 => dot_q8_0(row, x),
+                    WeightFormat::Q4_1 => dot_q4_1(row, &x.row(t)),
+                    WeightFormat::Q8_0 => dot_q8_0(row, &x.row(t)),
                 };
             }
         }
@@ -134,93 +134,155 @@ macro_rules! x86_kernels {
         mod $module {
             use std::arch::x86_64::*;
 
-            use super::super::activation::Q8Row;
+            use super::super::activation::Q8Activations;
             use super::super::block::{QK, WeightFormat};
 
             $udot
 
             /// # Safety
             /// The CPU must support `$features`; `rows` holds whole rows of `row_bytes`, `out`
-            /// is rows × `x.len()`, and every `x[t]` holds a row's blocks.
+            /// is rows × `x.rows()`, and `x` has `nb` blocks per vector.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn rows_dot(
                 format: WeightFormat,
                 row_bytes: usize,
                 rows: &[u8],
-                x: &[Q8Row<'_>],
+                x: &Q8Activations,
                 out: &mut [f32],
             ) {
                 let nb = row_bytes / format.block_bytes();
-                let tokens = x.len();
-                for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tokens)) {
-                    let mut t = 0;
-                    while t + 4 <= tokens {
-                        // SAFETY: forwarded from this function's contract.
-                        unsafe { tile::<4>(format, nb, row, &x[t..t + 4], &mut out[t..t + 4]) };
-                        t += 4;
+                let tokens = x.rows();
+                let n_rows = rows.len() / row_bytes;
+                let (qs, d, s) = x.raw();
+                let cols = nb * QK;
+                let w = rows.as_ptr();
+                let o = out.as_mut_ptr();
+                // Tokens' codes and scales are contiguous: token t starts at t · cols and t · nb.
+                // SAFETY (every call below): rows r..r + R and tokens t..t + N exist, so the
+                // pointers stay inside `rows`, `x` and `out`.
+                if tokens >= 4 {
+                    // Prefill: each row's blocks are unpacked once for four tokens.
+                    for r in 0..n_rows {
+                        let mut t = 0;
+                        while t + 4 <= tokens {
+                            unsafe { tile::<1, 4>(format, nb, w.add(r * row_bytes), row_bytes, qs.as_ptr().add(t * cols), d.as_ptr().add(t * nb), s.as_ptr().add(t * nb), cols, o.add(r * tokens + t), tokens) };
+                            t += 4;
+                        }
+                        while t < tokens {
+                            unsafe { tile::<1, 1>(format, nb, w.add(r * row_bytes), row_bytes, qs.as_ptr().add(t * cols), d.as_ptr().add(t * nb), s.as_ptr().add(t * nb), cols, o.add(r * tokens + t), tokens) };
+                            t += 1;
+                        }
                     }
-                    while t < tokens {
-                        // SAFETY: as above.
-                        unsafe { tile::<1>(format, nb, row, &x[t..t + 1], &mut out[t..t + 1]) };
-                        t += 1;
+                } else {
+                    // Decode: four rows at once, four independent streams from memory.
+                    let mut r = 0;
+                    while r < n_rows {
+                        let four = r + 4 <= n_rows;
+                        for t in 0..tokens {
+                            unsafe {
+                                let args = (w.add(r * row_bytes), qs.as_ptr().add(t * cols), d.as_ptr().add(t * nb), s.as_ptr().add(t * nb), o.add(r * tokens + t));
+                                if four {
+                                    tile::<4, 1>(format, nb, args.0, row_bytes, args.1, args.2, args.3, cols, args.4, tokens)
+                                } else {
+                                    tile::<1, 1>(format, nb, args.0, row_bytes, args.1, args.2, args.3, cols, args.4, tokens)
+                                }
+                            };
+                        }
+                        r += if four { 4 } else { 1 };
                     }
                 }
             }
 
-            /// One row times `N` activation vectors.
+            /// `R` rows times `N` activation vectors: `out[r · stride + t] = W[r] · x[t]`.
             ///
             /// # Safety
-            /// As [`rows_dot`], with `row` one row of `nb` blocks and `x`, `out` of length `N`.
+            /// `w` points at `R` rows of `nb` blocks (`row_bytes` apart); `qs`, `d`, `s` at `N`
+            /// tokens' codes (`cols` apart) and scales and sums (`nb` apart); `out` reaches
+            /// index `(R - 1) · stride + N - 1`. The CPU supports `$features`.
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn tile<const N: usize>(format: WeightFormat, nb: usize, row: &[u8], x: &[Q8Row<'_>], out: &mut [f32]) {
-                let mut acc = [_mm256_setzero_ps(); N];
-                let mut mins = [0f32; N];
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn tile<const R: usize, const N: usize>(
+                format: WeightFormat,
+                nb: usize,
+                w: *const u8,
+                row_bytes: usize,
+                qs: *const i8,
+                d: *const f32,
+                s: *const f32,
+                cols: usize,
+                out: *mut f32,
+                stride: usize,
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); N]; R];
+                let mut mins = [[0f32; N]; R];
                 match format {
                     WeightFormat::Q4_1 => {
                         let low = _mm256_set1_epi8(0x0f);
                         for b in 0..nb {
-                            // SAFETY: block b lies in `row` (nb blocks of 20 bytes); the loads
-                            // are unaligned.
-                            let (dm, q) = unsafe {
-                                let p = row.as_ptr().add(b * 20);
-                                let dm = (p as *const i32).read_unaligned();
-                                (_mm_cvtph_ps(_mm_cvtsi32_si128(dm)), _mm_loadu_si128(p.add(4) as *const __m128i))
-                            };
-                            let d = _mm_cvtss_f32(dm);
-                            let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-                            // Low nibbles are values 0..16, high nibbles 16..32.
-                            let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low);
+                            let mut xq = [_mm256_setzero_si256(); N];
+                            let mut xd = [0f32; N];
+                            let mut xs = [0f32; N];
                             for t in 0..N {
-                                // SAFETY: x[t] holds nb blocks of 32 codes (checked by the caller).
-                                let xq = unsafe { _mm256_loadu_si256(x[t].qs.as_ptr().add(b * QK) as *const __m256i) };
-                                let dot = _mm256_cvtepi32_ps(udot(w, xq));
-                                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t].d[b]), dot, acc[t]);
-                                mins[t] += m * x[t].s[b];
+                                // SAFETY: token t's block b is inside `x` (this function's contract).
+                                unsafe {
+                                    xq[t] = _mm256_loadu_si256(qs.add(t * cols + b * QK) as *const __m256i);
+                                    xd[t] = *d.add(t * nb + b);
+                                    xs[t] = *s.add(t * nb + b);
+                                }
+                            }
+                            for r in 0..R {
+                                // SAFETY: block b of row r is inside `w`; the loads are unaligned.
+                                let (dm, q) = unsafe {
+                                    let p = w.add(r * row_bytes + b * 20);
+                                    let dm = (p as *const i32).read_unaligned();
+                                    (_mm_cvtph_ps(_mm_cvtsi32_si128(dm)), _mm_loadu_si128(p.add(4) as *const __m128i))
+                                };
+                                let dw = _mm_cvtss_f32(dm);
+                                let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+                                // Low nibbles are values 0..16, high nibbles 16..32.
+                                let wq = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low);
+                                for t in 0..N {
+                                    let dot = _mm256_cvtepi32_ps(udot(wq, xq[t]));
+                                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t]), dot, acc[r][t]);
+                                    mins[r][t] += m * xs[t];
+                                }
                             }
                         }
                     }
                     WeightFormat::Q8_0 => {
                         for b in 0..nb {
-                            // SAFETY: block b lies in `row` (nb blocks of 34 bytes).
-                            let (d, w) = unsafe {
-                                let p = row.as_ptr().add(b * 34);
-                                let d = i32::from((p as *const u16).read_unaligned());
-                                (_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(d))), _mm256_loadu_si256(p.add(2) as *const __m256i))
-                            };
-                            // |w| · (sign(w) · x) = w · x with an unsigned left operand.
-                            let abs_w = _mm256_sign_epi8(w, w);
+                            let mut xq = [_mm256_setzero_si256(); N];
+                            let mut xd = [0f32; N];
                             for t in 0..N {
                                 // SAFETY: as for Q4_1.
-                                let xq = unsafe { _mm256_loadu_si256(x[t].qs.as_ptr().add(b * QK) as *const __m256i) };
-                                let dot = _mm256_cvtepi32_ps(udot(abs_w, _mm256_sign_epi8(xq, w)));
-                                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t].d[b]), dot, acc[t]);
+                                unsafe {
+                                    xq[t] = _mm256_loadu_si256(qs.add(t * cols + b * QK) as *const __m256i);
+                                    xd[t] = *d.add(t * nb + b);
+                                }
+                            }
+                            for r in 0..R {
+                                // SAFETY: block b of row r is inside `w` (34-byte blocks).
+                                let (dw, wq) = unsafe {
+                                    let p = w.add(r * row_bytes + b * 34);
+                                    let dw = i32::from((p as *const u16).read_unaligned());
+                                    (_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(dw))), _mm256_loadu_si256(p.add(2) as *const __m256i))
+                                };
+                                // |w| · (sign(w) · x) = w · x with an unsigned left operand.
+                                let abs_w = _mm256_sign_epi8(wq, wq);
+                                for t in 0..N {
+                                    let dot = _mm256_cvtepi32_ps(udot(abs_w, _mm256_sign_epi8(xq[t], wq)));
+                                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[t]), dot, acc[r][t]);
+                                }
                             }
                         }
                     }
                 }
-                for t in 0..N {
-                    out[t] = hsum(acc[t]) + mins[t];
+                for r in 0..R {
+                    for t in 0..N {
+                        // SAFETY: inside `out` (this function's contract).
+                        unsafe { *out.add(r * stride + t) = hsum(acc[r][t]) + mins[r][t] };
+                    }
                 }
             }
 

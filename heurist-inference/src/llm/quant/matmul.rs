@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::activation::{Q8Activations, Q8Row};
+use super::activation::Q8Activations;
 use super::block::{QK, WeightFormat};
 use super::kernels::{Isa, rows_dot};
 
@@ -53,10 +53,10 @@ pub(crate) enum MatrixError {
 impl QMatrix {
     /// Wraps `data`, checking it holds `rows × cols` values in `format`.
     pub(crate) fn new(format: WeightFormat, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, MatrixError> {
-        if cols == 0 || cols % QK != 0 {
+        if cols == 0 || !cols.is_multiple_of(QK) {
             return Err(MatrixError::Cols { cols });
         }
-        let needed = rows.checked_mul(format.row_bytes(cols)).unwrap_or(usize::MAX);
+        let needed = rows.saturating_mul(format.row_bytes(cols));
         if data.len() != needed {
             return Err(MatrixError::Bytes { format, rows, cols, needed, found: data.len() });
         }
@@ -84,11 +84,13 @@ impl QMatrix {
     }
 
     /// Columns (inputs).
+    #[cfg(test)]
     pub(crate) fn cols(&self) -> usize {
         self.cols
     }
 
     /// The block format.
+    #[cfg(test)]
     pub(crate) fn format(&self) -> WeightFormat {
         self.format
     }
@@ -107,7 +109,6 @@ impl QMatrix {
     pub(crate) fn matmul(&self, isa: Isa, x: &Q8Activations, out: &mut Vec<f32>, scratch: &mut Vec<f32>) {
         assert_eq!(x.cols(), self.cols, "activation width");
         let tokens = x.rows();
-        let xs: Vec<Q8Row<'_>> = (0..tokens).map(|t| x.row(t)).collect();
         out.resize(tokens * self.rows, 0.0);
         // One token: `out` is already row-major by row. More: rows × tokens, then transposed.
         let by_row = if tokens == 1 { &mut *out } else { scratch.resize(tokens * self.rows, 0.0); &mut *scratch };
@@ -117,25 +118,27 @@ impl QMatrix {
         by_row
             .par_chunks_mut(chunk_rows * tokens)
             .zip(self.data.par_chunks(chunk_rows * row_bytes))
-            .for_each(|(out, rows)| rows_dot(isa, self.format, self.cols, rows, &xs, out));
+            .for_each(|(out, rows)| rows_dot(isa, self.format, self.cols, rows, x, out));
         if tokens > 1 {
             transpose(scratch, self.rows, tokens, out);
         }
     }
 }
 
-/// `to[t · rows + r] = from[r · tokens + t]`, in tiles that stay in cache.
+/// `to[t · rows + r] = from[r · tokens + t]`, eight tokens per task: each task reads 32
+/// contiguous bytes per row and writes eight output rows.
 fn transpose(from: &[f32], rows: usize, tokens: usize, to: &mut [f32]) {
-    const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for t0 in (0..tokens).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for t in t0..(t0 + TILE).min(tokens) {
-                    to[t * rows + r] = from[r * tokens + t];
-                }
+    const TOKENS: usize = 8;
+    to.par_chunks_mut(rows * TOKENS).enumerate().for_each(|(i, to)| {
+        let t0 = i * TOKENS;
+        let n = to.len() / rows;
+        for r in 0..rows {
+            let from = &from[r * tokens + t0..r * tokens + t0 + n];
+            for (t, &v) in from.iter().enumerate() {
+                to[t * rows + r] = v;
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -275,3 +278,4 @@ mod tests {
         assert_eq!((stacked.rows(), stacked.cols(), stacked.format()), (2, 32, WeightFormat::Q8_0));
     }
 }
+
