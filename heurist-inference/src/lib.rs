@@ -17,10 +17,16 @@
 //! [`TokenObserver`]), rewards (`heurist-points`). This crate uses none of its siblings;
 //! `heurist-verify` (behind a feature) and the example binaries use it. Still to come (issue 4):
 //! safetensors Llama 3 / Mistral / Mixtral, top-p / top-k / min-p and penalties, tool calls,
-//! streaming, batched concurrent decoding, fast Q4_1 kernels. The image engine,
+//! streaming, batched concurrent decoding. The image engine,
 //! [`image::ImageEngine`], runs Stable Diffusion 1.5 and SDXL from the network's single-file
 //! checkpoints (with kohya LoRAs and VAE overrides) on torch-exact seeded noise and diffusers'
 //! schedulers; see [`image`].
+//!
+//! On the CPU, Q4_1 / Q8_0 GGUF llama models run on this crate's own forward pass with integer
+//! SIMD kernels picked at run time (AVX2, AVX-VNNI or AVX-512 VNNI; a scalar fallback
+//! elsewhere), so no `-C target-cpu=native` is needed; other files and CUDA use
+//! candle-transformers' quantized llama. `HEURIST_LLM_CPU_BODY=candle` forces candle's body on
+//! the CPU too.
 //!
 //! ```no_run
 //! use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, smollm2_path};

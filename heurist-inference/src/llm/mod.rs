@@ -2,10 +2,12 @@
 //! loop is made of (tokenizer, chat template, sampler, stop strings, incremental
 //! detokenisation, the observer hook, the model seam). One file per part; the engine composes.
 
+pub(crate) mod cpu_llama;
 pub(crate) mod detokenize;
 pub(crate) mod engine;
 pub(crate) mod model;
 pub(crate) mod observer;
+pub(crate) mod quant;
 pub(crate) mod request;
 pub(crate) mod sampler;
 pub(crate) mod stop;

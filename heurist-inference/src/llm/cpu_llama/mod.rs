@@ -1,0 +1,228 @@
+//! A llama-architecture body for the CPU on plain f32 slices, with the hand-written quantized
+//! matmuls of [`crate::llm::quant`]; one of the bodies behind [`crate::llm::model::CausalLm`].
+//!
+//! For a model as small as SmolLM2-135M (30 layers of width 576) a decode step is dominated by
+//! per-operation overhead in a tensor library, so this body runs the whole forward pass as
+//! straight loops over buffers it reuses: RMSNorm → Q/K/V (one stacked matmul) → RoPE →
+//! causal grouped-query attention over an f32 KV cache → output projection → RMSNorm →
+//! gate/up (one stacked matmul) → SwiGLU → down, then the final norm and the vocabulary
+//! projection for the last token only. Every matmul quantizes its input to 8 bits per block
+//! and multiplies in integers, as llama.cpp does. A forward pass runs inside the kernels'
+//! thread pool.
+//!
+//! It loads GGUF llama files whose matmul weights are Q4_1 or Q8_0 (other block types, mixture
+//! of experts and non-linear RoPE scaling stay with candle's body).
+
+mod load;
+mod ops;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::Content;
+use rayon::prelude::*;
+
+pub(crate) use load::LoadError;
+use ops::{Heads, Rope};
+
+use crate::llm::quant::activation::Q8Activations;
+use crate::llm::quant::kernels::Isa;
+use crate::llm::quant::matmul::QMatrix;
+
+/// A forward pass that cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ForwardError {
+    /// No tokens were given.
+    #[error("no tokens to run")]
+    NoTokens,
+    /// A token id past the embedding table.
+    #[error("token id {token_id} is outside the embedding table of {vocab} rows")]
+    UnknownToken {
+        /// The id.
+        token_id: u32,
+        /// Rows of the embedding table.
+        vocab: usize,
+    },
+    /// The tokens would start after a gap in the cache.
+    #[error("tokens start at position {position} but the cache holds {cached}")]
+    PositionGap {
+        /// Where the tokens were to start.
+        position: usize,
+        /// Positions in the cache.
+        cached: usize,
+    },
+    /// The operating system refused the matmul threads.
+    #[error("the CPU thread pool could not be started")]
+    NoThreads,
+}
+
+/// The weights, shared by every clone of a model.
+#[derive(Debug)]
+struct Weights {
+    hidden: usize,
+    ff: usize,
+    heads: Heads,
+    eps: f32,
+    rope: Rope,
+    rope_dim: usize,
+    embedding: QMatrix,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    output: QMatrix,
+}
+
+#[derive(Debug)]
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// `[q | k | v]` rows.
+    qkv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    /// `[gate | up]` rows.
+    gate_up: QMatrix,
+    down: QMatrix,
+}
+
+/// Keys and values of every position so far, per layer, `[position][kv_dim]`.
+#[derive(Debug, Clone, Default)]
+struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+/// Buffers a forward pass reuses.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    q8: Q8Activations,
+    wide: Vec<f32>,
+    transposed: Vec<f32>,
+    q: Vec<f32>,
+    attn: Vec<f32>,
+    act: Vec<f32>,
+    cos_sin: Vec<(f32, f32)>,
+    scores: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// The CPU llama body with its KV cache; a clone shares the weights and starts empty.
+#[derive(Debug)]
+pub(crate) struct CpuLlama {
+    weights: Arc<Weights>,
+    isa: Isa,
+    cache: KvCache,
+    scratch: Scratch,
+}
+
+impl Clone for CpuLlama {
+    fn clone(&self) -> Self {
+        Self { weights: Arc::clone(&self.weights), isa: self.isa, cache: KvCache::default(), scratch: Scratch::default() }
+    }
+}
+
+impl CpuLlama {
+    /// Loads the body from an open GGUF file's header and reader.
+    pub(crate) fn load(content: &Content, reader: &mut BufReader<File>, path: &Path) -> Result<Self, LoadError> {
+        let weights = load::load(content, reader, path)?;
+        let isa = Isa::detect();
+        tracing::debug!(?isa, rope_dim = weights.rope_dim, "CPU llama body");
+        Ok(Self { weights: Arc::new(weights), isa, cache: KvCache::default(), scratch: Scratch::default() })
+    }
+
+    /// The kernels' instruction set.
+    pub(crate) fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Runs `tokens` at positions `position..` (the cache keeps positions before `position`)
+    /// and returns the logits after the last one.
+    pub(crate) fn forward_last(&mut self, tokens: &[u32], position: usize) -> Result<Vec<f32>, ForwardError> {
+        let vocab = self.weights.embedding.rows();
+        if tokens.is_empty() {
+            return Err(ForwardError::NoTokens);
+        }
+        if let Some(&token_id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ForwardError::UnknownToken { token_id, vocab });
+        }
+        if position > self.cache.len {
+            return Err(ForwardError::PositionGap { position, cached: self.cache.len });
+        }
+        let pool = crate::llm::quant::pool().ok_or(ForwardError::NoThreads)?;
+        pool.install(|| self.run(tokens, position));
+        Ok(self.scratch.logits.clone())
+    }
+
+    fn run(&mut self, tokens: &[u32], position: usize) {
+        let w = &*self.weights;
+        let (isa, s, cache) = (self.isa, &mut self.scratch, &mut self.cache);
+        let (hidden, heads, n_tok) = (w.hidden, w.heads, tokens.len());
+        let (q_dim, kv_dim) = (heads.q_dim(), heads.kv_dim());
+        cache.k.resize_with(w.layers.len(), Vec::new);
+        cache.v.resize_with(w.layers.len(), Vec::new);
+
+        s.x.resize(n_tok * hidden, 0.0);
+        for (&t, x) in tokens.iter().zip(s.x.chunks_exact_mut(hidden)) {
+            w.embedding.dequantize_row(t as usize, x);
+        }
+        for (l, layer) in w.layers.iter().enumerate() {
+            ops::rms_norm(&s.x, &layer.attn_norm, w.eps, &mut s.normed);
+            s.q8.quantize(&s.normed, hidden);
+            layer.qkv.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+
+            let (k_cache, v_cache) = (&mut cache.k[l], &mut cache.v[l]);
+            k_cache.truncate(position * kv_dim);
+            v_cache.truncate(position * kv_dim);
+            s.q.resize(n_tok * q_dim, 0.0);
+            for (t, row) in s.wide.chunks_exact(q_dim + 2 * kv_dim).enumerate() {
+                let (q, kv) = row.split_at(q_dim);
+                let q_out = &mut s.q[t * q_dim..(t + 1) * q_dim];
+                q_out.copy_from_slice(q);
+                w.rope.apply(q_out, heads.head_dim, position + t, &mut s.cos_sin);
+                let start = k_cache.len();
+                k_cache.extend_from_slice(&kv[..kv_dim]);
+                w.rope.apply(&mut k_cache[start..], heads.head_dim, position + t, &mut s.cos_sin);
+                v_cache.extend_from_slice(&kv[kv_dim..]);
+            }
+
+            s.attn.resize(n_tok * q_dim, 0.0);
+            let (k, v) = (&k_cache[..], &v_cache[..]);
+            if n_tok == 1 && position < 64 {
+                ops::attend(heads, &s.q, k, v, position, &mut s.scores, &mut s.attn);
+            } else if n_tok == 1 {
+                ops::attend_par(heads, &s.q, k, v, position, &mut s.attn);
+            } else {
+                s.attn.par_chunks_mut(q_dim).zip(s.q.par_chunks(q_dim)).enumerate().for_each_init(
+                    Vec::new,
+                    |scores, (t, (out, q))| ops::attend(heads, q, k, v, position + t, scores, out),
+                );
+            }
+            s.q8.quantize(&s.attn, q_dim);
+            layer.wo.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+            add(&mut s.x, &s.wide);
+
+            ops::rms_norm(&s.x, &layer.ffn_norm, w.eps, &mut s.normed);
+            s.q8.quantize(&s.normed, hidden);
+            layer.gate_up.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+            ops::swiglu(&s.wide, w.ff, &mut s.act);
+            s.q8.quantize(&s.act, w.ff);
+            layer.down.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+            add(&mut s.x, &s.wide);
+        }
+        cache.len = position + n_tok;
+
+        let last = &s.x[(n_tok - 1) * hidden..];
+        ops::rms_norm(last, &w.output_norm, w.eps, &mut s.normed);
+        s.q8.quantize(&s.normed, hidden);
+        w.output.matmul(isa, &s.q8, &mut s.logits, &mut s.transposed);
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (x, &y) in x.iter_mut().zip(y) {
+        *x += y;
+    }
+}
