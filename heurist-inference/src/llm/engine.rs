@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use crate::device::DeviceSpec;
 use crate::error::{InferenceError, Result};
 use crate::llm::detokenize::Utf8Stream;
+use crate::llm::hf_config::HfConfig;
+use crate::llm::hf_tokenizer;
 use crate::llm::model::CausalLm;
 use crate::llm::observer::{NoObserver, TokenEvent, TokenObserver};
 use crate::llm::request::{ChatMessage, ChatOutput, ChatRequest, FinishReason, Timings, Usage};
@@ -22,6 +24,7 @@ use crate::llm::stop::StopStrings;
 use crate::llm::template::ChatTemplate;
 use crate::llm::tokenizer::Tokenizer;
 use crate::weights::gguf::GgufFile;
+use crate::weights::safetensors::SafetensorsWeights;
 
 /// A chat model ready to serve requests.
 #[derive(Debug)]
@@ -68,6 +71,47 @@ impl ChatEngine {
         })
     }
 
+    /// Loads a Hugging Face model directory: `config.json` (Llama, Mistral or Mixtral),
+    /// `model.safetensors` or the shards `model.safetensors.index.json` lists (f32, f16 or
+    /// bf16, memory-mapped, run in that dtype), `tokenizer.json`, and the chat template from
+    /// `tokenizer_config.json`.
+    ///
+    /// Every tensor the config implies is checked (name, shape, dtype) before any is loaded.
+    /// Mistral's and Mixtral's context is capped at their sliding window (see
+    /// [`ChatEngine::context_length`]).
+    pub fn load_safetensors(dir: impl AsRef<Path>, device: DeviceSpec) -> Result<Self> {
+        let dir = dir.as_ref();
+        let device = device.open()?;
+        let started = Instant::now();
+        let config = HfConfig::load(&dir.join("config.json"))?;
+        let (tokenizer, template_source) =
+            hf_tokenizer::load(dir, &config.eos_token_ids(), config.vocab_size())?;
+        let template_source = template_source.ok_or_else(|| InferenceError::MissingChatTemplate {
+            path: dir.join("tokenizer_config.json"),
+        })?;
+        let template =
+            ChatTemplate::new(template_source, tokenizer.bos_text(), tokenizer.eos_text())?;
+        let weights = SafetensorsWeights::open(dir)?;
+        let loaded = CausalLm::load_safetensors(&config, weights, &device)?;
+        tracing::info!(
+            dir = %dir.display(),
+            architecture = ?config.architecture,
+            device = ?device,
+            context_length = loaded.context_length,
+            vocab_size = tokenizer.vocab_size(),
+            load_ms = started.elapsed().as_millis() as u64,
+            "loaded safetensors chat model"
+        );
+        Ok(Self {
+            model: loaded.model,
+            tokenizer,
+            template,
+            device,
+            context_length: loaded.context_length,
+            source: dir.to_path_buf(),
+        })
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
@@ -83,7 +127,7 @@ impl ChatEngine {
         self.context_length
     }
 
-    /// The file the model came from.
+    /// The file (GGUF) or directory (safetensors) the model came from.
     pub fn source(&self) -> &Path {
         &self.source
     }

@@ -4,6 +4,8 @@
 
 pub(crate) mod detokenize;
 pub(crate) mod engine;
+pub(crate) mod hf_config;
+pub(crate) mod hf_tokenizer;
 pub(crate) mod model;
 pub(crate) mod observer;
 pub(crate) mod request;

@@ -7,4 +7,5 @@ mod image_noise;
 mod image_prompt;
 mod image_scheduler;
 mod llama_cpp_parity;
+mod safetensors_parity;
 mod support;
