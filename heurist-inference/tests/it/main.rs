@@ -2,6 +2,7 @@
 //! SmolLM2-135M-Instruct GGUF; fetch it first with `python3 tools/fetch_smollm2.py`.
 
 mod bad_input;
+mod chat_templates;
 mod generation;
 mod image_noise;
 mod image_prompt;
