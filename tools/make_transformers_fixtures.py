@@ -444,7 +444,7 @@ def sampling_fixtures():
     vocab = 48
     for i, v in enumerate(variants):
         p = dict(base, **v)
-        logits = (torch.randn(vocab, generator=gen) * 2.5).float()
+        logits = (torch.randn(vocab, generator=gen) * 1.2).float()
         prompt = torch.randint(0, vocab, (6,), generator=gen).tolist()
         output = torch.randint(0, vocab, (5,), generator=gen).tolist()
         # A repeated output token, so frequency differs from presence.

@@ -150,6 +150,14 @@ pub enum InferenceError {
         source: serde_json::Error,
     },
 
+    /// A job's `extra_body` is not a JSON object of vLLM sampling parameters.
+    #[error("extra_body: {source} (expected a JSON object such as {{\"top_p\": 0.9, \"top_k\": 40}})")]
+    InvalidExtraBody {
+        /// serde_json's error, naming the field, line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// The model's logits at a step held no number (all NaN).
     #[error("decode step {step}: the model's logits are all NaN")]
     InvalidLogits {

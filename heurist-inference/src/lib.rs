@@ -48,6 +48,7 @@ pub use device::{DeviceSpec, ParseDeviceError};
 pub use error::{InferenceError, Result};
 pub use llm::engine::{ChatEngine, ScoreOutput};
 pub use llm::observer::{NoObserver, TokenEvent, TokenObserver};
+pub use llm::sampler::SamplingParams;
 pub use llm::request::{
     ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, FinishReason, MAX_TOKENS_LIMIT,
     Role, Timings, Usage,

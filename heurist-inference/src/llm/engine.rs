@@ -154,7 +154,7 @@ impl ChatEngine {
         // the count as well as max_tokens does.
         let budget = request.max_tokens.min(self.context_length - prompt_ids.len());
 
-        let mut sampler = Sampler::new(request.temperature, request.seed);
+        let mut sampler = Sampler::new(request.sampling(), request.seed, &prompt_ids);
         let stops = StopStrings::new(&request.stop);
         let mut utf8 = Utf8Stream::default();
         let mut text = String::new();

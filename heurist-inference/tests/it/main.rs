@@ -9,4 +9,5 @@ mod image_prompt;
 mod image_scheduler;
 mod llama_cpp_parity;
 mod safetensors_parity;
+mod sampling;
 mod support;
