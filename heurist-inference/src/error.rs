@@ -158,6 +158,13 @@ pub enum InferenceError {
         source: serde_json::Error,
     },
 
+    /// `tools` is not a JSON array.
+    #[error("tools: expected a JSON array of tool descriptions, found {found}")]
+    InvalidTools {
+        /// The start of what was given.
+        found: String,
+    },
+
     /// The model's logits at a step held no number (all NaN).
     #[error("decode step {step}: the model's logits are all NaN")]
     InvalidLogits {

@@ -11,7 +11,8 @@
 //! - greedy or seeded sampling with vLLM's parameters ([`SamplingParams`]: temperature,
 //!   top-p, top-k, min-p, repetition / presence / frequency penalties);
 //! - stop strings, end-of-generation tokens, `max_tokens` and the context length end a
-//!   completion;
+//!   completion; with OpenAI `tools` in the request, Hermes `<tool_call>` blocks in the answer
+//!   become [`ToolCall`]s (finish reason `tool_calls`);
 //! - the output carries token ids, counts, the finish reason and timings; an observer sees
 //!   every token's logits and log-probability; [`ChatEngine::score`] scores a given completion
 //!   (teacher forcing) for verifiers.
@@ -20,7 +21,7 @@
 //! `examples/miner`), judging results (`heurist-verify`, which watches generation through
 //! [`TokenObserver`]), rewards (`heurist-points`). This crate uses none of its siblings;
 //! `heurist-verify` (behind a feature) and the example binaries use it. Still to come (issue 4):
-//! tool calls, streaming, batched concurrent decoding, fast Q4_1 kernels. The image engines
+//! streaming, batched concurrent decoding, fast Q4_1 kernels. The image engines
 //! start in [`image`] (seeded noise, schedulers).
 //!
 //! ```no_run
@@ -58,6 +59,7 @@ pub use llm::request::{
 };
 pub use llm::template::ChatTemplate;
 pub use llm::tokenizer::Tokenizer;
+pub use llm::tool_calls::{FunctionCall, ParsedToolCalls, ToolCall, parse_tool_calls};
 pub use model_cache::{
     MODEL_DIR_ENV, SMOLLM2_FETCH_COMMAND, SMOLLM2_FILE_NAME, model_dir, smollm2_path,
 };

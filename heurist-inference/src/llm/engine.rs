@@ -23,6 +23,7 @@ use crate::llm::sampler::{Sampler, log_prob};
 use crate::llm::stop::StopStrings;
 use crate::llm::template::ChatTemplate;
 use crate::llm::tokenizer::Tokenizer;
+use crate::llm::tool_calls::split_tool_calls;
 use crate::weights::gguf::GgufFile;
 use crate::weights::safetensors::SafetensorsWeights;
 
@@ -149,7 +150,7 @@ impl ChatEngine {
         observer: &mut dyn TokenObserver,
     ) -> Result<ChatOutput> {
         request.validate()?;
-        let prompt_ids = self.prompt_ids(&request.messages, 0)?;
+        let prompt_ids = self.prompt_ids_with_tools(&request.messages, request.tools.as_deref(), 0)?;
         // Token k of the completion is fed at position prompt + k, so the context bounds
         // the count as well as max_tokens does.
         let budget = request.max_tokens.min(self.context_length - prompt_ids.len());
@@ -220,7 +221,12 @@ impl ChatEngine {
             decode_ms = millis(timings.decode),
             "chat request done"
         );
-        Ok(ChatOutput { text, token_ids, finish_reason, usage, timings })
+        let (text, tool_calls, finish_reason) = if request.has_tools() {
+            split_tool_calls(text, finish_reason)
+        } else {
+            (text, Vec::new(), finish_reason)
+        };
+        Ok(ChatOutput { text, tool_calls, token_ids, finish_reason, usage, timings })
     }
 
     /// Teacher-forced scoring: the log-probability of each token of `completion` as the
@@ -264,7 +270,17 @@ impl ChatEngine {
     /// Renders and tokenizes `messages`, checking that the prompt plus `reserve` more fed
     /// tokens fit the context.
     fn prompt_ids(&self, messages: &[ChatMessage], reserve: usize) -> Result<Vec<u32>> {
-        let prompt = self.render_prompt(messages)?;
+        self.prompt_ids_with_tools(messages, None, reserve)
+    }
+
+    /// [`ChatEngine::prompt_ids`] with OpenAI `tools` passed to the template.
+    fn prompt_ids_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&str>,
+        reserve: usize,
+    ) -> Result<Vec<u32>> {
+        let prompt = self.template.render_with_tools(messages, tools, true)?;
         let prompt_ids = self.tokenizer.encode(&prompt)?;
         if prompt_ids.len() + reserve >= self.context_length {
             return Err(InferenceError::PromptTooLong {

@@ -13,3 +13,4 @@ pub(crate) mod sampler;
 pub(crate) mod stop;
 pub(crate) mod template;
 pub(crate) mod tokenizer;
+pub(crate) mod tool_calls;

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{InferenceError, Result};
 use crate::llm::sampler::SamplingParams;
+use crate::llm::template::parse_tools;
+use crate::llm::tool_calls::ToolCall;
 
 /// The largest `max_tokens` a request may ask for (the network's limit).
 pub const MAX_TOKENS_LIMIT: usize = 4096;
@@ -133,6 +135,11 @@ pub struct ChatRequest {
     pub seed: Option<u64>,
     /// Generation stops before the first of these appears in the text.
     pub stop: Vec<String>,
+    /// OpenAI `tools`: the JSON text of an array of function descriptions, passed to the chat
+    /// template as `tools` (kept as text so the keys reach the template in the order sent);
+    /// when present and non-empty, Hermes `<tool_call>` blocks in the answer become
+    /// [`ChatOutput::tool_calls`].
+    pub tools: Option<String>,
 }
 
 impl ChatRequest {
@@ -151,7 +158,22 @@ impl ChatRequest {
             frequency_penalty: neutral.frequency_penalty,
             seed: None,
             stop: Vec::new(),
+            tools: None,
         }
+    }
+
+    /// Sets the OpenAI `tools` array (its JSON text; checked by validation).
+    pub fn with_tools(mut self, tools: impl Into<String>) -> Self {
+        self.tools = Some(tools.into());
+        self
+    }
+
+    /// Whether tool calls are parsed from the answer: `tools` is a non-empty array.
+    pub(crate) fn has_tools(&self) -> bool {
+        self.tools
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(t).ok())
+            .is_some_and(|t| !t.is_empty())
     }
 
     /// The sampling parameters, as the sampler takes them.
@@ -275,6 +297,9 @@ impl ChatRequest {
                 return Err(InferenceError::InvalidSampling { name, value, expected });
             }
         }
+        if let Some(tools) = &self.tools {
+            parse_tools(tools)?;
+        }
         if let Some(index) = self.stop.iter().position(String::is_empty) {
             return Err(InferenceError::EmptyStop { index });
         }
@@ -290,6 +315,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length was reached.
     Length,
+    /// The model called tools (the request had `tools` and the answer holds `<tool_call>`s).
+    ToolCalls,
 }
 
 /// Token counts, over the templated prompt and the generated tokens.
@@ -313,8 +340,11 @@ pub struct Timings {
 /// The answer to a [`ChatRequest`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatOutput {
-    /// The assistant's message: control tokens left out, cut before a stop string.
+    /// The assistant's message: control tokens left out, cut before a stop string; with tool
+    /// calls, the text before the first `<tool_call>` (empty when blank).
     pub text: String,
+    /// The tool calls parsed from the answer (only when the request had `tools`).
+    pub tool_calls: Vec<ToolCall>,
     /// Every generated token id, the end-of-generation token included.
     pub token_ids: Vec<u32>,
     /// Why generation ended.
@@ -432,6 +462,13 @@ mod tests {
             base.clone().with_stop(["ok", ""]).validate(),
             Err(InferenceError::EmptyStop { index: 1 })
         ));
+        assert!(matches!(
+            base.clone().with_tools(r#"{"type": "function"}"#).validate(),
+            Err(InferenceError::InvalidTools { .. })
+        ));
+        let with_tools = base.clone().with_tools(r#"[{"type": "function", "function": {"name": "f"}}]"#);
+        assert!(with_tools.validate().is_ok() && with_tools.has_tools());
+        assert!(!base.clone().with_tools("[]").has_tools());
         assert!(matches!(
             ChatRequest::new(vec![]).validate(),
             Err(InferenceError::EmptyMessages)

@@ -11,3 +11,4 @@ mod llama_cpp_parity;
 mod safetensors_parity;
 mod sampling;
 mod support;
+mod tool_calls;
