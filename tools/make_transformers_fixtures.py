@@ -19,7 +19,7 @@ It writes:
               ChatML template with BOS (Hermes-2-Pro-Mistral-7B);
       mixtral: MixtralForCausalLM, 4 experts, top-2 routing, no sliding window, same tokenizer,
               ChatML template (OpenHermes-Mixtral);
-    plus llama3-bf16/, the llama3 model cast to bfloat16;
+    plus llama3-bf16/ and llama3-f16/, the llama3 model cast to bfloat16 and float16;
   - models.json: per model and prompt, the rendered prompt, its token ids (apply_chat_template,
     tokenize=True), 16 greedy tokens (argmax of the logits, no end-of-sequence stop), and the
     full logits after the prompt and after each greedy token (eager attention, float32);
@@ -344,17 +344,19 @@ def model_fixtures():
             encodings.append({"text": text, "ids": ids, "decoded": tok.decode(ids)})
         entry = {"dtype": "float32", "cases": cases, "encodings": encodings}
         if name == "llama3":
-            # The same weights in bfloat16, run by transformers in bfloat16.
-            bf16 = model.to(torch.bfloat16)
-            save_model("llama3-bf16", bf16, tok, template, None)
+            # The same weights in half precisions, run by transformers in that precision.
             ids = cases[0]["prompt_token_ids"]
-            with torch.no_grad():
-                logits = bf16(torch.tensor([ids])).logits[0, -1].float()
-            out["llama3-bf16"] = {
-                "dtype": "bfloat16",
-                "prompt_token_ids": ids,
-                "logits": [round(float(v), 5) for v in logits],
-            }
+            for suffix, dtype in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+                half = model.to(dtype)
+                save_model(f"llama3-{suffix}", half, tok, template, None)
+                with torch.no_grad():
+                    logits = half(torch.tensor([ids])).logits[0, -1].float()
+                out[f"llama3-{suffix}"] = {
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "prompt_token_ids": ids,
+                    "logits": [round(float(v), 5) for v in logits],
+                }
+                model = model.float()
         out[name] = entry
     return out
 

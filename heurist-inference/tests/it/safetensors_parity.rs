@@ -24,6 +24,9 @@ const F32_TOLERANCE: f32 = 2e-5;
 /// to bf16 at different points, so two correct runs differ by several bf16 ulps of the logits.
 const BF16_TOLERANCE: f32 = 6e-2;
 
+/// f16 logits: 11 bits of mantissa; the same reasoning as bf16, eight times finer.
+const F16_TOLERANCE: f32 = 1e-2;
+
 #[derive(Debug, Deserialize)]
 struct ModelFixture {
     cases: Vec<Case>,
@@ -47,7 +50,7 @@ struct Encoding {
 }
 
 #[derive(Debug, Deserialize)]
-struct Bf16Fixture {
+struct HalfFixture {
     prompt_token_ids: Vec<u32>,
     logits: Vec<f32>,
 }
@@ -147,11 +150,12 @@ fn mistral_context_is_its_sliding_window() {
     assert_eq!(load("llama3").context_length(), 128);
 }
 
-#[test]
-fn bf16_checkpoint_matches_transformers_bf16() {
+/// The first step's logits of a half-precision copy of the llama3 model against transformers
+/// running the same file in the same precision.
+fn half_precision_error(name: &str) -> f32 {
     let _guard = crate::support::model_lock();
-    let fixture: Bf16Fixture = serde_json::from_value(fixtures()["llama3-bf16"].clone()).unwrap();
-    let engine = load("llama3-bf16");
+    let fixture: HalfFixture = serde_json::from_value(fixtures()[name].clone()).unwrap();
+    let engine = load(name);
     let case = &model_fixture("llama3").cases[0];
     assert_eq!(case.prompt_token_ids, fixture.prompt_token_ids);
     let messages = ChatMessage::parse_list(&case.messages.to_string()).unwrap();
@@ -163,8 +167,20 @@ fn bf16_checkpoint_matches_transformers_bf16() {
     };
     engine.score(&messages, &case.greedy_token_ids[..1], &mut observer).unwrap();
     let err = relative_error(&first, &fixture.logits);
+    eprintln!("{name}: relative logit error {err:e}");
+    err
+}
+
+#[test]
+fn bf16_checkpoint_matches_transformers_bf16() {
+    let err = half_precision_error("llama3-bf16");
     assert!(err <= BF16_TOLERANCE, "bf16 relative logit error {err:e}");
-    eprintln!("llama3-bf16: relative logit error {err:e}");
+}
+
+#[test]
+fn f16_checkpoint_matches_transformers_f16() {
+    let err = half_precision_error("llama3-f16");
+    assert!(err <= F16_TOLERANCE, "f16 relative logit error {err:e}");
 }
 
 /// Copies a fixture model into a temporary directory so a test can break it.
