@@ -14,7 +14,8 @@ It writes:
     real Hugging Face layout (config.json, model*.safetensors (+ index when sharded),
     tokenizer.json, tokenizer_config.json with the chat template), seeded:
       llama3: LlamaForCausalLM, rope_theta 500000, GQA (4 heads, 2 KV heads), byte-level BPE,
-              ChatML template (dolphin-2.9-llama3-8b), saved in two shards plus an index;
+              ChatML template (dolphin-2.9-llama3-8b), saved in three shards plus an index;
+      llama31: the same with Llama 3.1's "llama3" RoPE scaling;
       mistral: MistralForCausalLM, sliding window 48, SentencePiece-style (Metaspace) BPE,
               ChatML template with BOS (Hermes-2-Pro-Mistral-7B);
       mixtral: MixtralForCausalLM, 4 experts, top-2 routing, no sliding window, same tokenizer,
@@ -277,6 +278,29 @@ def build_models():
             OPENHERMES_MIXTRAL,
             None,
         ),
+        (
+            # Llama 3.1's RoPE scaling (dolphin-2.9.4-llama3.1-8b, Hermes-3-Llama-3.1-8B), with
+            # an original context small enough that the tiny head's frequencies span all three
+            # bands (kept, interpolated, divided by the factor).
+            "llama31",
+            LlamaForCausalLM(
+                LlamaConfig(
+                    **common(llama_tok),
+                    rope_theta=500000.0,
+                    max_position_embeddings=128,
+                    rope_scaling={
+                        "rope_type": "llama3",
+                        "factor": 8.0,
+                        "low_freq_factor": 1.0,
+                        "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 256,
+                    },
+                )
+            ),
+            llama_tok,
+            DOLPHIN_LLAMA3,
+            None,
+        ),
     ]
     return specs
 
@@ -470,7 +494,7 @@ def sampling_fixtures():
 def main():
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "models.json"), "w") as f:
-        json.dump(model_fixtures(), f, ensure_ascii=False)
+        json.dump(model_fixtures(), f, ensure_ascii=False, separators=(",", ":"))
     with open(os.path.join(OUT, "templates.json"), "w") as f:
         json.dump(template_fixtures(), f, ensure_ascii=False, indent=1)
     with open(os.path.join(OUT, "sampling.json"), "w") as f:

@@ -1,6 +1,6 @@
 //! Hugging Face safetensors models against transformers: tiny random-weight Llama 3 (GQA,
-//! rope_theta 500000, sharded with an index), Mistral (sliding window) and Mixtral (4 experts,
-//! top-2) in the real layout, made and run by tools/make_transformers_fixtures.py.
+//! rope_theta 500000, sharded with an index), Llama 3.1 (its "llama3" RoPE scaling), Mistral
+//! (sliding window) and Mixtral (4 experts, top-2) in the real layout, made and run by tools/make_transformers_fixtures.py.
 //!
 //! For each model and prompt: the chat template renders as `apply_chat_template` does, the
 //! prompt tokenizes to the same ids, the logits at every step of a 16-token greedy run equal
@@ -129,6 +129,11 @@ fn check_model(name: &str, byte_level: bool) {
 #[test]
 fn llama3_matches_transformers() {
     check_model("llama3", true);
+}
+
+#[test]
+fn llama31_rope_scaling_matches_transformers() {
+    check_model("llama31", true);
 }
 
 #[test]
