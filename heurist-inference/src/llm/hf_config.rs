@@ -173,12 +173,19 @@ impl HfConfig {
                 .or_else(|| scaling.get("type"))
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or("");
-            let supported = architecture == Architecture::Llama && matches!(kind, "llama3" | "default");
+            let supported = architecture == Architecture::Llama
+                && match kind {
+                    "default" => true,
+                    // All four llama3 parameters must be there; a partial one would otherwise
+                    // fall back to plain RoPE without a word.
+                    "llama3" => serde_json::from_value::<llama::Llama3RopeConfig>(scaling.clone()).is_ok(),
+                    _ => false,
+                };
             if !scaling.is_null() && !supported {
                 return Err(invalid(
                     "rope_scaling",
                     scaling.to_string(),
-                    "only llama3 RoPE scaling (llama) is supported",
+                    "only llama3 RoPE scaling (llama; factor, low_freq_factor, high_freq_factor, original_max_position_embeddings) is supported",
                 ));
             }
         }
@@ -384,6 +391,7 @@ mod tests {
             ("num_attention_heads", serde_json::json!(0), "num_attention_heads"),
             ("hidden_act", serde_json::json!("gelu"), "hidden_act"),
             ("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0}), "rope_scaling"),
+            ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
             ("attention_bias", serde_json::json!(true), "attention_bias"),
             ("head_dim", serde_json::json!(6), "head_dim"),
         ];
