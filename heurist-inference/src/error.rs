@@ -152,6 +152,21 @@ pub enum InferenceError {
         source: serde_json::Error,
     },
 
+    /// A job's `extra_body` is not a JSON object of vLLM sampling parameters.
+    #[error("extra_body: {source} (expected a JSON object such as {{\"top_p\": 0.9, \"top_k\": 40}})")]
+    InvalidExtraBody {
+        /// serde_json's error, naming the field, line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// `tools` is not a JSON array.
+    #[error("tools: expected a JSON array of tool descriptions, found {found}")]
+    InvalidTools {
+        /// The start of what was given.
+        found: String,
+    },
+
     /// The model's logits at a step held no number (all NaN).
     #[error("decode step {step}: the model's logits are all NaN")]
     InvalidLogits {
@@ -220,6 +235,74 @@ pub enum InferenceError {
         /// candle's error.
         #[source]
         source: candle_core::Error,
+    },
+
+    /// A safetensors file whose header does not parse or whose data is shorter than the header
+    /// says (a truncated download).
+    #[error("{path}: malformed or truncated safetensors file: {source}; download it again")]
+    MalformedSafetensors {
+        /// The file (or the model directory when several shards were mapped together).
+        path: PathBuf,
+        /// candle's (safetensors') error.
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// A tensor the model body needs is not in the checkpoint.
+    #[error("{path}: tensor {tensor} is missing from the checkpoint")]
+    MissingTensor {
+        /// The model directory.
+        path: PathBuf,
+        /// The tensor's checkpoint name.
+        tensor: String,
+    },
+
+    /// A tensor whose shape does not match the model's config.
+    #[error("{path}: tensor {tensor} has shape {found:?}, the config implies {expected:?}")]
+    TensorShape {
+        /// The shard holding it.
+        path: PathBuf,
+        /// The tensor's checkpoint name.
+        tensor: String,
+        /// The shape config.json implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+
+    /// A tensor stored in a dtype this engine does not run.
+    #[error("{path}: tensor {tensor} has dtype {dtype}, expected f32, f16 or bf16 (all the same)")]
+    UnsupportedDtype {
+        /// The shard holding it.
+        path: PathBuf,
+        /// The tensor's checkpoint name.
+        tensor: String,
+        /// The dtype found.
+        dtype: String,
+    },
+
+    /// A JSON file of a model directory (config, tokenizer config, shard index) does not parse
+    /// or lacks a required field (serde's message names it).
+    #[error("{path}: {source}")]
+    InvalidJson {
+        /// The file.
+        path: PathBuf,
+        /// serde_json's error, with the field, line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A model config value this engine cannot run.
+    #[error("{path}: {key} = {value}: {problem}")]
+    InvalidConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The config key.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// What is wrong and what was expected.
+        problem: &'static str,
     },
 
     /// A CUDA device was asked for but this build has no CUDA support.

@@ -1,13 +1,18 @@
 //! candle inference engines for Heurist miners.
 //!
-//! Today: chat LLMs from GGUF files (llama architecture: Llama, Mistral, SmolLM2), on the CPU
-//! or a CUDA GPU, with the model's own tokenizer and chat template and the network's chat
+//! Today: chat LLMs from GGUF files (llama architecture: Llama, Mistral, SmolLM2) and from
+//! Hugging Face safetensors directories (Llama 3, Mistral, Mixtral; f32 / f16 / bf16), on the
+//! CPU or a CUDA GPU, with the model's own tokenizer and chat template and the network's chat
 //! semantics:
-//! - the tokenizer is rebuilt from the GGUF metadata so prompt ids equal llama.cpp's;
+//! - the tokenizer is rebuilt from the GGUF metadata so prompt ids equal llama.cpp's, or loaded
+//!   from `tokenizer.json` so they equal transformers';
 //! - the chat template is rendered with minijinja as Hugging Face's `apply_chat_template`
 //!   renders it;
-//! - greedy or seeded temperature sampling, stop strings, end-of-generation tokens,
-//!   `max_tokens` and the context length end a completion;
+//! - greedy or seeded sampling with vLLM's parameters ([`SamplingParams`]: temperature,
+//!   top-p, top-k, min-p, repetition / presence / frequency penalties);
+//! - stop strings, end-of-generation tokens, `max_tokens` and the context length end a
+//!   completion; with OpenAI `tools` in the request, Hermes `<tool_call>` blocks in the answer
+//!   become [`ToolCall`]s (finish reason `tool_calls`);
 //! - the output carries token ids, counts, the finish reason and timings; an observer sees
 //!   every token's logits and log-probability; [`ChatEngine::score`] scores a given completion
 //!   (teacher forcing) for verifiers.
@@ -16,7 +21,6 @@
 //! `examples/miner`), judging results (`heurist-verify`, which watches generation through
 //! [`TokenObserver`]), rewards (`heurist-points`). This crate uses none of its siblings;
 //! `heurist-verify` (behind a feature) and the example binaries use it. Still to come (issue 4):
-//! safetensors Llama 3 / Mistral / Mixtral, top-p / top-k / min-p and penalties, tool calls,
 //! streaming, batched concurrent decoding. The image engine,
 //! [`image::ImageEngine`], runs Stable Diffusion 1.5 and SDXL from the network's single-file
 //! checkpoints (with kohya LoRAs and VAE overrides) on torch-exact seeded noise and diffusers'
@@ -56,12 +60,14 @@ pub use device::{DeviceSpec, ParseDeviceError};
 pub use error::{InferenceError, Result};
 pub use llm::engine::{ChatEngine, ScoreOutput};
 pub use llm::observer::{NoObserver, TokenEvent, TokenObserver};
+pub use llm::sampler::SamplingParams;
 pub use llm::request::{
     ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, FinishReason, MAX_TOKENS_LIMIT,
     Role, Timings, Usage,
 };
 pub use llm::template::ChatTemplate;
 pub use llm::tokenizer::Tokenizer;
+pub use llm::tool_calls::{FunctionCall, ParsedToolCalls, ToolCall, parse_tool_calls};
 pub use model_cache::{
     MODEL_DIR_ENV, SMOLLM2_FETCH_COMMAND, SMOLLM2_FILE_NAME, model_dir, smollm2_path,
 };

@@ -88,6 +88,7 @@ pub async fn run(engine: Arc<SharedEngine>, job_id: &str, params: &LlmParams) ->
     let finish = match out.finish_reason {
         FinishReason::Stop => openai::FinishReason::Stop,
         FinishReason::Length => openai::FinishReason::Length,
+        FinishReason::ToolCalls => openai::FinishReason::ToolCalls,
     };
     Ok(ChatResult {
         choices: vec![Choice {

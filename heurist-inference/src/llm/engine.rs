@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use crate::device::DeviceSpec;
 use crate::error::{InferenceError, Result};
 use crate::llm::detokenize::Utf8Stream;
+use crate::llm::hf_config::HfConfig;
+use crate::llm::hf_tokenizer;
 use crate::llm::model::CausalLm;
 use crate::llm::observer::{NoObserver, TokenEvent, TokenObserver};
 use crate::llm::request::{ChatMessage, ChatOutput, ChatRequest, FinishReason, Timings, Usage};
@@ -21,7 +23,9 @@ use crate::llm::sampler::{Sampler, log_prob};
 use crate::llm::stop::StopStrings;
 use crate::llm::template::ChatTemplate;
 use crate::llm::tokenizer::Tokenizer;
+use crate::llm::tool_calls::split_tool_calls;
 use crate::weights::gguf::GgufFile;
+use crate::weights::safetensors::SafetensorsWeights;
 
 /// A chat model ready to serve requests.
 #[derive(Debug)]
@@ -68,6 +72,47 @@ impl ChatEngine {
         })
     }
 
+    /// Loads a Hugging Face model directory: `config.json` (Llama, Mistral or Mixtral),
+    /// `model.safetensors` or the shards `model.safetensors.index.json` lists (f32, f16 or
+    /// bf16, memory-mapped, run in that dtype), `tokenizer.json`, and the chat template from
+    /// `tokenizer_config.json`.
+    ///
+    /// Every tensor the config implies is checked (name, shape, dtype) before any is loaded.
+    /// Mistral's and Mixtral's context is capped at their sliding window (see
+    /// [`ChatEngine::context_length`]).
+    pub fn load_safetensors(dir: impl AsRef<Path>, device: DeviceSpec) -> Result<Self> {
+        let dir = dir.as_ref();
+        let device = device.open()?;
+        let started = Instant::now();
+        let config = HfConfig::load(&dir.join("config.json"))?;
+        let (tokenizer, template_source) =
+            hf_tokenizer::load(dir, &config.eos_token_ids(), config.vocab_size())?;
+        let template_source = template_source.ok_or_else(|| InferenceError::MissingChatTemplate {
+            path: dir.join("tokenizer_config.json"),
+        })?;
+        let template =
+            ChatTemplate::new(template_source, tokenizer.bos_text(), tokenizer.eos_text())?;
+        let weights = SafetensorsWeights::open(dir)?;
+        let loaded = CausalLm::load_safetensors(&config, weights, &device)?;
+        tracing::info!(
+            dir = %dir.display(),
+            architecture = ?config.architecture,
+            device = ?device,
+            context_length = loaded.context_length,
+            vocab_size = tokenizer.vocab_size(),
+            load_ms = started.elapsed().as_millis() as u64,
+            "loaded safetensors chat model"
+        );
+        Ok(Self {
+            model: loaded.model,
+            tokenizer,
+            template,
+            device,
+            context_length: loaded.context_length,
+            source: dir.to_path_buf(),
+        })
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
@@ -83,7 +128,7 @@ impl ChatEngine {
         self.context_length
     }
 
-    /// The file the model came from.
+    /// The file (GGUF) or directory (safetensors) the model came from.
     pub fn source(&self) -> &Path {
         &self.source
     }
@@ -105,12 +150,12 @@ impl ChatEngine {
         observer: &mut dyn TokenObserver,
     ) -> Result<ChatOutput> {
         request.validate()?;
-        let prompt_ids = self.prompt_ids(&request.messages, 0)?;
+        let prompt_ids = self.prompt_ids_with_tools(&request.messages, request.tools.as_deref(), 0)?;
         // Token k of the completion is fed at position prompt + k, so the context bounds
         // the count as well as max_tokens does.
         let budget = request.max_tokens.min(self.context_length - prompt_ids.len());
 
-        let mut sampler = Sampler::new(request.temperature, request.seed);
+        let mut sampler = Sampler::new(request.sampling(), request.seed, &prompt_ids);
         let stops = StopStrings::new(&request.stop);
         let mut utf8 = Utf8Stream::default();
         let mut text = String::new();
@@ -176,7 +221,12 @@ impl ChatEngine {
             decode_ms = millis(timings.decode),
             "chat request done"
         );
-        Ok(ChatOutput { text, token_ids, finish_reason, usage, timings })
+        let (text, tool_calls, finish_reason) = if request.has_tools() {
+            split_tool_calls(text, finish_reason)
+        } else {
+            (text, Vec::new(), finish_reason)
+        };
+        Ok(ChatOutput { text, tool_calls, token_ids, finish_reason, usage, timings })
     }
 
     /// Teacher-forced scoring: the log-probability of each token of `completion` as the
@@ -220,7 +270,17 @@ impl ChatEngine {
     /// Renders and tokenizes `messages`, checking that the prompt plus `reserve` more fed
     /// tokens fit the context.
     fn prompt_ids(&self, messages: &[ChatMessage], reserve: usize) -> Result<Vec<u32>> {
-        let prompt = self.render_prompt(messages)?;
+        self.prompt_ids_with_tools(messages, None, reserve)
+    }
+
+    /// [`ChatEngine::prompt_ids`] with OpenAI `tools` passed to the template.
+    fn prompt_ids_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&str>,
+        reserve: usize,
+    ) -> Result<Vec<u32>> {
+        let prompt = self.template.render_with_tools(messages, tools, true)?;
         let prompt_ids = self.tokenizer.encode(&prompt)?;
         if prompt_ids.len() + reserve >= self.context_length {
             return Err(InferenceError::PromptTooLong {

@@ -5,6 +5,8 @@
 pub(crate) mod cpu_llama;
 pub(crate) mod detokenize;
 pub(crate) mod engine;
+pub(crate) mod hf_config;
+pub(crate) mod hf_tokenizer;
 pub(crate) mod model;
 pub(crate) mod observer;
 pub(crate) mod quant;
@@ -13,3 +15,4 @@ pub(crate) mod sampler;
 pub(crate) mod stop;
 pub(crate) mod template;
 pub(crate) mod tokenizer;
+pub(crate) mod tool_calls;

@@ -9,18 +9,21 @@
 //!   llama.
 //!
 //! Setting `HEURIST_LLM_CPU_BODY=candle` makes the CPU use candle's body too (how the bench
-//! measures the two side by side). The safetensors Llama / Mistral / Mixtral bodies and
-//! per-request caches for batched decoding join this enum; the engine does not change.
+//! measures the two side by side). Hugging Face safetensors checkpoints run on candle-transformers' llama /
+//! mistral / mixtral bodies (see `hf_config.rs` for what is checked before they load).
+//! Per-request caches for batched decoding join this enum; the engine does not change.
 //!
 //! A cheap clone (weights are shared `Arc`s) gives a model with its own cache, which is how each
 //! request gets a fresh one.
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::quantized_llama;
+use candle_transformers::models::{llama, mistral, mixtral, quantized_llama};
 
 use crate::error::{InferenceError, Result};
 use crate::llm::cpu_llama::{CpuLlama, LoadError};
+use crate::llm::hf_config::{Architecture, HfConfig};
 use crate::weights::gguf::GgufFile;
+use crate::weights::safetensors::SafetensorsWeights;
 
 /// The environment variable that picks the CPU body: `native` (the default) or `candle`.
 pub(crate) const CPU_BODY_ENV: &str = "HEURIST_LLM_CPU_BODY";
@@ -29,12 +32,21 @@ pub(crate) const CPU_BODY_ENV: &str = "HEURIST_LLM_CPU_BODY";
 const SUPPORTED_ARCHITECTURES: &str = "llama";
 
 /// A causal LM body with its KV cache.
+// One value per request, moved rarely: the size spread between the GGUF weights handle and the
+// boxed safetensors bodies costs nothing worth a second allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub(crate) enum CausalLm {
     /// candle-transformers' GGUF llama, quantized matmuls on CPU and CUDA.
     QuantizedLlama(quantized_llama::ModelWeights),
     /// This crate's CPU llama body (Q4_1 / Q8_0 weights).
     CpuLlama(CpuLlama),
+    /// candle-transformers' Llama (safetensors); its KV cache lives beside it.
+    Llama(Box<(llama::Llama, llama::Cache)>),
+    /// candle-transformers' Mistral (safetensors), cache inside.
+    Mistral(Box<mistral::Model>),
+    /// candle-transformers' Mixtral (safetensors), cache inside.
+    Mixtral(Box<mixtral::Model>),
 }
 
 /// A loaded body and the facts about it the engine needs.
@@ -86,6 +98,42 @@ impl CausalLm {
         Ok(LoadedLm { model: CausalLm::QuantizedLlama(weights), context_length })
     }
 
+    /// Loads the body `config` describes from a checked checkpoint onto `device`, in the
+    /// checkpoint's own dtype.
+    pub(crate) fn load_safetensors(
+        config: &HfConfig,
+        weights: SafetensorsWeights,
+        device: &Device,
+    ) -> Result<LoadedLm> {
+        let dtype = weights.check(&config.expected_tensors())?;
+        let path = weights.dir().to_path_buf();
+        let load_err = |source| InferenceError::Load { path: path.clone(), source };
+        let vb = weights.into_var_builder(dtype, device);
+        let model = match config.architecture {
+            Architecture::Llama => {
+                let cfg = config.llama();
+                // candle's `Llama::load` unwraps per layer; every tensor was checked above, so
+                // a panic here would be a candle bug; it still becomes an error, not an abort.
+                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    llama::Llama::load(vb, &cfg)
+                }))
+                .map_err(|_| {
+                    load_err(candle_core::Error::Msg("candle's llama loader panicked".into()))
+                })?
+                .map_err(load_err)?;
+                let cache = llama::Cache::new(true, dtype, &cfg, device).map_err(load_err)?;
+                CausalLm::Llama(Box::new((loaded, cache)))
+            }
+            Architecture::Mistral => CausalLm::Mistral(Box::new(
+                mistral::Model::new(&config.mistral(), vb).map_err(load_err)?,
+            )),
+            Architecture::Mixtral => CausalLm::Mixtral(Box::new(
+                mixtral::Model::new(&config.mixtral()?, vb).map_err(load_err)?,
+            )),
+        };
+        Ok(LoadedLm { model, context_length: config.context_length() })
+    }
+
     /// Runs `tokens` at positions `position..position + tokens.len()` (the cache holds
     /// everything before `position`; `position == 0` starts over) and returns the logits that
     /// follow the last one.
@@ -102,8 +150,16 @@ impl CausalLm {
             CausalLm::CpuLlama(model) => {
                 return model.forward_last(tokens, position).map_err(candle_core::Error::wrap);
             }
+            CausalLm::Llama(body) => {
+                let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+                let (model, cache) = &mut **body;
+                model.forward(&input, position, cache)?
+            }
+            CausalLm::Mistral(model) => model.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, position)?,
+            CausalLm::Mixtral(model) => model.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, position)?,
         };
-        logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()
+        // [1, vocab] from the llama bodies, [1, 1, vocab] from mistral and mixtral.
+        logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
     }
 }
 

@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{InferenceError, Result};
+use crate::llm::sampler::SamplingParams;
+use crate::llm::template::parse_tools;
+use crate::llm::tool_calls::ToolCall;
 
 /// The largest `max_tokens` a request may ask for (the network's limit).
 pub const MAX_TOKENS_LIMIT: usize = 4096;
@@ -116,16 +119,137 @@ pub struct ChatRequest {
     pub max_tokens: usize,
     /// 0 = greedy; otherwise the softmax temperature.
     pub temperature: f64,
+    /// Nucleus sampling mass, 0 to 1 (1 = off).
+    pub top_p: f64,
+    /// Keep the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Drop tokens below this share of the most likely one, 0 to 1 (0 = off).
+    pub min_p: f64,
+    /// Multiplicative penalty on tokens of the prompt and output, > 0 (1 = off).
+    pub repetition_penalty: f64,
+    /// Additive penalty on tokens already in the output, -2 to 2 (0 = off).
+    pub presence_penalty: f64,
+    /// Additive penalty per occurrence in the output, -2 to 2 (0 = off).
+    pub frequency_penalty: f64,
     /// Seeds the sampler (`None` = fresh entropy); ignored when greedy.
     pub seed: Option<u64>,
     /// Generation stops before the first of these appears in the text.
     pub stop: Vec<String>,
+    /// OpenAI `tools`: the JSON text of an array of function descriptions, passed to the chat
+    /// template as `tools` (kept as text so the keys reach the template in the order sent);
+    /// when present and non-empty, Hermes `<tool_call>` blocks in the answer become
+    /// [`ChatOutput::tool_calls`].
+    pub tools: Option<String>,
 }
 
 impl ChatRequest {
     /// A greedy request for [`DEFAULT_MAX_TOKENS`] tokens.
     pub fn new(messages: Vec<ChatMessage>) -> Self {
-        Self { messages, max_tokens: DEFAULT_MAX_TOKENS, temperature: 0.0, seed: None, stop: Vec::new() }
+        let neutral = SamplingParams::default();
+        Self {
+            messages,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            temperature: neutral.temperature,
+            top_p: neutral.top_p,
+            top_k: neutral.top_k,
+            min_p: neutral.min_p,
+            repetition_penalty: neutral.repetition_penalty,
+            presence_penalty: neutral.presence_penalty,
+            frequency_penalty: neutral.frequency_penalty,
+            seed: None,
+            stop: Vec::new(),
+            tools: None,
+        }
+    }
+
+    /// Sets the OpenAI `tools` array (its JSON text; checked by validation).
+    pub fn with_tools(mut self, tools: impl Into<String>) -> Self {
+        self.tools = Some(tools.into());
+        self
+    }
+
+    /// Whether tool calls are parsed from the answer: `tools` is a non-empty array.
+    pub(crate) fn has_tools(&self) -> bool {
+        self.tools
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(t).ok())
+            .is_some_and(|t| !t.is_empty())
+    }
+
+    /// The sampling parameters, as the sampler takes them.
+    pub fn sampling(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+        }
+    }
+
+    /// Sets every sampling parameter at once.
+    pub fn with_sampling_params(mut self, params: SamplingParams) -> Self {
+        self.temperature = params.temperature;
+        self.top_p = params.top_p;
+        self.top_k = params.top_k;
+        self.min_p = params.min_p;
+        self.repetition_penalty = params.repetition_penalty;
+        self.presence_penalty = params.presence_penalty;
+        self.frequency_penalty = params.frequency_penalty;
+        self
+    }
+
+    /// Applies a job's `extra_body` (vLLM's extra sampling parameters, a JSON object):
+    /// `top_p`, `top_k` (-1 or 0 = off), `min_p`, `repetition_penalty`, `presence_penalty`,
+    /// `frequency_penalty`, and `stop` (a string or a list, added to the request's). Absent or
+    /// null fields keep their values; other fields are ignored, as vLLM ignores them. JSON that
+    /// is not such an object is [`InferenceError::InvalidExtraBody`]; values are range-checked
+    /// with the rest of the request.
+    pub fn with_extra_body(mut self, json: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stop {
+            One(String),
+            Many(Vec<String>),
+        }
+        #[derive(Deserialize)]
+        struct ExtraBody {
+            top_p: Option<f64>,
+            top_k: Option<i64>,
+            min_p: Option<f64>,
+            repetition_penalty: Option<f64>,
+            presence_penalty: Option<f64>,
+            frequency_penalty: Option<f64>,
+            stop: Option<Stop>,
+        }
+        let extra: ExtraBody =
+            serde_json::from_str(json).map_err(|source| InferenceError::InvalidExtraBody { source })?;
+        if let Some(top_k) = extra.top_k {
+            self.top_k = match top_k {
+                -1 | 0 => 0,
+                k if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
+                k => {
+                    return Err(InferenceError::InvalidSampling {
+                        name: "top_k",
+                        value: k as f64,
+                        expected: "-1, 0 (off) or a positive count",
+                    });
+                }
+            };
+        }
+        self.top_p = extra.top_p.unwrap_or(self.top_p);
+        self.min_p = extra.min_p.unwrap_or(self.min_p);
+        self.repetition_penalty = extra.repetition_penalty.unwrap_or(self.repetition_penalty);
+        self.presence_penalty = extra.presence_penalty.unwrap_or(self.presence_penalty);
+        self.frequency_penalty = extra.frequency_penalty.unwrap_or(self.frequency_penalty);
+        match extra.stop {
+            Some(Stop::One(stop)) => self.stop.push(stop),
+            Some(Stop::Many(stops)) => self.stop.extend(stops),
+            None => {}
+        }
+        Ok(self)
     }
 
     /// Sets `max_tokens`.
@@ -158,12 +282,23 @@ impl ChatRequest {
                 limit: MAX_TOKENS_LIMIT,
             });
         }
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(InferenceError::InvalidSampling {
-                name: "temperature",
-                value: self.temperature,
-                expected: "a finite number >= 0",
-            });
+        // vLLM's ranges (`SamplingParams._verify_args`), except that top_p 0 is accepted and
+        // keeps the most likely token only, as transformers' TopPLogitsWarper does.
+        let checks: [(&'static str, f64, bool, &'static str); 6] = [
+            ("temperature", self.temperature, self.temperature >= 0.0, "a finite number >= 0"),
+            ("top_p", self.top_p, (0.0..=1.0).contains(&self.top_p), "0 to 1"),
+            ("min_p", self.min_p, (0.0..=1.0).contains(&self.min_p), "0 to 1"),
+            ("repetition_penalty", self.repetition_penalty, self.repetition_penalty > 0.0, "a finite number > 0"),
+            ("presence_penalty", self.presence_penalty, (-2.0..=2.0).contains(&self.presence_penalty), "-2 to 2"),
+            ("frequency_penalty", self.frequency_penalty, (-2.0..=2.0).contains(&self.frequency_penalty), "-2 to 2"),
+        ];
+        for (name, value, in_range, expected) in checks {
+            if !(value.is_finite() && in_range) {
+                return Err(InferenceError::InvalidSampling { name, value, expected });
+            }
+        }
+        if let Some(tools) = &self.tools {
+            parse_tools(tools)?;
         }
         if let Some(index) = self.stop.iter().position(String::is_empty) {
             return Err(InferenceError::EmptyStop { index });
@@ -180,6 +315,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length was reached.
     Length,
+    /// The model called tools (the request had `tools` and the answer holds `<tool_call>`s).
+    ToolCalls,
 }
 
 /// Token counts, over the templated prompt and the generated tokens.
@@ -203,8 +340,11 @@ pub struct Timings {
 /// The answer to a [`ChatRequest`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatOutput {
-    /// The assistant's message: control tokens left out, cut before a stop string.
+    /// The assistant's message: control tokens left out, cut before a stop string; with tool
+    /// calls, the text before the first `<tool_call>` (empty when blank).
     pub text: String,
+    /// The tool calls parsed from the answer (only when the request had `tools`).
+    pub tool_calls: Vec<ToolCall>,
     /// Every generated token id, the end-of-generation token included.
     pub token_ids: Vec<u32>,
     /// Why generation ended.
@@ -248,6 +388,36 @@ mod tests {
     }
 
     #[test]
+    fn extra_body_sets_vllm_parameters() {
+        let base = ChatRequest::new(vec![ChatMessage::user("hi")]).with_stop(["END"]);
+        let r = base
+            .clone()
+            .with_extra_body(
+                r#"{"top_p":0.9,"top_k":-1,"min_p":0.05,"repetition_penalty":1.1,"presence_penalty":0.5,
+                   "frequency_penalty":-0.5,"stop":["a","b"],"best_of":2}"#,
+            )
+            .unwrap();
+        assert_eq!((r.top_p, r.top_k, r.min_p), (0.9, 0, 0.05));
+        assert_eq!((r.repetition_penalty, r.presence_penalty, r.frequency_penalty), (1.1, 0.5, -0.5));
+        assert_eq!(r.stop, vec!["END", "a", "b"]);
+        assert!(r.validate().is_ok());
+        let r = base.clone().with_extra_body(r#"{"top_k":40,"stop":"x","top_p":null}"#).unwrap();
+        assert_eq!((r.top_k, r.top_p), (40, 1.0));
+        assert_eq!(r.stop, vec!["END", "x"]);
+        for bad in [r#"{"top_p":"high"}"#, "[1]", "{", r#"{"stop":3}"#] {
+            assert!(matches!(base.clone().with_extra_body(bad), Err(InferenceError::InvalidExtraBody { .. })), "{bad}");
+        }
+        assert!(matches!(
+            base.clone().with_extra_body(r#"{"top_k":-3}"#),
+            Err(InferenceError::InvalidSampling { name: "top_k", .. })
+        ));
+        assert!(matches!(
+            base.with_extra_body(r#"{"min_p":2}"#).unwrap().validate(),
+            Err(InferenceError::InvalidSampling { name: "min_p", .. })
+        ));
+    }
+
+    #[test]
     fn validation_rejects_out_of_range_values() {
         let base = ChatRequest::new(vec![ChatMessage::user("hi")]);
         assert!(base.validate().is_ok());
@@ -267,10 +437,38 @@ mod tests {
             base.clone().with_sampling(-0.5, None).validate(),
             Err(InferenceError::InvalidSampling { .. })
         ));
+        for (name, request) in [
+            ("top_p", base.clone().with_sampling_params(SamplingParams { top_p: 1.5, ..SamplingParams::default() })),
+            ("min_p", base.clone().with_sampling_params(SamplingParams { min_p: -0.1, ..SamplingParams::default() })),
+            (
+                "repetition_penalty",
+                base.clone().with_sampling_params(SamplingParams { repetition_penalty: 0.0, ..SamplingParams::default() }),
+            ),
+            (
+                "presence_penalty",
+                base.clone().with_sampling_params(SamplingParams { presence_penalty: 2.5, ..SamplingParams::default() }),
+            ),
+            (
+                "frequency_penalty",
+                base.clone().with_sampling_params(SamplingParams { frequency_penalty: f64::INFINITY, ..SamplingParams::default() }),
+            ),
+        ] {
+            match request.validate() {
+                Err(InferenceError::InvalidSampling { name: got, .. }) => assert_eq!(got, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
         assert!(matches!(
             base.clone().with_stop(["ok", ""]).validate(),
             Err(InferenceError::EmptyStop { index: 1 })
         ));
+        assert!(matches!(
+            base.clone().with_tools(r#"{"type": "function"}"#).validate(),
+            Err(InferenceError::InvalidTools { .. })
+        ));
+        let with_tools = base.clone().with_tools(r#"[{"type": "function", "function": {"name": "f"}}]"#);
+        assert!(with_tools.validate().is_ok() && with_tools.has_tools());
+        assert!(!base.clone().with_tools("[]").has_tools());
         assert!(matches!(
             ChatRequest::new(vec![]).validate(),
             Err(InferenceError::EmptyMessages)

@@ -11,7 +11,8 @@
 //! - `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False)`, so `", "` and
 //!   `": "` separators and no HTML escaping (minijinja's own `tojson` escapes `<`, `>`, `&`, `'`
 //!   for HTML, which would change tool schemas in the prompt);
-//! - the variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`.
+//! - the variables `messages`, `tools` (none without tools), `add_generation_prompt`,
+//!   `bos_token`, `eos_token`.
 
 use std::io;
 
@@ -57,16 +58,48 @@ impl ChatTemplate {
     /// The prompt for `messages`; with `add_generation_prompt` it ends where the assistant's
     /// reply begins.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] with OpenAI `tools` (the JSON text of an array) passed as
+    /// `tools`, keys in the order sent, as Python's dicts keep them; without tools, `tools` is
+    /// none, as transformers passes `tools=None`.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&str>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
+        let tools = match tools {
+            None => Value::from(()),
+            Some(json) => parse_tools(json)?,
+        };
         template
             .render(minijinja::context! {
                 messages => Value::from(minijinja::value::Serde(messages)),
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => self.bos_token.as_str(),
                 eos_token => self.eos_token.as_str(),
             })
             .map_err(template_error)
     }
+}
+
+/// The JSON text of a tools array as a template value, key order kept.
+pub(crate) fn parse_tools(json: &str) -> Result<Value> {
+    let invalid = || InferenceError::InvalidTools { found: json.chars().take(80).collect() };
+    let value: Value = serde_json::from_str(json).map_err(|_| invalid())?;
+    if value.kind() == minijinja::value::ValueKind::Seq { Ok(value) } else { Err(invalid()) }
+}
+
+/// `json.dumps(value, ensure_ascii=False)` of any serialisable value: Python's separators,
+/// non-ASCII characters as they are, map keys in their order.
+pub(crate) fn python_json<T: Serialize + ?Sized>(value: &T) -> Option<String> {
+    let mut out = Vec::new();
+    value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonSpaced)).ok()?;
+    String::from_utf8(out).ok()
 }
 
 fn template_error(source: Error) -> InferenceError {
@@ -154,6 +187,24 @@ mod tests {
             out,
             "[{\"role\": \"user\", \"content\": \"<é & \\\"q\\\">\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<é & \\\"q\\\">\"\n}"
         );
+    }
+
+    #[test]
+    fn tools_reach_the_template() {
+        let src = "{% if tools is not none %}<tools>{{ tools|tojson }}</tools>{% else %}no tools{% endif %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let tools = r#"[{"type": "function", "function": {"name": "f", "parameters": {}}}]"#;
+        assert_eq!(
+            t.render_with_tools(&[ChatMessage::user("x")], Some(tools), true).unwrap(),
+            "<tools>[{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {}}}]</tools>"
+        );
+        assert_eq!(t.render(&[ChatMessage::user("x")], true).unwrap(), "no tools");
+        for bad in ["{\"type\": \"function\"}", "[", ""] {
+            assert!(matches!(
+                t.render_with_tools(&[ChatMessage::user("x")], Some(bad), true),
+                Err(InferenceError::InvalidTools { .. })
+            ));
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ const TYPE_BYTE: i64 = 6;
 
 /// Token texts llama.cpp treats as end of generation whatever the metadata says
 /// (`llama_vocab::impl::load`, the `special_eog_ids` list).
-const EOG_TEXTS: &[&str] = &[
+pub(crate) const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
@@ -191,6 +191,24 @@ impl Tokenizer {
         Ok(Self { inner, bytes, kinds, bos_token, eos_token, eog_tokens })
     }
 
+    /// Assembles a tokenizer built elsewhere (`hf_tokenizer.rs`, from `tokenizer.json`):
+    /// `bytes[id]` is what token `id` decodes to, `control[id]` whether decoded text leaves it
+    /// out; `eog_tokens` end generation.
+    pub(crate) fn from_parts(
+        inner: tokenizers::Tokenizer,
+        bytes: Vec<Vec<u8>>,
+        control: &[bool],
+        bos_token: Option<u32>,
+        eos_token: u32,
+        mut eog_tokens: Vec<u32>,
+    ) -> Self {
+        let kinds = control.iter().map(|&c| if c { Kind::Control } else { Kind::Text }).collect();
+        eog_tokens.push(eos_token);
+        eog_tokens.sort_unstable();
+        eog_tokens.dedup();
+        Self { inner, bytes, kinds, bos_token, eos_token, eog_tokens }
+    }
+
     /// Token ids of `text`, with control tokens written in the text recognised as such and no
     /// BOS added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -288,14 +306,14 @@ fn pre_tokenizer_for(path: &Path, pre: &str) -> Result<PreTokenizerWrapper> {
 }
 
 /// `<0x0A>` → 0x0A, for byte-fallback tokens.
-fn byte_token(token: &str) -> Option<u8> {
+pub(crate) fn byte_token(token: &str) -> Option<u8> {
     let hex = token.strip_prefix("<0x")?.strip_suffix('>')?;
     u8::from_str_radix(hex, 16).ok()
 }
 
 /// The inverse of GPT-2's `bytes_to_unicode`: printable Latin-1 bytes stand for themselves,
 /// the other 68 bytes are shifted to U+0100 onwards in order.
-fn unicode_to_byte() -> HashMap<char, u8> {
+pub(crate) fn unicode_to_byte() -> HashMap<char, u8> {
     let mut map = HashMap::with_capacity(256);
     let mut shifted = 0u32;
     for b in 0..=255u8 {

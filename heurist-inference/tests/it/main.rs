@@ -2,6 +2,7 @@
 //! SmolLM2-135M-Instruct GGUF; fetch it first with `python3 tools/fetch_smollm2.py`.
 
 mod bad_input;
+mod chat_templates;
 mod generation;
 mod image_noise;
 mod image_prompt;
@@ -11,4 +12,7 @@ mod image_sd_bad_input;
 mod image_sd_lora;
 mod image_sdxl;
 mod llama_cpp_parity;
+mod safetensors_parity;
+mod sampling;
 mod support;
+mod tool_calls;

@@ -1,0 +1,286 @@
+//! Hugging Face safetensors models against transformers: tiny random-weight Llama 3 (GQA,
+//! rope_theta 500000, sharded with an index), Llama 3.1 (its "llama3" RoPE scaling), Mistral
+//! (sliding window) and Mixtral (4 experts, top-2) in the real layout, made and run by tools/make_transformers_fixtures.py.
+//!
+//! For each model and prompt: the chat template renders as `apply_chat_template` does, the
+//! prompt tokenizes to the same ids, the logits at every step of a 16-token greedy run equal
+//! transformers' (eager attention, f32) within 2e-5 relative to the step's largest logit, and
+//! greedy generation picks the same tokens. Plus a bf16 checkpoint, and broken directories.
+
+// Helpers shared by the tests unwrap too: a fixture that does not load is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, InferenceError, TokenEvent};
+use serde::Deserialize;
+
+/// f32 logits: largest |ours - transformers'| over a step, divided by the step's largest
+/// |logit|. Both sides run the same f32 arithmetic in different orders (candle's gemm versus
+/// torch's MKL), which leaves differences of a few 1e-7 relative per layer.
+const F32_TOLERANCE: f32 = 2e-5;
+
+/// bf16 logits: bf16 keeps 8 bits of mantissa, and candle and torch round intermediate results
+/// to bf16 at different points, so two correct runs differ by several bf16 ulps of the logits.
+const BF16_TOLERANCE: f32 = 6e-2;
+
+/// f16 logits: 11 bits of mantissa; the same reasoning as bf16, eight times finer.
+const F16_TOLERANCE: f32 = 1e-2;
+
+#[derive(Debug, Deserialize)]
+struct ModelFixture {
+    cases: Vec<Case>,
+    encodings: Vec<Encoding>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    messages: serde_json::Value,
+    rendered_prompt: String,
+    prompt_token_ids: Vec<u32>,
+    greedy_token_ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Encoding {
+    text: String,
+    ids: Vec<u32>,
+    decoded: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct HalfFixture {
+    prompt_token_ids: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transformers")
+}
+
+fn fixtures() -> serde_json::Value {
+    let raw = std::fs::read_to_string(fixtures_dir().join("models.json")).expect("models.json");
+    serde_json::from_str(&raw).expect("models.json parses")
+}
+
+fn model_fixture(name: &str) -> ModelFixture {
+    serde_json::from_value(fixtures()[name].clone()).expect("model fixture parses")
+}
+
+fn load(name: &str) -> ChatEngine {
+    let dir = fixtures_dir().join("models").join(name);
+    ChatEngine::load_safetensors(&dir, DeviceSpec::Cpu)
+        .unwrap_or_else(|err| panic!("loading {}: {err}", dir.display()))
+}
+
+/// Largest |a - b| over the step, relative to the step's largest |b| (at least 1).
+fn relative_error(ours: &[f32], theirs: &[f32]) -> f32 {
+    assert_eq!(ours.len(), theirs.len(), "vocabulary sizes differ");
+    let scale = theirs.iter().fold(1f32, |m, v| m.max(v.abs()));
+    ours.iter().zip(theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+fn check_model(name: &str, byte_level: bool) {
+    let _guard = crate::support::model_lock();
+    let engine = load(name);
+    let fixture = model_fixture(name);
+
+    for enc in &fixture.encodings {
+        assert_eq!(engine.tokenizer().encode(&enc.text).unwrap(), enc.ids, "{name}: encode {:?}", enc.text);
+        let decoded = engine.tokenizer().decode(&enc.ids).unwrap();
+        if byte_level {
+            assert_eq!(decoded, enc.decoded, "{name}: decode");
+        } else {
+            // SentencePiece: transformers' decoder strips the one leading space; ours keeps it
+            // (streamed text keeps the space a completion's first token carries).
+            assert_eq!(decoded.strip_prefix(' ').unwrap_or(&decoded), enc.decoded, "{name}: decode");
+        }
+    }
+
+    let mut worst = 0f32;
+    for case in &fixture.cases {
+        let messages = ChatMessage::parse_list(&case.messages.to_string()).unwrap();
+        assert_eq!(engine.render_prompt(&messages).unwrap(), case.rendered_prompt, "{name}: template");
+        let ids = engine.tokenizer().encode(&case.rendered_prompt).unwrap();
+        assert_eq!(ids, case.prompt_token_ids, "{name}: prompt ids");
+
+        let mut steps: Vec<Vec<f32>> = Vec::new();
+        let mut observer = |event: &TokenEvent<'_>| steps.push(event.logits.to_vec());
+        let scored = engine.score(&messages, &case.greedy_token_ids, &mut observer).unwrap();
+        assert_eq!(scored.usage.prompt_tokens, case.prompt_token_ids.len());
+        assert_eq!(steps.len(), case.greedy_token_ids.len());
+        for (step, (ours, theirs)) in steps.iter().zip(&case.logits).enumerate() {
+            let err = relative_error(ours, theirs);
+            assert!(err <= F32_TOLERANCE, "{name}: step {step}: relative logit error {err:e}");
+            worst = worst.max(err);
+        }
+
+        let request = ChatRequest::new(messages).with_max_tokens(case.greedy_token_ids.len());
+        let output = engine.chat(&request).unwrap();
+        // transformers' run ignores end-of-sequence; ours stops at one, which then is the last.
+        let n = output.token_ids.len();
+        assert_eq!(output.token_ids, case.greedy_token_ids[..n], "{name}: greedy tokens");
+        assert!(n == case.greedy_token_ids.len() || engine.tokenizer().is_end_of_generation(output.token_ids[n - 1]));
+    }
+    eprintln!("{name}: worst relative logit error {worst:e}");
+}
+
+#[test]
+fn llama3_matches_transformers() {
+    check_model("llama3", true);
+}
+
+#[test]
+fn llama31_rope_scaling_matches_transformers() {
+    check_model("llama31", true);
+}
+
+#[test]
+fn mistral_matches_transformers() {
+    check_model("mistral", false);
+}
+
+#[test]
+fn mixtral_matches_transformers() {
+    check_model("mixtral", false);
+}
+
+#[test]
+fn mistral_context_is_its_sliding_window() {
+    // config.json: max_position_embeddings 256, sliding_window 48.
+    assert_eq!(load("mistral").context_length(), 48);
+    // Mixtral's window is null: the trained length.
+    assert_eq!(load("mixtral").context_length(), 128);
+    assert_eq!(load("llama3").context_length(), 128);
+}
+
+/// The first step's logits of a half-precision copy of the llama3 model against transformers
+/// running the same file in the same precision.
+fn half_precision_error(name: &str) -> f32 {
+    let _guard = crate::support::model_lock();
+    let fixture: HalfFixture = serde_json::from_value(fixtures()[name].clone()).unwrap();
+    let engine = load(name);
+    let case = &model_fixture("llama3").cases[0];
+    assert_eq!(case.prompt_token_ids, fixture.prompt_token_ids);
+    let messages = ChatMessage::parse_list(&case.messages.to_string()).unwrap();
+    let mut first: Vec<f32> = Vec::new();
+    let mut observer = |event: &TokenEvent<'_>| {
+        if event.index == 0 {
+            first = event.logits.to_vec();
+        }
+    };
+    engine.score(&messages, &case.greedy_token_ids[..1], &mut observer).unwrap();
+    let err = relative_error(&first, &fixture.logits);
+    eprintln!("{name}: relative logit error {err:e}");
+    err
+}
+
+#[test]
+fn bf16_checkpoint_matches_transformers_bf16() {
+    let err = half_precision_error("llama3-bf16");
+    assert!(err <= BF16_TOLERANCE, "bf16 relative logit error {err:e}");
+}
+
+#[test]
+fn f16_checkpoint_matches_transformers_f16() {
+    let err = half_precision_error("llama3-f16");
+    assert!(err <= F16_TOLERANCE, "f16 relative logit error {err:e}");
+}
+
+/// Copies a fixture model into a temporary directory so a test can break it.
+fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> InferenceError {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for entry in std::fs::read_dir(fixtures_dir().join("models").join(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    edit(dir.path());
+    match ChatEngine::load_safetensors(dir.path(), DeviceSpec::Cpu) {
+        Ok(_) => panic!("a broken {name} loaded"),
+        Err(err) => err,
+    }
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(path, value.to_string()).unwrap();
+}
+
+#[test]
+fn truncated_safetensors_is_typed() {
+    let err = broken_copy("mistral", |dir| {
+        let path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+    });
+    assert!(matches!(err, InferenceError::MalformedSafetensors { ref path, .. } if path.ends_with("model.safetensors")), "{err:?}");
+    let err = broken_copy("mistral", |dir| std::fs::write(dir.join("model.safetensors"), b"\x08\0\0").unwrap());
+    assert!(matches!(err, InferenceError::MalformedSafetensors { .. }), "{err:?}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    // The config says three layers; the checkpoint has two.
+    let err = broken_copy("llama3", |dir| edit_json(&dir.join("config.json"), |c| c["num_hidden_layers"] = 3.into()));
+    assert!(
+        matches!(err, InferenceError::MissingTensor { ref tensor, .. } if tensor.starts_with("model.layers.2.")),
+        "{err:?}"
+    );
+    // A missing shard listed in the index.
+    let err = broken_copy("llama3", |dir| std::fs::remove_file(dir.join("model-00002-of-00003.safetensors")).unwrap());
+    assert!(matches!(err, InferenceError::Io { ref path, .. } if path.ends_with("model-00002-of-00003.safetensors")), "{err:?}");
+}
+
+#[test]
+fn config_problems_are_named() {
+    // Eight experts in the config, four in the checkpoint: the router's shape says so first.
+    let err = broken_copy("mixtral", |dir| edit_json(&dir.join("config.json"), |c| c["num_local_experts"] = 8.into()));
+    assert!(
+        matches!(err, InferenceError::TensorShape { ref tensor, ref expected, ref found, .. }
+            if tensor.ends_with("block_sparse_moe.gate.weight") && expected[0] == 8 && found[0] == 4),
+        "{err:?}"
+    );
+    let err = broken_copy("mistral", |dir| edit_json(&dir.join("config.json"), |c| c["intermediate_size"] = 48.into()));
+    assert!(
+        matches!(err, InferenceError::TensorShape { ref tensor, ref expected, .. } if tensor.ends_with("gate_proj.weight") && expected[0] == 48),
+        "{err:?}"
+    );
+    let err = broken_copy("mistral", |dir| {
+        edit_json(&dir.join("config.json"), |c| {
+            c.as_object_mut().unwrap().remove("vocab_size");
+        })
+    });
+    assert!(matches!(err, InferenceError::InvalidJson { .. }) && err.to_string().contains("vocab_size"), "{err}");
+    let err = broken_copy("mistral", |dir| edit_json(&dir.join("config.json"), |c| c["model_type"] = "gemma".into()));
+    assert!(matches!(err, InferenceError::UnsupportedArchitecture { ref architecture, .. } if architecture == "gemma"), "{err:?}");
+    let err = broken_copy("llama3", |dir| {
+        edit_json(&dir.join("tokenizer_config.json"), |c| {
+            c.as_object_mut().unwrap().remove("chat_template");
+        })
+    });
+    assert!(matches!(err, InferenceError::MissingChatTemplate { .. }), "{err:?}");
+}
+
+#[test]
+fn unsupported_dtype_is_named() {
+    // Rewrite one tensor's dtype in the header as I32 (same byte width as F32, so the file
+    // stays well-formed): GPTQ checkpoints store their packed weights this way.
+    let err = broken_copy("mistral", |dir| {
+        let path = dir.join("model.safetensors");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8(bytes[8..8 + len].to_vec()).unwrap();
+        let key = "\"model.norm.weight\":{\"dtype\":\"F32\"";
+        let at = header.find(key).expect("norm entry in the header");
+        let patched = header.replacen(key, "\"model.norm.weight\":{\"dtype\":\"I32\"", 1);
+        assert!(at > 0);
+        bytes.splice(8..8 + len, patched.into_bytes());
+        std::fs::write(&path, bytes).unwrap();
+    });
+    assert!(
+        matches!(err, InferenceError::UnsupportedDtype { ref tensor, ref dtype, .. } if tensor == "model.norm.weight" && dtype.contains("I32")),
+        "{err:?}"
+    );
+}
