@@ -240,7 +240,7 @@ pub enum InferenceError {
     /// A safetensors file whose header does not parse or whose data is shorter than the header
     /// says (a truncated download).
     #[error("{path}: malformed or truncated safetensors file: {source}; download it again")]
-    MalformedSafetensors {
+    CorruptSafetensors {
         /// The file (or the model directory when several shards were mapped together).
         path: PathBuf,
         /// candle's (safetensors') error.
@@ -250,7 +250,7 @@ pub enum InferenceError {
 
     /// A tensor the model body needs is not in the checkpoint.
     #[error("{path}: tensor {tensor} is missing from the checkpoint")]
-    MissingTensor {
+    MissingWeight {
         /// The model directory.
         path: PathBuf,
         /// The tensor's checkpoint name.

@@ -78,7 +78,7 @@ impl SafetensorsWeights {
             // memory-mapping loader (candle's, transformers'), it assumes nobody rewrites the
             // checkpoint while the model is loaded.
             let one = unsafe { MmapedSafetensors::new(file) }.map_err(|source| {
-                InferenceError::MalformedSafetensors { path: file.clone(), source }
+                InferenceError::CorruptSafetensors { path: file.clone(), source }
             })?;
             for (name, view) in one.tensors() {
                 let dtype = DType::try_from(view.dtype()).map_err(|_| format!("{:?}", view.dtype()));
@@ -87,7 +87,7 @@ impl SafetensorsWeights {
         }
         // SAFETY: as above; the same files, mapped again as one routed set for the VarBuilder.
         let mmaped = unsafe { MmapedSafetensors::multi(&files) }.map_err(|source| {
-            InferenceError::MalformedSafetensors { path: dir.to_path_buf(), source }
+            InferenceError::CorruptSafetensors { path: dir.to_path_buf(), source }
         })?;
         tracing::debug!(dir = %dir.display(), files = files.len(), tensors = tensors.len(), "opened safetensors");
         Ok(Self { dir: dir.to_path_buf(), files, mmaped, tensors })
@@ -104,7 +104,7 @@ impl SafetensorsWeights {
     pub(crate) fn check(&self, expected: &[ExpectedTensor]) -> Result<DType> {
         let mut dtype: Option<(DType, &str)> = None;
         for want in expected {
-            let info = self.tensors.get(&want.name).ok_or_else(|| InferenceError::MissingTensor {
+            let info = self.tensors.get(&want.name).ok_or_else(|| InferenceError::MissingWeight {
                 path: self.dir.clone(),
                 tensor: want.name.clone(),
             })?;

@@ -215,9 +215,9 @@ fn truncated_safetensors_is_typed() {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
     });
-    assert!(matches!(err, InferenceError::MalformedSafetensors { ref path, .. } if path.ends_with("model.safetensors")), "{err:?}");
+    assert!(matches!(err, InferenceError::CorruptSafetensors { ref path, .. } if path.ends_with("model.safetensors")), "{err:?}");
     let err = broken_copy("mistral", |dir| std::fs::write(dir.join("model.safetensors"), b"\x08\0\0").unwrap());
-    assert!(matches!(err, InferenceError::MalformedSafetensors { .. }), "{err:?}");
+    assert!(matches!(err, InferenceError::CorruptSafetensors { .. }), "{err:?}");
 }
 
 #[test]
@@ -225,7 +225,7 @@ fn missing_tensor_is_named() {
     // The config says three layers; the checkpoint has two.
     let err = broken_copy("llama3", |dir| edit_json(&dir.join("config.json"), |c| c["num_hidden_layers"] = 3.into()));
     assert!(
-        matches!(err, InferenceError::MissingTensor { ref tensor, .. } if tensor.starts_with("model.layers.2.")),
+        matches!(err, InferenceError::MissingWeight { ref tensor, .. } if tensor.starts_with("model.layers.2.")),
         "{err:?}"
     );
     // A missing shard listed in the index.
