@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod generation;
+mod image_lpw;
 mod image_noise;
 mod image_prompt;
 mod image_scheduler;
