@@ -475,6 +475,11 @@ pub enum InferenceError {
         problem: String,
     },
 
+    /// An image prompt that cannot be weighted or tokenized (a `(text:w)` weight that is not a
+    /// number, SDXL's two tokenizers disagreeing, ...).
+    #[error("prompt: {0}")]
+    Prompt(#[from] crate::image::prompt::PromptError),
+
     /// Neither the model directory variable nor `HOME` is set.
     #[error("cannot locate the model cache: set {env_var} or HOME")]
     NoModelDir {

@@ -1,14 +1,15 @@
 //! `heurist`: the command-line tool for Heurist operators and third parties.
 //!
 //! Identity wallets and hourly signatures (`wallet`, `sign`, `verify-signature`), job checks
-//! (`job check`), the model registry (`registry`), reward rules and ledgers (`points`,
-//! `ledger`). Each subcommand is a thin layer over the
-//! library crates; what a test wants to check lives there, not here.
+//! (`job check`), image jobs on a local checkpoint (`generate`), the model registry
+//! (`registry`), reward rules and ledgers (`points`, `ledger`). Each subcommand is a thin layer
+//! over the library crates; what a test wants to check lives there, not here.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod generate;
 mod job;
 mod points;
 mod registry;
@@ -35,6 +36,8 @@ enum Command {
     /// Work with job JSON.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Run a text-to-image job on a local SD 1.5 / SDXL checkpoint and write the PNG.
+    Generate(generate::GenerateArgs),
     /// Print the model registry as a table.
     Registry(registry::RegistryArgs),
     /// Print the points of one finished-job record as JSON {"currency", "points"}.
@@ -85,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Sign(a) => sign::run_sign(a),
         Command::VerifySignature(a) => sign::run_verify(a),
         Command::Job(c) => job::run(c),
+        Command::Generate(a) => generate::run(a),
         Command::Registry(a) => registry::run(a),
         Command::Points(a) => points::run_points(a),
         Command::Ledger(a) => points::run_ledger(a),

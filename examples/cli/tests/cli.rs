@@ -173,3 +173,53 @@ fn ledger_balances_from_a_file() {
     let missing = heurist(&["ledger", "--ledger", "/no/such/ledger.sqlite", "balances"], None);
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[12..16], b"IHDR");
+    let be = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn generate_runs_a_real_example_job_on_the_tiny_model() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let model = format!("{root}/heurist-inference/tests/fixtures/sd/tiny-sd15-fp16.safetensors");
+    let example = format!("{root}/../shared/reference/heurist-models/examples/ArchitectureRealMix.json");
+    let mut job: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+    assert_eq!((job["width"].as_u64(), job["height"].as_u64()), (Some(512), Some(768)));
+    // The real example as a whole job's model_input, two steps to keep the debug build quick.
+    job["num_inference_steps"] = 2.into();
+    let dir = tempfile::tempdir().unwrap();
+    let job_path = dir.path().join("job.json");
+    std::fs::write(&job_path, serde_json::json!({"model_input": {"SD": job}}).to_string()).unwrap();
+    let out_path = dir.path().join("out.png");
+    let (job_arg, out_arg) = (job_path.to_str().unwrap(), out_path.to_str().unwrap());
+    let out = heurist(&["generate", "--model", &model, "--family", "sd15", job_arg, "--out", out_arg], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(png_size(&std::fs::read(&out_path).unwrap()), (512, 768));
+    let progress = stderr(&out);
+    assert!(progress.contains("step 1/2") && progress.contains("step 2/2"), "{progress}");
+    assert!(stdout(&out).is_empty());
+
+    // Typed errors: exit 2 with a plain message naming the fault, no PNG.
+    let missing = dir.path().join("missing.png");
+    let missing_arg = missing.to_str().unwrap();
+    let wrong = heurist(&["generate", "--model", &model, "--family", "sdxl", job_arg, "--out", missing_arg], None);
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("--family sdxl"), "{}", stderr(&wrong));
+    job["num_inference_steps"] = 0.into();
+    std::fs::write(&job_path, job.to_string()).unwrap();
+    let zero = heurist(&["generate", "--model", &model, job_arg, "--out", missing_arg], None);
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(stderr(&zero).contains("0 inference steps"), "{}", stderr(&zero));
+    let corrupt = dir.path().join("corrupt.safetensors");
+    std::fs::write(&corrupt, b"not a safetensors file").unwrap();
+    job["num_inference_steps"] = 2.into();
+    std::fs::write(&job_path, job.to_string()).unwrap();
+    let bad = heurist(&["generate", "--model", corrupt.to_str().unwrap(), job_arg, "--out", missing_arg], None);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("corrupt.safetensors"), "{}", stderr(&bad));
+    assert!(!missing.exists());
+}

@@ -20,10 +20,16 @@
 //!
 //! [`ImageEngine::set_vae`] swaps in the registry's VAE override.
 //!
+//! Prompts: by default ([`ImageEngine::generate`], [`PromptEncoding::LongPromptWeighting`]) the
+//! engine tokenizes with the real CLIP tokenizer and weights and chunks prompts as the reference
+//! miner's long-prompt-weighting pipelines do (`lpw.rs`, [`ImageEngine::encode_prompts`]); a
+//! caller with its own ids uses [`PromptEncoding::TokenIds`] (cut to 77 positions, no weights).
+//!
 //! Not yet here (issue 7): diffusers-layout LoRAs, the registry's composites (a caller can load
-//! the base and [`ImageEngine::set_lora`] the composite's file at its `default_weight`), long
-//! prompt weighting (the engine takes token ids of at most 77 positions), Euler ancestral and
-//! DDIM.
+//! the base and [`ImageEngine::set_lora`] the composite's file at its `default_weight`), Euler
+//! ancestral and DDIM.
+
+mod lpw;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -118,6 +124,26 @@ impl Sampler {
         match self {
             Self::Dpm(s) => s.step(eps, sample, noise),
             Self::Euler(s) => s.step(eps, sample, noise),
+        }
+    }
+}
+
+/// How a job's prompts become the text conditioning.
+#[derive(Clone, Copy)]
+pub enum PromptEncoding<'a> {
+    /// The reference's long-prompt weighting with the embedded CLIP tokenizer
+    /// ([`ImageEngine::encode_prompts`]): what the network's miners run.
+    LongPromptWeighting,
+    /// The caller's own token ids, cut to the encoder's 77 positions, no weighting
+    /// ([`ImageEngine::encode_token_ids`]).
+    TokenIds(&'a dyn PromptTokenizer),
+}
+
+impl std::fmt::Debug for PromptEncoding<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::LongPromptWeighting => f.write_str("LongPromptWeighting"),
+            Self::TokenIds(_) => f.write_str("TokenIds(..)"),
         }
     }
 }
@@ -728,29 +754,50 @@ impl ImageEngine {
         })
     }
 
-    /// Runs a job with the reference's noise (torch's CPU generator seeded with the job's seed).
+    /// Runs a job as the reference miner does: long-prompt weighting with the CLIP tokenizer,
+    /// the reference's noise (torch's CPU generator seeded with the job's seed).
     ///
     /// # Errors
-    /// The job's own errors ([`ImageJob::checked`]), the tokenizer's, and
-    /// [`InferenceError::Forward`] when a model fails.
-    pub fn generate(
+    /// The job's own errors ([`ImageJob::checked`]), [`InferenceError::Prompt`] for a prompt
+    /// that cannot be weighted, and [`InferenceError::Forward`] when a model fails.
+    pub fn generate(&self, job: &ImageJob) -> Result<GeneratedImage> {
+        let mut noise = TorchCpuGenerator::new(job.seed);
+        self.generate_with(
+            job,
+            PromptEncoding::LongPromptWeighting,
+            &mut noise,
+            &mut |_, _| {},
+        )
+    }
+
+    /// Runs a job on the caller's own token ids (no weighting, 77 positions) with the
+    /// reference's noise.
+    ///
+    /// # Errors
+    /// As [`ImageEngine::generate`], and the tokenizer's.
+    pub fn generate_with_ids(
         &self,
         job: &ImageJob,
         tokenizer: &dyn PromptTokenizer,
     ) -> Result<GeneratedImage> {
         let mut noise = TorchCpuGenerator::new(job.seed);
-        self.generate_with(job, tokenizer, &mut noise, &mut |_, _| {})
+        self.generate_with(
+            job,
+            PromptEncoding::TokenIds(tokenizer),
+            &mut noise,
+            &mut |_, _| {},
+        )
     }
 
-    /// Runs a job drawing from `noise`, calling `on_step(step, latents)` after every denoising
-    /// step with the f32 latents.
+    /// Runs a job with `prompts` encoded as asked, drawing from `noise`, calling
+    /// `on_step(step, latents)` after every denoising step with the f32 latents.
     ///
     /// # Errors
-    /// As [`ImageEngine::generate`].
+    /// As [`ImageEngine::generate`], and a [`PromptEncoding::TokenIds`] tokenizer's.
     pub fn generate_with(
         &self,
         job: &ImageJob,
-        tokenizer: &dyn PromptTokenizer,
+        prompts: PromptEncoding<'_>,
         noise: &mut dyn NoiseSource,
         on_step: &mut dyn FnMut(usize, &Tensor),
     ) -> Result<GeneratedImage> {
@@ -761,14 +808,21 @@ impl ImageEngine {
             move |source| InferenceError::Tensor { context, source }
         };
         let guided = job.guidance_scale > 1.0;
-        let positive = tokenizer.token_ids(&job.prompt)?;
-        let prompts = if guided {
-            vec![tokenizer.token_ids(&job.neg_prompt)?, positive]
-        } else {
-            vec![positive]
+        let text = match prompts {
+            PromptEncoding::LongPromptWeighting => {
+                self.encode_prompts(&job.prompt, guided.then_some(job.neg_prompt.as_str()))?
+            }
+            PromptEncoding::TokenIds(tokenizer) => {
+                let positive = tokenizer.token_ids(&job.prompt)?;
+                let prompts = if guided {
+                    vec![tokenizer.token_ids(&job.neg_prompt)?, positive]
+                } else {
+                    vec![positive]
+                };
+                self.encode_token_ids(&prompts)?
+            }
         };
-        let text = self.encode_token_ids(&prompts)?;
-        let batch = prompts.len();
+        let batch = text.context.dim(0).map_err(tensor("text conditioning"))?;
         let (h, w) = (job.height as f32, job.width as f32);
         let time_ids = match text.pooled {
             None => None,

@@ -4,7 +4,8 @@
 //! jobs (`num_iterations` or `num_inference_steps`); [`ImageJob::checked`] applies the miner's
 //! limits (sizes down to a multiple of 8 and at most 2048, at most 35 steps) and rejects what no
 //! limit can fix (size 0, steps 0, a guidance scale that is not a finite number >= 0).
-//! [`PromptTokenizer`] is the seam where the CLIP tokenizer plugs in: the engine takes token ids.
+//! [`PromptTokenizer`] is for callers that bring their own token ids
+//! (`PromptEncoding::TokenIds`); by default the engine tokenizes and weights prompts itself.
 
 use std::time::Duration;
 
@@ -134,7 +135,8 @@ impl ImageJob {
 }
 
 /// Turns a prompt into CLIP token ids: the start token, the text's tokens, the end token. The
-/// engine pads or truncates to the encoder's 77 positions. Closures
+/// engine pads or truncates to the encoder's 77 positions and applies no weights (the default
+/// path, `PromptEncoding::LongPromptWeighting`, does both as the reference miner). Closures
 /// `Fn(&str) -> Result<Vec<u32>>` are tokenizers.
 pub trait PromptTokenizer {
     /// The ids of `text`.

@@ -3,7 +3,8 @@
 //!
 //! - [`ImageEngine`]: loads an LDM / A1111 single-file checkpoint or a diffusers folder
 //!   (memory-mapped, renamed on lookup, architecture read from the tensors) and runs an
-//!   [`ImageJob`] to a PNG ([`GeneratedImage`]), taking prompts through a [`PromptTokenizer`];
+//!   [`ImageJob`] to a PNG ([`GeneratedImage`]), prompts weighted and chunked with the CLIP
+//!   tokenizer as the reference miner does, or the caller's own ids ([`PromptEncoding`]);
 //! - [`noise`]: the [`noise::NoiseSource`] trait and [`noise::TorchCpuGenerator`], torch's seeded
 //!   CPU generator bit for bit, so that a job's seed gives the reference miner's latents;
 //! - [`scheduler`]: the samplers' timestep and sigma tables and their update steps, with
@@ -31,19 +32,16 @@
 //!     seed: 2288435497,
 //!     sampler: None, // the family's: DPM-Solver++ 2M SDE Karras for SD 1.5
 //! };
-//! // Any CLIP tokenizer: start token, the text's tokens, end token.
-//! let tokenize = |text: &str| -> heurist_inference::Result<Vec<u32>> {
-//!     Ok([49406].into_iter().chain(text.bytes().map(u32::from)).chain([49407]).collect())
-//! };
-//! let image = engine.generate(&job, &tokenize)?;
+//! // The CLIP tokenizer and the reference's long-prompt weighting: `(word:1.2)`, 225 tokens.
+//! let image = engine.generate(&job)?;
 //! std::fs::write("koi.png", &image.png).expect("writable directory");
 //! # Ok(())
 //! # }
 //! ```
 
 mod checkpoint;
-pub mod clip_tokenizer;
 mod clip_text;
+pub mod clip_tokenizer;
 mod detect;
 mod engine;
 mod job;
@@ -58,8 +56,8 @@ mod unet;
 pub use clip_text::{ClipActivation, ClipDims};
 pub use detect::{AddEmbeddingDims, HEAD_SIZE, SD15_UNET_HEADS, SdArchitecture, SdFamily};
 pub use engine::{
-    CLIP_END_TOKEN, ImageEngine, OPEN_CLIP_PAD_TOKEN, SD15_VAE_SCALE, SDXL_VAE_SCALE,
-    TextConditioning,
+    CLIP_END_TOKEN, ImageEngine, OPEN_CLIP_PAD_TOKEN, PromptEncoding, SD15_VAE_SCALE,
+    SDXL_VAE_SCALE, TextConditioning,
 };
 pub use job::{
     GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, MAX_IMAGE_STEPS, PromptTokenizer,

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use heurist_inference::image::noise::TorchCpuGenerator;
-use heurist_inference::image::{ClipActivation, ImageEngine, ImageJob, SdFamily};
+use heurist_inference::image::{ClipActivation, ImageEngine, ImageJob, PromptEncoding, SdFamily};
 use heurist_inference::{DeviceSpec, InferenceError};
 use serde_json::Value;
 
@@ -200,12 +200,18 @@ fn image_sd_seeded_run_matches_diffusers() {
     let mut steps_seen = 0;
     let mut noise = TorchCpuGenerator::new(job.seed);
     let image = engine()
-        .generate_with(&job, &tokenizer, &mut noise, &mut |step, latents| {
-            let err = relative_error(latents, &expected.get(step).unwrap().unsqueeze(0).unwrap());
-            eprintln!("step {step}: latents relative error {err:e}");
-            worst = worst.max(err);
-            steps_seen += 1;
-        })
+        .generate_with(
+            &job,
+            PromptEncoding::TokenIds(&tokenizer),
+            &mut noise,
+            &mut |step, latents| {
+                let err =
+                    relative_error(latents, &expected.get(step).unwrap().unsqueeze(0).unwrap());
+                eprintln!("step {step}: latents relative error {err:e}");
+                worst = worst.max(err);
+                steps_seen += 1;
+            },
+        )
         .unwrap();
     assert_eq!(steps_seen, job.steps);
     assert_eq!(image.steps, job.steps);
@@ -262,7 +268,7 @@ fn image_sd_real_example_job_writes_a_png() {
     };
     let job: ImageJob = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!((job.width, job.height, job.steps), (512, 768, 20));
-    let image = engine().generate(&job, &word_ids).unwrap();
+    let image = engine().generate_with_ids(&job, &word_ids).unwrap();
     assert_eq!(
         (image.width, image.height, image.steps, image.seed),
         (512, 768, 20, job.seed)
@@ -281,7 +287,7 @@ fn image_sd_real_example_job_writes_a_png() {
     );
     // A different seed is a different image.
     let other = engine()
-        .generate(
+        .generate_with_ids(
             &ImageJob {
                 seed: job.seed + 1,
                 steps: 2,
@@ -306,7 +312,7 @@ fn image_sd_bad_jobs_are_typed_errors() {
         sampler: None,
     };
     let err = engine()
-        .generate(
+        .generate_with_ids(
             &ImageJob {
                 width: 0,
                 ..job.clone()
@@ -325,7 +331,7 @@ fn image_sd_bad_jobs_are_typed_errors() {
         "{err}"
     );
     let err = engine()
-        .generate(
+        .generate_with_ids(
             &ImageJob {
                 steps: 0,
                 ..job.clone()
@@ -338,7 +344,7 @@ fn image_sd_bad_jobs_are_typed_errors() {
         "{err}"
     );
     let err = engine()
-        .generate(
+        .generate_with_ids(
             &ImageJob {
                 guidance_scale: f64::NAN,
                 ..job.clone()
@@ -394,7 +400,7 @@ fn image_sd_latent_of_odd_size_matches_diffusers() {
         seed: run["seed"].as_u64().unwrap(),
         sampler: None,
     };
-    let image = engine().generate(&job, &tokenizer).unwrap();
+    let image = engine().generate_with_ids(&job, &tokenizer).unwrap();
     assert_eq!((image.width, image.height), (72, 64));
     let expected = tensor("odd_run_image")
         .flatten_all()

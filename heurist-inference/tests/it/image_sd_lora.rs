@@ -75,7 +75,7 @@ fn image_sd_lora_matches_diffusers_fused_lora() {
         seed: run["seed"].as_u64().unwrap(),
         sampler: None,
     };
-    let image = engine.generate(&job, &tokenizer).unwrap();
+    let image = engine.generate_with_ids(&job, &tokenizer).unwrap();
     let expected = tensor("lora_run_image")
         .flatten_all()
         .unwrap()

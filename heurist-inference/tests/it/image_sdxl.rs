@@ -15,8 +15,8 @@ use candle_core::{DType, Tensor};
 use heurist_inference::DeviceSpec;
 use heurist_inference::image::noise::TorchCpuGenerator;
 use heurist_inference::image::{
-    AddEmbeddingDims, ClipActivation, ImageEngine, ImageJob, Lora, SamplerKind, SamplerSpec,
-    SdFamily,
+    AddEmbeddingDims, ClipActivation, ImageEngine, ImageJob, Lora, PromptEncoding, SamplerKind,
+    SamplerSpec, SdFamily,
 };
 
 use crate::image_sd::{psnr, reference_json, relative_error, sd_dir, tensor};
@@ -139,7 +139,7 @@ fn check_run(sampler: Option<SamplerSpec>, latents_key: &str, image: &str) {
     let out = engine()
         .generate_with(
             &job,
-            &tokenizer,
+            PromptEncoding::TokenIds(&tokenizer),
             &mut noise,
             &mut |step, latents: &Tensor| {
                 let err =
@@ -219,7 +219,7 @@ fn image_sdxl_lora_matches_diffusers_fused_lora() {
             use_karras_sigmas: Some(true),
         }),
     };
-    let image = engine.generate(&job, &tokenizer).unwrap();
+    let image = engine.generate_with_ids(&job, &tokenizer).unwrap();
     let expected = tensor("xl_lora_run_image")
         .flatten_all()
         .unwrap()

@@ -4,6 +4,7 @@
 mod bad_input;
 mod chat_templates;
 mod generation;
+mod image_lpw;
 mod image_noise;
 mod image_prompt;
 mod image_scheduler;
