@@ -440,16 +440,6 @@ pub enum InferenceError {
         value: u32,
     },
 
-    /// A job names a sampler this engine does not run.
-    #[error(
-        "sampler {sampler} is not supported (supported: DPMSolverMultistepScheduler with \
-         algorithm_type sde-dpmsolver++ and Karras sigmas, EulerDiscreteScheduler)"
-    )]
-    UnsupportedSampler {
-        /// The sampler as the job names it.
-        sampler: String,
-    },
-
     /// A LoRA file that is not in a layout this crate reads.
     #[error("{path}: not a kohya LoRA: {problem}")]
     LoraFormat {

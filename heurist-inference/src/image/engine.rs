@@ -3,8 +3,9 @@
 //!
 //! A job is: both prompts through the text encoder(s) (`[negative, positive]`), initial latents
 //! drawn from torch's seeded CPU generator, then per step the UNet on the doubled batch,
-//! classifier-free guidance `uncond + g * (text - uncond)` and one sampler step (DPM-Solver++ 2M
-//! SDE Karras, the network's, which draws its own noise from the same generator, or Euler), and
+//! classifier-free guidance `uncond + g * (text - uncond)` and one step of the job's
+//! [`Scheduler`] (any [`SchedulerKind`]: DPM-Solver++ 2M SDE Karras, the network's, Euler, Euler
+//! ancestral or DDIM; the stochastic ones draw their noise from the same generator), and
 //! finally the VAE decode of `latents / scaling_factor`, mapped to 8-bit pixels as diffusers' PIL
 //! output is. Latents, guidance and the scheduler stay in f32 whatever dtype the models run in.
 //!
@@ -26,8 +27,7 @@
 //! caller with its own ids uses [`PromptEncoding::TokenIds`] (cut to 77 positions, no weights).
 //!
 //! Not yet here (issue 7): diffusers-layout LoRAs, the registry's composites (a caller can load
-//! the base and [`ImageEngine::set_lora`] the composite's file at its `default_weight`), Euler
-//! ancestral and DDIM.
+//! the base and [`ImageEngine::set_lora`] the composite's file at its `default_weight`).
 
 mod lpw;
 
@@ -43,15 +43,11 @@ use super::checkpoint::{
 };
 use super::clip_text::ClipTextEncoder;
 use super::detect::{ComponentShapes, SdArchitecture, SdFamily, Shapes};
-use super::job::{
-    GeneratedImage, ImageJob, ImageTimings, PromptTokenizer, SamplerKind, encode_png,
-};
+use super::job::{GeneratedImage, ImageJob, ImageTimings, PromptTokenizer, encode_png};
 use super::ldm_names::{self, Lookup};
 use super::lora::Lora;
 use super::noise::{NoiseDType, NoiseSource, TorchCpuGenerator};
-use super::scheduler::{
-    DEFAULT_SCHEDULER_CONFIG, DpmSolverMultistepScheduler, EulerDiscreteScheduler,
-};
+use super::scheduler::{DEFAULT_SCHEDULER_CONFIG, Scheduler, SchedulerKind};
 use super::unet::Unet;
 use crate::device::DeviceSpec;
 use crate::error::{InferenceError, Result};
@@ -73,60 +69,6 @@ const CLIP_PREFIXES: [&str; 2] = [
     "conditioner.embedders.0.transformer.",
 ];
 const OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
-
-/// The scheduler of one job.
-enum Sampler {
-    Dpm(DpmSolverMultistepScheduler),
-    Euler(EulerDiscreteScheduler),
-}
-
-impl Sampler {
-    fn new(kind: SamplerKind, steps: usize) -> Result<Self> {
-        Ok(match kind {
-            SamplerKind::DpmSolverSdeKarras => Self::Dpm(DpmSolverMultistepScheduler::new(
-                DEFAULT_SCHEDULER_CONFIG,
-                steps,
-            )?),
-            SamplerKind::EulerDiscrete => Self::Euler(EulerDiscreteScheduler::new(
-                DEFAULT_SCHEDULER_CONFIG,
-                steps,
-            )?),
-        })
-    }
-
-    fn timesteps(&self) -> Vec<f64> {
-        match self {
-            Self::Dpm(s) => s.timesteps().iter().map(|&t| t as f64).collect(),
-            Self::Euler(s) => s.timesteps().iter().map(|&t| f64::from(t)).collect(),
-        }
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        match self {
-            Self::Dpm(s) => s.init_noise_sigma(),
-            Self::Euler(s) => s.init_noise_sigma(),
-        }
-    }
-
-    fn scale_model_input(&self, sample: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Dpm(s) => Ok(s.scale_model_input(sample)),
-            Self::Euler(s) => s.scale_model_input(sample),
-        }
-    }
-
-    fn step(
-        &mut self,
-        eps: &Tensor,
-        sample: &Tensor,
-        noise: &mut dyn NoiseSource,
-    ) -> Result<Tensor> {
-        match self {
-            Self::Dpm(s) => s.step(eps, sample, noise),
-            Self::Euler(s) => s.step(eps, sample, noise),
-        }
-    }
-}
 
 /// How a job's prompts become the text conditioning.
 #[derive(Clone, Copy)]
@@ -625,12 +567,13 @@ impl ImageEngine {
         &self.device
     }
 
-    /// The sampler of a job that names none: the reference's for the family (DPM-Solver++ 2M
-    /// SDE Karras for SD 1.5, Euler for SDXL as in SDXL base's configuration).
-    pub fn default_sampler(&self) -> SamplerKind {
+    /// The scheduler of a job that names none: the reference's for the family
+    /// ([`SchedulerKind::SD15_DEFAULT`], DPM-Solver++ 2M SDE Karras;
+    /// [`SchedulerKind::SDXL_DEFAULT`], Euler as in SDXL base's configuration).
+    pub fn default_sampler(&self) -> SchedulerKind {
         match self.arch.family {
-            SdFamily::Sd15 => SamplerKind::DpmSolverSdeKarras,
-            SdFamily::Sdxl => SamplerKind::EulerDiscrete,
+            SdFamily::Sd15 => SchedulerKind::SD15_DEFAULT,
+            SdFamily::Sdxl => SchedulerKind::SDXL_DEFAULT,
         }
     }
 
@@ -838,11 +781,10 @@ impl ImageEngine {
         let added = text.pooled.as_ref().zip(time_ids.as_ref());
         let encoded = Instant::now();
 
-        let kind = match &job.sampler {
-            Some(spec) => spec.kind()?,
-            None => self.default_sampler(),
-        };
-        let mut scheduler = Sampler::new(kind, job.steps)?;
+        // Every scheduler draws what it draws (ancestral and SDE noise, Euler's unused tensor)
+        // from `noise` in diffusers' order, in the dtype of the f32 guided prediction.
+        let kind = job.sampler.unwrap_or_else(|| self.default_sampler());
+        let mut scheduler = Scheduler::new(kind, DEFAULT_SCHEDULER_CONFIG, job.steps)?;
         let factor = self.arch.vae_scale_factor();
         let shape = [
             1,

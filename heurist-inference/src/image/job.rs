@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{InferenceError, Result};
+use crate::image::scheduler::SchedulerKind;
 
 /// The protocol's largest width and height (`max_width`, `max_height`).
 pub const MAX_IMAGE_SIDE: u32 = 2048;
@@ -37,58 +38,53 @@ pub struct ImageJob {
     pub guidance_scale: f64,
     /// The seed of torch's CPU generator.
     pub seed: u64,
-    /// The sampler the job names (the real examples' `sampler`); `None`: the family's default.
-    #[serde(default)]
-    pub sampler: Option<SamplerSpec>,
+    /// The scheduler the job names (the real examples' `sampler`: a diffusers class with its
+    /// options, or a bare class or A1111 name); `None`: the family's default
+    /// ([`SchedulerKind::SD15_DEFAULT`], [`SchedulerKind::SDXL_DEFAULT`]).
+    #[serde(default, deserialize_with = "deserialize_sampler")]
+    pub sampler: Option<SchedulerKind>,
 }
 
-/// A sampler as the network's jobs name it: a diffusers scheduler class and its options.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct SamplerSpec {
-    /// The diffusers class, e.g. `DPMSolverMultistepScheduler`.
-    pub class_name: String,
-    /// `algorithm_type` (DPM-Solver), e.g. `sde-dpmsolver++`.
-    #[serde(default)]
-    pub algorithm_type: Option<String>,
-    /// `use_karras_sigmas`.
-    #[serde(default)]
-    pub use_karras_sigmas: Option<bool>,
+/// A sampler as a job may name it: the network's form, a diffusers class with its options
+/// (`{"class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++",
+/// "use_karras_sigmas": true}`, other keys ignored), or a bare class or A1111 name
+/// (`"DDIMScheduler"`, `"Euler a"`). Read through [`SchedulerKind::from_diffusers`] and
+/// [`SchedulerKind`]'s `FromStr`, so the job and the engine share one vocabulary.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SamplerName {
+    Named(String),
+    Diffusers {
+        class_name: String,
+        #[serde(default)]
+        algorithm_type: Option<String>,
+        #[serde(default)]
+        use_karras_sigmas: Option<bool>,
+    },
 }
 
-/// The samplers this engine runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SamplerKind {
-    /// DPM-Solver++ 2M SDE with Karras sigmas: the network's SD 1.5 sampler and the one its
-    /// example jobs name.
-    DpmSolverSdeKarras,
-    /// Euler discrete, "leading" spacing, steps offset 1: SDXL base's default.
-    EulerDiscrete,
-}
-
-impl SamplerSpec {
-    /// Which supported sampler this is.
-    ///
-    /// # Errors
-    /// [`InferenceError::UnsupportedSampler`] for any other class or option.
-    pub fn kind(&self) -> Result<SamplerKind> {
-        let karras = self.use_karras_sigmas.unwrap_or(false);
-        match (
-            self.class_name.as_str(),
-            self.algorithm_type.as_deref(),
-            karras,
-        ) {
-            ("DPMSolverMultistepScheduler", Some("sde-dpmsolver++"), true) => {
-                Ok(SamplerKind::DpmSolverSdeKarras)
-            }
-            ("EulerDiscreteScheduler", None, false) => Ok(SamplerKind::EulerDiscrete),
-            _ => Err(InferenceError::UnsupportedSampler {
-                sampler: format!(
-                    "{} (algorithm_type {:?}, use_karras_sigmas {karras})",
-                    self.class_name, self.algorithm_type
-                ),
-            }),
+/// Deserializes an optional [`SamplerName`] into the scheduler it names; a name this crate does
+/// not run fails the job's parse with [`InferenceError::UnknownScheduler`]'s message.
+fn deserialize_sampler<'de, D>(
+    deserializer: D,
+) -> std::result::Result<Option<SchedulerKind>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let Some(name) = Option::<SamplerName>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let kind = match name {
+        SamplerName::Named(name) => name.parse(),
+        SamplerName::Diffusers {
+            class_name,
+            algorithm_type,
+            use_karras_sigmas,
+        } => {
+            SchedulerKind::from_diffusers(&class_name, algorithm_type.as_deref(), use_karras_sigmas)
         }
-    }
+    };
+    kind.map(Some).map_err(serde::de::Error::custom)
 }
 
 impl ImageJob {
@@ -99,7 +95,7 @@ impl ImageJob {
     /// [`InferenceError::InvalidImageSize`] when a side is below 8 (nothing is left after
     /// rounding), [`InferenceError::InvalidInferenceSteps`] for 0 steps,
     /// [`InferenceError::InvalidSampling`] for a guidance scale that is NaN, infinite or
-    /// negative, [`InferenceError::UnsupportedSampler`] for a sampler this engine does not run.
+    /// negative.
     pub fn checked(&self) -> Result<Self> {
         let side = |name: &'static str, value: u32| {
             let clamped = value.min(MAX_IMAGE_SIDE) / 8 * 8;
@@ -109,9 +105,6 @@ impl ImageJob {
                 Ok(clamped)
             }
         };
-        if let Some(sampler) = &self.sampler {
-            sampler.kind()?;
-        }
         if self.steps == 0 {
             return Err(InferenceError::InvalidInferenceSteps {
                 steps: 0,
@@ -243,8 +236,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!((job.steps, job.neg_prompt.as_str()), (20, ""));
-        let kind = job.sampler.as_ref().unwrap().kind().unwrap();
-        assert_eq!(kind, SamplerKind::DpmSolverSdeKarras);
+        assert_eq!(job.sampler, Some(SchedulerKind::DpmSolverSdeKarras));
+        // The other samplers by class, by A1111 name, and the options a class does not read.
+        let sampler = |json: &str| {
+            serde_json::from_str::<ImageJob>(&format!(
+                r#"{{"prompt": "p", "seed": 1, "width": 64, "height": 64,
+                    "num_inference_steps": 2, "guidance_scale": 7, "sampler": {json}}}"#
+            ))
+            .map(|job| job.sampler)
+        };
+        let cases = [
+            (
+                r#"{"class_name": "EulerAncestralDiscreteScheduler"}"#,
+                SchedulerKind::EulerAncestralDiscrete,
+            ),
+            (
+                r#"{"class_name": "DDIMScheduler", "use_karras_sigmas": false, "eta": 0}"#,
+                SchedulerKind::Ddim,
+            ),
+            (
+                r#"{"class_name": "EulerDiscreteScheduler"}"#,
+                SchedulerKind::EulerDiscrete,
+            ),
+            (r#""Euler a""#, SchedulerKind::EulerAncestralDiscrete),
+            (r#""DDIMScheduler""#, SchedulerKind::Ddim),
+        ];
+        for (json, kind) in cases {
+            assert_eq!(sampler(json).unwrap(), Some(kind), "{json}");
+        }
+        assert_eq!(sampler("null").unwrap(), None);
     }
 
     #[test]
@@ -271,13 +291,20 @@ mod tests {
             err,
             InferenceError::InvalidInferenceSteps { steps: 0, .. }
         ));
-        let spec = SamplerSpec {
-            class_name: "DPMSolverMultistepScheduler".into(),
-            algorithm_type: Some("dpmsolver++".into()),
-            use_karras_sigmas: Some(true),
-        };
-        let err = spec.kind().unwrap_err();
-        assert!(err.to_string().contains("dpmsolver++"), "{err}");
+        // A sampler this crate does not run fails the parse, naming it and its options.
+        let err = serde_json::from_str::<ImageJob>(
+            r#"{"prompt": "p", "seed": 1, "width": 64, "height": 64, "steps": 2,
+                "guidance_scale": 7, "sampler": {"class_name": "DPMSolverMultistepScheduler",
+                "algorithm_type": "dpmsolver++", "use_karras_sigmas": true}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("\"dpmsolver++\""), "{err}");
+        let err = serde_json::from_str::<ImageJob>(
+            r#"{"prompt": "p", "seed": 1, "width": 64, "height": 64, "steps": 2,
+                "guidance_scale": 7, "sampler": "PNDMScheduler"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("PNDMScheduler"), "{err}");
         let err = ImageJob {
             guidance_scale: f64::NAN,
             ..job()

@@ -61,6 +61,7 @@ pub use engine::{
 };
 pub use job::{
     GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, MAX_IMAGE_STEPS, PromptTokenizer,
-    SamplerKind, SamplerSpec, encode_png,
+    encode_png,
 };
 pub use lora::Lora;
+pub use scheduler::{Scheduler, SchedulerKind};

@@ -15,8 +15,8 @@ use candle_core::{DType, Tensor};
 use heurist_inference::DeviceSpec;
 use heurist_inference::image::noise::TorchCpuGenerator;
 use heurist_inference::image::{
-    AddEmbeddingDims, ClipActivation, ImageEngine, ImageJob, Lora, PromptEncoding, SamplerKind,
-    SamplerSpec, SdFamily,
+    AddEmbeddingDims, ClipActivation, ImageEngine, ImageJob, Lora, PromptEncoding, SchedulerKind,
+    SdFamily,
 };
 
 use crate::image_sd::{psnr, reference_json, relative_error, sd_dir, tensor};
@@ -112,7 +112,7 @@ fn image_sdxl_text_and_unet_match_diffusers() {
 }
 
 /// The seeded CFG run of the fixture with `sampler`, against diffusers' latents and image.
-fn check_run(sampler: Option<SamplerSpec>, latents_key: &str, image: &str) {
+fn check_run(sampler: Option<SchedulerKind>, latents_key: &str, image: &str) {
     let json = reference_json();
     let run = &json["xl_run"];
     let ids = prompt_ids();
@@ -166,17 +166,18 @@ fn check_run(sampler: Option<SamplerSpec>, latents_key: &str, image: &str) {
 #[test]
 fn image_sdxl_seeded_run_matches_diffusers() {
     // The network's sampler, as its SDXL example jobs name it.
-    let spec = SamplerSpec {
-        class_name: "DPMSolverMultistepScheduler".into(),
-        algorithm_type: Some("sde-dpmsolver++".into()),
-        use_karras_sigmas: Some(true),
-    };
-    check_run(Some(spec), "xl_run_latents", "xl_run_image");
+    let kind = SchedulerKind::from_diffusers(
+        "DPMSolverMultistepScheduler",
+        Some("sde-dpmsolver++"),
+        Some(true),
+    )
+    .unwrap();
+    check_run(Some(kind), "xl_run_latents", "xl_run_image");
 }
 
 #[test]
 fn image_sdxl_default_euler_run_matches_diffusers() {
-    assert_eq!(engine().default_sampler(), SamplerKind::EulerDiscrete);
+    assert_eq!(engine().default_sampler(), SchedulerKind::EulerDiscrete);
     check_run(None, "xl_euler_latents", "xl_euler_image");
 }
 
@@ -213,11 +214,7 @@ fn image_sdxl_lora_matches_diffusers_fused_lora() {
         steps: run["steps"].as_u64().unwrap() as usize,
         guidance_scale: run["guidance_scale"].as_f64().unwrap(),
         seed: run["seed"].as_u64().unwrap(),
-        sampler: Some(SamplerSpec {
-            class_name: "DPMSolverMultistepScheduler".into(),
-            algorithm_type: Some("sde-dpmsolver++".into()),
-            use_karras_sigmas: Some(true),
-        }),
+        sampler: Some(SchedulerKind::DpmSolverSdeKarras),
     };
     let image = engine.generate_with_ids(&job, &tokenizer).unwrap();
     let expected = tensor("xl_lora_run_image")

@@ -11,6 +11,7 @@ mod image_scheduler;
 mod image_sd;
 mod image_sd_bad_input;
 mod image_sd_lora;
+mod image_sd_samplers;
 mod image_sdxl;
 mod llama_cpp_parity;
 mod safetensors_parity;
