@@ -13,10 +13,15 @@
 //!   wallet (an [`IdentityBinding`]: a contract look-up in production, a table in tests), for
 //!   the current hour or the previous one.
 //!
-//! Still to come, in this order: metrics plausibility (claimed GPU and latencies against the
-//! GPU catalogue of `heurist-points`), teacher-forced rescoring of LLM answers and re-runs of
-//! image jobs (on `heurist-inference`, behind features), and audits that pick which jobs to
-//! re-check and turn a failed check into a slash entry.
+//! - [`metrics`]: claimed GPU and latencies against physics (the job's FLOPs at the GPU's
+//!   peak, the category's minimum GPU, the model's VRAM; GPU catalogue and rules of
+//!   `heurist-points`) and against the miner's peers on the same GPU and model.
+//! - [`audit`]: which results to re-check, with a probability set so that cheating has a
+//!   negative expected value (PoSP-style; the formula is in the module docs), and a failed
+//!   check turned into slash entries of the `heurist-points` ledger with its evidence.
+//! - `llm` (feature `inference`): greedy chat answers re-generated on the claimed model.
+//!
+//! Still to come: likelihood statistics for sampled chat answers and re-runs of image jobs.
 //!
 //! ## What it is not for
 //! It runs no models itself: re-execution calls `heurist-inference`. It awards and slashes
@@ -24,9 +29,10 @@
 //! from `heurist-protocol`, and the `heurist` tool and the sequencer in `examples/` call this
 //! crate.
 //!
-//! Siblings: uses `heurist-protocol` (always); will use `heurist-points` and
-//! `heurist-inference` behind features. Used by the sequencer, the miner (to check its own
-//! model files before loading them) and the `heurist` tool.
+//! Siblings: uses `heurist-protocol` and `heurist-points` (its catalogue, rules and ledger
+//! entry types, without a ledger backend) always, and `heurist-inference` behind a feature.
+//! Used by the sequencer, the miner (to check its own model files before loading them) and
+//! the `heurist` tool.
 //!
 //! ## Example: check a model file, then a submission
 //! ```
@@ -59,15 +65,18 @@
 //! ```
 //!
 //! ## Feature flags
-//! `default = []`. The checks above are always built, with no async runtime and no model
-//! engine: `cargo add heurist-verify --no-default-features` pulls neither tokio nor candle.
+//! `default = []`. The checksum, signature, metrics and audit checks are always built, with no
+//! async runtime, no model engine and no database: `cargo add heurist-verify
+//! --no-default-features` pulls neither tokio nor candle nor SQLite.
 //! - `inference` (off): the `llm` module, chat answers re-checked on the claimed model with
 //!   `heurist-inference`.
 
+pub mod audit;
 pub mod checksum;
 mod error;
 #[cfg(feature = "inference")]
 pub mod llm;
+pub mod metrics;
 pub mod signature;
 
 pub use checksum::{
