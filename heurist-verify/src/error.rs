@@ -28,6 +28,12 @@ pub enum VerifyError {
         /// The request's temperature.
         temperature: f64,
     },
+    /// A chat check asked of an image job or an image result (an S3 key).
+    #[error("job {job_id:?}: not a chat job with a text result; only chat answers are re-checked here")]
+    NotChatResult {
+        /// The job id.
+        job_id: String,
+    },
     /// The reference engine failed while re-checking an answer.
     #[error("reference inference failed: {reason}")]
     Inference {

@@ -10,8 +10,15 @@
 //! weights, same kernels); checking answers made by another engine (vLLM, llama.cpp) needs a
 //! tolerance on rescored likelihoods instead, which comes with the teacher-forced scoring
 //! call of `heurist-inference`. Sampled jobs are not judged here.
+//!
+//! [`check_greedy_submission`] takes the wire types as they come (a job and the
+//! `miner_submit` answering it), builds the request the way a miner does ([`chat_request`])
+//! and checks the first choice's text; this is what `heurist verify` runs.
 
-use heurist_inference::{ChatEngine, ChatRequest};
+use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, Role};
+use heurist_protocol::openai;
+use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
+use heurist_protocol::{Job, JobParams, LlmParams, MinerLimits, MinerSubmit};
 
 use crate::error::{Result, VerifyError};
 
@@ -60,6 +67,63 @@ pub fn check_greedy(engine: &ChatEngine, request: &ChatRequest, claimed: &str) -
         first_difference,
         reference_tokens: out.usage.completion_tokens,
     })
+}
+
+/// The engine request of a clamped chat job, as the reference miner runs it: the job's
+/// messages, `max_tokens`, temperature and seed, and the reference's stop strings plus the
+/// job's own.
+pub fn chat_request(params: &LlmParams) -> ChatRequest {
+    let messages = params.payload.messages.iter().map(|m| ChatMessage::new(role(m.role), m.text_content())).collect();
+    let mut stop: Vec<String> = REFERENCE_STOP_STRINGS.iter().map(|s| (*s).to_owned()).collect();
+    if let Some(s) = &params.payload.sampling.stop {
+        stop.extend(s.to_vec().into_iter().filter(|s| !s.is_empty()));
+    }
+    ChatRequest::new(messages)
+        .with_max_tokens(params.max_tokens as usize)
+        .with_sampling(params.temperature, Some(params.seed))
+        .with_stop(stop)
+}
+
+fn role(r: openai::Role) -> Role {
+    match r {
+        openai::Role::System => Role::System,
+        openai::Role::User => Role::User,
+        openai::Role::Assistant => Role::Assistant,
+        openai::Role::Tool => Role::Tool,
+    }
+}
+
+/// The answer a chat submission claims: the text of its first choice.
+pub fn submitted_answer(submit: &MinerSubmit) -> Result<String> {
+    let choices = match submit.result.choices() {
+        None => return Err(VerifyError::NotChatResult { job_id: submit.job_id.clone() }),
+        Some(c) => c.map_err(|e| VerifyError::MalformedSubmit { source: Box::new(e) })?,
+    };
+    let first = choices.into_iter().min_by_key(|c| c.index).ok_or_else(|| VerifyError::InvalidClaim {
+        field: "result.Text",
+        value: "[]".to_owned(),
+        expected: "a choices array with at least one choice",
+    })?;
+    Ok(first.message.text_content())
+}
+
+/// Re-checks the answer `submit` claims for the greedy chat job `job` on `engine`.
+///
+/// A submission for another job is [`VerifyError::NoJob`]; an image result
+/// [`VerifyError::NotChatResult`]; a sampled job [`VerifyError::NotGreedy`].
+pub fn check_greedy_submission(engine: &ChatEngine, job: &Job, submit: &MinerSubmit) -> Result<GreedyCheck> {
+    if submit.job_id != job.job_id {
+        return Err(VerifyError::NoJob { job_id: submit.job_id.clone(), miner_id: submit.miner_id.to_string() });
+    }
+    // The seed is unused by a greedy job; a fixed one keeps the request deterministic.
+    let clamped = MinerLimits::default()
+        .clamp(job, || 0)
+        .map_err(|e| VerifyError::MalformedJob { job_id: job.job_id.clone(), source: Box::new(e) })?;
+    let JobParams::Llm(params) = &clamped.params else {
+        return Err(VerifyError::NotChatResult { job_id: job.job_id.clone() });
+    };
+    let claimed = submitted_answer(submit)?;
+    check_greedy(engine, &chat_request(params), &claimed)
 }
 
 /// Byte offset of the first difference between two texts, `None` when equal.
