@@ -28,6 +28,12 @@ pub enum VerifyError {
         /// The request's temperature.
         temperature: f64,
     },
+    /// A likelihood check asked for a greedy request; greedy answers are re-generated instead.
+    #[error("temperature {temperature}: the likelihood check is for sampled answers; check greedy ones by re-generation")]
+    NotSampled {
+        /// The request's temperature.
+        temperature: f64,
+    },
     /// A chat check asked of an image job or an image result (an S3 key).
     #[error("job {job_id:?}: not a chat job with a text result; only chat answers are re-checked here")]
     NotChatResult {

@@ -6,6 +6,8 @@
 mod audit;
 mod cache;
 mod checksum;
+#[cfg(feature = "inference")]
+mod llm;
 mod metrics;
 mod signatures;
 

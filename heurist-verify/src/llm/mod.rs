@@ -8,12 +8,16 @@
 //!
 //! This is exact only where the verifier's numerics equal the miner's (same engine, same
 //! weights, same kernels); checking answers made by another engine (vLLM, llama.cpp) needs a
-//! tolerance on rescored likelihoods instead, which comes with the teacher-forced scoring
-//! call of `heurist-inference`. Sampled jobs are not judged here.
+//! tolerance on rescored likelihoods instead. Sampled answers are judged by their likelihood
+//! under the claimed model ([`likelihood`]).
 //!
 //! [`check_greedy_submission`] takes the wire types as they come (a job and the
 //! `miner_submit` answering it), builds the request the way a miner does ([`chat_request`])
 //! and checks the first choice's text; this is what `heurist verify` runs.
+
+pub mod likelihood;
+
+pub use likelihood::{SampledCheck, SampledThresholds, check_sampled};
 
 use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, Role};
 use heurist_protocol::openai;
