@@ -14,7 +14,7 @@ and answers, rescores each answer on our engine, and counts false accusations; i
 the prompts for its own honest and substitute answers.
 
     python3 tools/fetch_smollm2.py
-    tools/.venv-llama/bin/python tools/make_llm_calibration.py
+    tools/.venv-llama/bin/python tools/make_llm_calibration.py [JOBS]
 
 Writes heurist-verify/tests/fixtures/llama-cpp/smollm2_sampled.json.
 """
@@ -70,12 +70,20 @@ def prompts():
     for t in TOPICS:
         for task in TASKS:
             out.append(task.format(t))
-    return out[:JOBS]
+    return out[:jobs_wanted()]
+
+
+def jobs_wanted():
+    """JOBS, or the first argument (fewer jobs for a quick run)."""
+    return int(sys.argv[1]) if len(sys.argv) > 1 else JOBS
 
 
 def main():
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+    # One thread: sampling does not depend on it, and on a shared 2-core machine llama.cpp's
+    # spinning thread barrier made two threads 4x slower than one.
+    base.N_THREADS = 1
     path = base.model_path()
     with open(path, "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
@@ -114,11 +122,11 @@ def main():
             "finish_reason": choice["finish_reason"],
             "completion_tokens": out["usage"]["completion_tokens"],
         })
-        if i % 50 == 0:
+        if i % 10 == 0:
             print(i, temperature, repr(choice["text"][:60]), file=sys.stderr)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     doc = {
-        "tool": f"{base.LLAMA_CPP_PYTHON}, plain CPU kernels, f16 KV cache, {base.N_THREADS} threads",
+        "tool": f"{base.LLAMA_CPP_PYTHON}, plain CPU kernels, f16 KV cache, {base.N_THREADS} thread",
         "model": os.path.basename(path),
         "model_sha256": sha256,
         "sampling": "temperature only: top_k 0, top_p 1, min_p 0, typical_p 1, no penalties; reference stop strings",
