@@ -19,9 +19,33 @@
 //! - [`audit`]: which results to re-check, with a probability set so that cheating has a
 //!   negative expected value (PoSP-style; the formula is in the module docs), and a failed
 //!   check turned into slash entries of the `heurist-points` ledger with its evidence.
-//! - `llm` (feature `inference`): greedy chat answers re-generated on the claimed model.
+//! - `llm` (feature `inference`): greedy chat answers re-generated on the claimed model,
+//!   sampled ones rescored for their likelihood under it.
 //!
-//! Still to come: likelihood statistics for sampled chat answers and re-runs of image jobs.
+//! Still to come: re-runs of image jobs.
+//!
+//! ## Detection table: sampled chat answers on SmolLM2
+//! `cargo run --release -p heurist-verify --features inference --example detection_table -- N`
+//! rescores N jobs of `tests/fixtures/llama-cpp/smollm2_sampled.json` (48 tokens at most,
+//! T 0.7 or 1.0) with `llm::check_sampled` at its default bars, on SmolLM2-135M-Instruct
+//! Q4_1 (real weights):
+//!
+//! | answers (N = 6) | jobs | rejected | rate | z range |
+//! |---|---:|---:|---:|---|
+//! | honest, our engine | 6 | 0 | 0.0% | -1.4 to 1.4 |
+//! | honest, llama.cpp | 6 | 0 | 0.0% | -0.7 to 1.0 |
+//! | cut in half | 6 | 3 | 50.0% | -5.2 to 1.2 |
+//! | random tokens | 6 | 6 | 100.0% | -34.8 to -17.4 |
+//! | hotter (T + 0.5) | 6 | 6 | 100.0% | -18.2 to -7.3 |
+//! | greedy | 6 | 0 | 0.0% | 2.3 to 3.7 |
+//!
+//! Measured on the shared 2-core build machine, where one job (three generations and six
+//! scorings) took over two minutes (852 s for 6), so N is far below the bar of 200
+//! jobs per row and 500 honest jobs; rerun it with a larger N on a free machine before relying on the rates. Not
+//! yet in the table: perturbed or re-quantised weights and dropped layers (they need a GGUF
+//! writer pass), honest answers across thread counts and batch mixes, and images. The greedy
+//! answer offered for a sampled job lands at z ≈ 3 over 48 tokens, inside the ±6 bar: the
+//! bar is set for zero false accusations and needs the larger honest calibration to come down.
 //!
 //! ## What it is not for
 //! It runs no models itself: re-execution calls `heurist-inference`. It awards and slashes
