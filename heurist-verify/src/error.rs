@@ -28,6 +28,18 @@ pub enum VerifyError {
         /// The request's temperature.
         temperature: f64,
     },
+    /// A likelihood check asked for a greedy request; greedy answers are re-generated instead.
+    #[error("temperature {temperature}: the likelihood check is for sampled answers; check greedy ones by re-generation")]
+    NotSampled {
+        /// The request's temperature.
+        temperature: f64,
+    },
+    /// A chat check asked of an image job or an image result (an S3 key).
+    #[error("job {job_id:?}: not a chat job with a text result; only chat answers are re-checked here")]
+    NotChatResult {
+        /// The job id.
+        job_id: String,
+    },
     /// The reference engine failed while re-checking an answer.
     #[error("reference inference failed: {reason}")]
     Inference {
@@ -166,6 +178,74 @@ pub enum VerifyError {
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A GPU name that is not in the GPU catalogue; a claim on it cannot be judged.
+    #[error("GPU {name:?} is not in the GPU catalogue; report the name nvidia-smi prints (laptop parts are not listed)")]
+    UnknownGpu {
+        /// The name as given.
+        name: String,
+    },
+    /// A model whose registry type has no FLOPs model (Flux, API-served LLMs of no stated size).
+    #[error("model {model:?} (type {model_type:?}) has no FLOPs model; only sd15/sdxl UNets and llm<size>b types do")]
+    NoFlopsModel {
+        /// The model name.
+        model: String,
+        /// Its registry type.
+        model_type: String,
+    },
+    /// Work of the wrong family for the model (tokens for an image model, or the reverse).
+    #[error("model {model:?} needs {expected} as its work, got {got}")]
+    WorkMismatch {
+        /// The model name.
+        model: String,
+        /// What it needs.
+        expected: &'static str,
+        /// What was given.
+        got: &'static str,
+    },
+    /// A result whose job is not known: it cannot be judged.
+    #[error("result of job {job_id:?} by {miner_id}: no such job")]
+    NoJob {
+        /// The job id of the result.
+        job_id: String,
+        /// The miner that submitted it.
+        miner_id: String,
+    },
+    /// A job that does not decode or clamp (bad size, bad prompt JSON).
+    #[error("job {job_id:?} is malformed")]
+    MalformedJob {
+        /// The job id.
+        job_id: String,
+        /// The protocol's reason, naming the field.
+        #[source]
+        source: Box<ProtocolError>,
+    },
+    /// A claimed value out of range (a negative or NaN latency, missing token counts).
+    #[error("claimed {field} {value}: expected {expected}")]
+    InvalidClaim {
+        /// The field.
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// An audit setting out of range (a probability above 1, a negative slash share).
+    #[error("audit {field} {value}: expected {expected}")]
+    InvalidAudit {
+        /// The setting.
+        field: &'static str,
+        /// The value as given.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// The rule set or ledger of `heurist-points` refused (an unknown model type, a bad record).
+    #[error("reward rules")]
+    Rules {
+        /// The rule set's or ledger's reason.
+        #[source]
+        source: Box<heurist_points::PointsError>,
     },
 }
 

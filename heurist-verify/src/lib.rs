@@ -13,10 +13,39 @@
 //!   wallet (an [`IdentityBinding`]: a contract look-up in production, a table in tests), for
 //!   the current hour or the previous one.
 //!
-//! Still to come, in this order: metrics plausibility (claimed GPU and latencies against the
-//! GPU catalogue of `heurist-points`), teacher-forced rescoring of LLM answers and re-runs of
-//! image jobs (on `heurist-inference`, behind features), and audits that pick which jobs to
-//! re-check and turn a failed check into a slash entry.
+//! - [`metrics`]: claimed GPU and latencies against physics (the job's FLOPs at the GPU's
+//!   peak, the category's minimum GPU, the model's VRAM; GPU catalogue and rules of
+//!   `heurist-points`) and against the miner's peers on the same GPU and model.
+//! - [`audit`]: which results to re-check, with a probability set so that cheating has a
+//!   negative expected value (PoSP-style; the formula is in the module docs), and a failed
+//!   check turned into slash entries of the `heurist-points` ledger with its evidence.
+//! - `llm` (feature `inference`): greedy chat answers re-generated on the claimed model,
+//!   sampled ones rescored for their likelihood under it.
+//!
+//! Still to come: re-runs of image jobs.
+//!
+//! ## Detection table: sampled chat answers on SmolLM2
+//! `cargo run --release -p heurist-verify --features inference --example detection_table -- N`
+//! rescores N jobs of `tests/fixtures/llama-cpp/smollm2_sampled.json` (48 tokens at most,
+//! T 0.7 or 1.0) with `llm::check_sampled` at its default bars, on SmolLM2-135M-Instruct
+//! Q4_1 (real weights):
+//!
+//! | answers (N = 6) | jobs | rejected | rate | z range |
+//! |---|---:|---:|---:|---|
+//! | honest, our engine | 6 | 0 | 0.0% | -1.4 to 1.4 |
+//! | honest, llama.cpp | 6 | 0 | 0.0% | -0.7 to 1.0 |
+//! | cut in half | 6 | 3 | 50.0% | -5.2 to 1.2 |
+//! | random tokens | 6 | 6 | 100.0% | -34.8 to -17.4 |
+//! | hotter (T + 0.5) | 6 | 6 | 100.0% | -18.2 to -7.3 |
+//! | greedy | 6 | 0 | 0.0% | 2.3 to 3.7 |
+//!
+//! Measured on the shared 2-core build machine, where one job (three generations and six
+//! scorings) took over two minutes (852 s for 6), so N is far below the issue's bar of 200
+//! jobs per row and 500 honest jobs; rerun it with a larger N on a free machine before relying on the rates. Not
+//! yet in the table: perturbed or re-quantised weights and dropped layers (they need a GGUF
+//! writer pass), honest answers across thread counts and batch mixes, and images. The greedy
+//! answer offered for a sampled job lands at z ≈ 3 over 48 tokens, inside the ±6 bar: the
+//! bar is set for zero false accusations and needs the larger honest calibration to come down.
 //!
 //! ## What it is not for
 //! It runs no models itself: re-execution calls `heurist-inference`. It awards and slashes
@@ -24,9 +53,10 @@
 //! from `heurist-protocol`, and the `heurist` tool and the sequencer in `examples/` call this
 //! crate.
 //!
-//! Siblings: uses `heurist-protocol` (always); will use `heurist-points` and
-//! `heurist-inference` behind features. Used by the sequencer, the miner (to check its own
-//! model files before loading them) and the `heurist` tool.
+//! Siblings: uses `heurist-protocol` and `heurist-points` (its catalogue, rules and ledger
+//! entry types, without a ledger backend) always, and `heurist-inference` behind a feature.
+//! Used by the sequencer, the miner (to check its own model files before loading them) and
+//! the `heurist` tool.
 //!
 //! ## Example: check a model file, then a submission
 //! ```
@@ -59,15 +89,18 @@
 //! ```
 //!
 //! ## Feature flags
-//! `default = []`. The checks above are always built, with no async runtime and no model
-//! engine: `cargo add heurist-verify --no-default-features` pulls neither tokio nor candle.
+//! `default = []`. The checksum, signature, metrics and audit checks are always built, with no
+//! async runtime, no model engine and no database: `cargo add heurist-verify
+//! --no-default-features` pulls neither tokio nor candle nor SQLite.
 //! - `inference` (off): the `llm` module, chat answers re-checked on the claimed model with
 //!   `heurist-inference`.
 
+pub mod audit;
 pub mod checksum;
 mod error;
 #[cfg(feature = "inference")]
 pub mod llm;
+pub mod metrics;
 pub mod signature;
 
 pub use checksum::{

@@ -2,18 +2,21 @@
 //!
 //! Identity wallets and hourly signatures (`wallet`, `sign`, `verify-signature`), job checks
 //! (`job check`), image jobs on a local checkpoint (`generate`), the model registry
-//! (`registry`), reward rules and ledgers (`points`, `ledger`). Each subcommand is a thin layer
-//! over the library crates; what a test wants to check lives there, not here.
+//! (`registry`), reward rules and ledgers (`points`, `ledger`), file checksums (`checksum`)
+//! and chat results re-checked on a model (`verify`). Each subcommand is a thin layer over the
+//! library crates; what a test wants to check lives there, not here.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod checksum;
 mod generate;
 mod job;
 mod points;
 mod registry;
 mod sign;
+mod verify;
 mod wallet;
 
 /// Tools for Heurist miners, sequencers and reward services.
@@ -44,6 +47,10 @@ enum Command {
     Points(points::PointsArgs),
     /// Show balances, phases or entries of a points ledger (SQLite file or postgres:// URL).
     Ledger(points::LedgerArgs),
+    /// Print a file's SHA-256; with --expect, exit 1 when it differs.
+    Checksum(checksum::ChecksumArgs),
+    /// Re-check a chat result on the model: exit 0 when it holds, 1 when it is rejected (with the evidence), 2 when it cannot be judged.
+    Verify(verify::VerifyArgs),
 }
 
 /// What a subcommand's run ended with, when it did not fail outright.
@@ -92,5 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Registry(a) => registry::run(a),
         Command::Points(a) => points::run_points(a),
         Command::Ledger(a) => points::run_ledger(a),
+        Command::Checksum(a) => checksum::run(a),
+        Command::Verify(a) => verify::run(a),
     }
 }

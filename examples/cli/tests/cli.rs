@@ -222,4 +222,126 @@ fn generate_runs_a_real_example_job_on_the_tiny_model() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("corrupt.safetensors"), "{}", stderr(&bad));
     assert!(!missing.exists());
+#[test]
+fn checksum_prints_the_digest_and_checks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.safetensors");
+    std::fs::write(&file, b"abc").unwrap();
+    let f = file.to_str().unwrap();
+    // SHA-256("abc"), FIPS 180-2 appendix B.1.
+    let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let out = heurist(&["checksum", f], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{abc}  {f}\n"));
+    // Any case is accepted.
+    let ok = heurist(&["checksum", f, "--expect", &abc.to_uppercase()], None);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    // One byte changed: refused, both digests shown.
+    std::fs::write(&file, b"abd").unwrap();
+    let bad = heurist(&["checksum", f, "--expect", abc], None);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stdout(&bad).contains("mismatch: expected ba7816bf"), "{}", stdout(&bad));
+    assert!(!stdout(&bad).starts_with(abc));
+    // A malformed digest or a missing file is bad input.
+    let malformed = heurist(&["checksum", f, "--expect", "ba78"], None);
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(stderr(&malformed).contains("--expect") && stderr(&malformed).contains("64 hex digits"), "{}", stderr(&malformed));
+    let missing = heurist(&["checksum", "/no/such/model.safetensors"], None);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("/no/such/model.safetensors"));
+}
+
+#[test]
+fn checksum_shows_progress_for_big_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bin");
+    // A sparse 65 MiB file: zeros, cheap to make and to read.
+    std::fs::File::create(&big).unwrap().set_len(65 << 20).unwrap();
+    let out = heurist(&["checksum", big.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0));
+    // SHA-256 of 65 MiB of zeros, by Python's hashlib: hashlib.sha256(bytes(65 << 20)).hexdigest().
+    assert!(stdout(&out).starts_with("25631f11bd18756ec0029380ec886af0c8824dc6b2706bbdb1d9451c7cf45f42"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("65 / 65 MiB (100%)"), "{}", stderr(&out));
+    let quiet = heurist(&["checksum", "--quiet", big.to_str().unwrap()], None);
+    assert_eq!(stderr(&quiet), "");
+    let small = dir.path().join("small.bin");
+    std::fs::write(&small, b"x").unwrap();
+    assert_eq!(stderr(&heurist(&["checksum", small.to_str().unwrap()], None)), "");
+}
+
+/// A greedy chat job for SmolLM2 and the model's own answer, made in-process with the engine
+/// (the request built here by hand, not by the code under test).
+fn greedy_job_and_answer() -> (std::path::PathBuf, String, String) {
+    use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, smollm2_path};
+    let model = smollm2_path().unwrap_or_else(|e| panic!("{e}"));
+    let engine = ChatEngine::load_gguf(&model, DeviceSpec::Cpu).unwrap();
+    let question = "Name three primary colors.";
+    let answer = engine.chat(&ChatRequest::new(vec![ChatMessage::user(question)]).with_max_tokens(24)).unwrap().text;
+    let prompt = serde_json::to_string(&serde_json::json!([{"role": "user", "content": question}])).unwrap();
+    let job = serde_json::json!({
+        "job_id": "llm-job-1", "model_id": "SmolLM2-135M-Instruct",
+        "model_input": {"LLM": {"prompt": prompt, "temperature": 0, "max_tokens": 24, "seed": 7}},
+    });
+    (model, job.to_string(), answer)
+}
+
+fn submit_body(job_id: &str, answer: &str) -> String {
+    let choices = serde_json::json!([{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "length"}]);
+    serde_json::json!({
+        "miner_id": format!("{REWARD}-gpu0"), "job_id": job_id, "result": {"Text": choices.to_string()},
+        "request_latency": 0.1, "inference_latency": 1.0,
+        "signature": format!("{}1b", "11".repeat(64)), "identity_address": REWARD,
+    })
+    .to_string()
+}
+
+#[test]
+fn verify_accepts_the_greedy_answer_and_rejects_substitutes() {
+    let (model, job, answer) = greedy_job_and_answer();
+    assert!(answer.len() > 20, "{answer:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let job_file = dir.path().join("job.json");
+    std::fs::write(&job_file, &job).unwrap();
+    let m = model.to_str().unwrap();
+    let j = job_file.to_str().unwrap();
+    let run = |submit: &str| {
+        let f = dir.path().join("submit.json");
+        std::fs::write(&f, submit).unwrap();
+        heurist(&["verify", "--model", m, j, f.to_str().unwrap()], None)
+    };
+
+    let honest = run(&submit_body("llm-job-1", &answer));
+    assert_eq!(honest.status.code(), Some(0), "{}{}", stdout(&honest), stderr(&honest));
+    assert!(stdout(&honest).starts_with("holds: job llm-job-1"), "{}", stdout(&honest));
+
+    // Truncated, altered, made up: rejected, with where the answers part.
+    let cut = &answer[..answer.len() / 2];
+    for (what, claimed) in [("truncated", cut.to_owned()), ("altered", answer.replacen(' ', "  ", 1)), ("made up", "Red, green and blue.".to_owned())] {
+        assert_ne!(claimed, answer, "{what}");
+        let out = run(&submit_body("llm-job-1", &claimed));
+        assert_eq!(out.status.code(), Some(1), "{what}: {}{}", stdout(&out), stderr(&out));
+        assert!(stdout(&out).starts_with("rejected: job llm-job-1") && stdout(&out).contains("differs"), "{what}: {}", stdout(&out));
+    }
+    let out = run(&submit_body("llm-job-1", cut));
+    assert!(stdout(&out).contains(&format!("at byte {}", cut.len())), "{}", stdout(&out));
+
+    // Cannot be judged: exit 2 with the reason.
+    let other = run(&submit_body("llm-job-2", &answer));
+    assert_eq!(other.status.code(), Some(2));
+    assert!(stderr(&other).contains("llm-job-2"), "{}", stderr(&other));
+    let sampled_file = dir.path().join("sampled.json");
+    std::fs::write(&sampled_file, job.replace("\"temperature\":0", "\"temperature\":0.7")).unwrap();
+    let f = dir.path().join("submit.json");
+    std::fs::write(&f, submit_body("llm-job-1", &answer)).unwrap();
+    let sampled = heurist(&["verify", "--model", m, sampled_file.to_str().unwrap(), f.to_str().unwrap()], None);
+    assert_eq!(sampled.status.code(), Some(2));
+    assert!(stderr(&sampled).contains("temperature 0.7"), "{}", stderr(&sampled));
+    let malformed = run("{\"miner_id\": 1");
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(stderr(&malformed).contains("miner_submit"), "{}", stderr(&malformed));
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, submit_body("llm-job-1", &answer)).unwrap();
+    let no_model = heurist(&["verify", "--model", "/no/such/model.gguf", j, good.to_str().unwrap()], None);
+    assert_eq!(no_model.status.code(), Some(2));
+    assert!(stderr(&no_model).contains("/no/such/model.gguf"), "{}", stderr(&no_model));
 }

@@ -3,8 +3,12 @@
 // The helpers here are test code too (clippy.toml allows unwrap in #[test] fns only).
 #![allow(clippy::unwrap_used)]
 
+mod audit;
 mod cache;
 mod checksum;
+#[cfg(feature = "inference")]
+mod llm;
+mod metrics;
 mod signatures;
 
 use std::path::PathBuf;

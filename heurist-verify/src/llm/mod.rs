@@ -1,0 +1,152 @@
+//! Chat answers re-checked on the claimed model (feature `inference`).
+//!
+//! For a greedy job (temperature 0) the answer is a function of the model and the prompt:
+//! re-generating it on the claimed model must give the same text, so any difference is
+//! evidence that the miner ran another model (or a further-quantised one), sampled instead
+//! of decoding greedily, cut the answer short, or made the text up. The evidence names the
+//! first point where the two answers part.
+//!
+//! This is exact only where the verifier's numerics equal the miner's (same engine, same
+//! weights, same kernels); checking answers made by another engine (vLLM, llama.cpp) needs a
+//! tolerance on rescored likelihoods instead. Sampled answers are judged by their likelihood
+//! under the claimed model ([`likelihood`]).
+//!
+//! [`check_greedy_submission`] takes the wire types as they come (a job and the
+//! `miner_submit` answering it), builds the request the way a miner does ([`chat_request`])
+//! and checks the first choice's text; this is what `heurist verify` runs.
+
+pub mod likelihood;
+
+pub use likelihood::{SampledCheck, SampledThresholds, check_sampled};
+
+use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, Role};
+use heurist_protocol::openai;
+use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
+use heurist_protocol::{Job, JobParams, LlmParams, MinerLimits, MinerSubmit};
+
+use crate::error::{Result, VerifyError};
+
+/// The outcome of re-generating a greedy answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GreedyCheck {
+    /// Whether the claimed answer is the model's greedy answer.
+    pub matches: bool,
+    /// The model's answer.
+    pub reference: String,
+    /// Byte offset of the first difference (`None` when they match).
+    pub first_difference: Option<usize>,
+    /// Tokens the reference generated.
+    pub reference_tokens: usize,
+}
+
+impl GreedyCheck {
+    /// A one-line account of a mismatch, with the numbers, for a slash's evidence.
+    pub fn evidence(&self, claimed: &str) -> String {
+        let at = self.first_difference.unwrap_or(0);
+        let excerpt = |s: &str| s.get(at..).unwrap_or("").chars().take(40).collect::<String>();
+        format!(
+            "greedy answer differs from the claimed model's at byte {at} of {} (reference {} bytes, {} tokens): claimed {:?}, model {:?}",
+            claimed.len(),
+            self.reference.len(),
+            self.reference_tokens,
+            excerpt(claimed),
+            excerpt(&self.reference),
+        )
+    }
+}
+
+/// Re-generates `request` greedily on `engine` and compares with `claimed`.
+///
+/// `request` must be greedy (temperature 0): a sampled request is
+/// [`VerifyError::NotGreedy`], since its answer is not a function of the prompt.
+pub fn check_greedy(engine: &ChatEngine, request: &ChatRequest, claimed: &str) -> Result<GreedyCheck> {
+    if request.temperature != 0.0 {
+        return Err(VerifyError::NotGreedy { temperature: request.temperature });
+    }
+    let out = engine.chat(request).map_err(|e| VerifyError::Inference { reason: e.to_string() })?;
+    let first_difference = first_difference(claimed, &out.text);
+    Ok(GreedyCheck {
+        matches: first_difference.is_none(),
+        reference: out.text,
+        first_difference,
+        reference_tokens: out.usage.completion_tokens,
+    })
+}
+
+/// The engine request of a clamped chat job, as the reference miner runs it: the job's
+/// messages, `max_tokens`, temperature and seed, and the reference's stop strings plus the
+/// job's own.
+pub fn chat_request(params: &LlmParams) -> ChatRequest {
+    let messages = params.payload.messages.iter().map(|m| ChatMessage::new(role(m.role), m.text_content())).collect();
+    let mut stop: Vec<String> = REFERENCE_STOP_STRINGS.iter().map(|s| (*s).to_owned()).collect();
+    if let Some(s) = &params.payload.sampling.stop {
+        stop.extend(s.to_vec().into_iter().filter(|s| !s.is_empty()));
+    }
+    ChatRequest::new(messages)
+        .with_max_tokens(params.max_tokens as usize)
+        .with_sampling(params.temperature, Some(params.seed))
+        .with_stop(stop)
+}
+
+fn role(r: openai::Role) -> Role {
+    match r {
+        openai::Role::System => Role::System,
+        openai::Role::User => Role::User,
+        openai::Role::Assistant => Role::Assistant,
+        openai::Role::Tool => Role::Tool,
+    }
+}
+
+/// The answer a chat submission claims: the text of its first choice.
+pub fn submitted_answer(submit: &MinerSubmit) -> Result<String> {
+    let choices = match submit.result.choices() {
+        None => return Err(VerifyError::NotChatResult { job_id: submit.job_id.clone() }),
+        Some(c) => c.map_err(|e| VerifyError::MalformedSubmit { source: Box::new(e) })?,
+    };
+    let first = choices.into_iter().min_by_key(|c| c.index).ok_or_else(|| VerifyError::InvalidClaim {
+        field: "result.Text",
+        value: "[]".to_owned(),
+        expected: "a choices array with at least one choice",
+    })?;
+    Ok(first.message.text_content())
+}
+
+/// Re-checks the answer `submit` claims for the greedy chat job `job` on `engine`.
+///
+/// A submission for another job is [`VerifyError::NoJob`]; an image result
+/// [`VerifyError::NotChatResult`]; a sampled job [`VerifyError::NotGreedy`].
+pub fn check_greedy_submission(engine: &ChatEngine, job: &Job, submit: &MinerSubmit) -> Result<GreedyCheck> {
+    if submit.job_id != job.job_id {
+        return Err(VerifyError::NoJob { job_id: submit.job_id.clone(), miner_id: submit.miner_id.to_string() });
+    }
+    // The seed is unused by a greedy job; a fixed one keeps the request deterministic.
+    let clamped = MinerLimits::default()
+        .clamp(job, || 0)
+        .map_err(|e| VerifyError::MalformedJob { job_id: job.job_id.clone(), source: Box::new(e) })?;
+    let JobParams::Llm(params) = &clamped.params else {
+        return Err(VerifyError::NotChatResult { job_id: job.job_id.clone() });
+    };
+    let claimed = submitted_answer(submit)?;
+    check_greedy(engine, &chat_request(params), &claimed)
+}
+
+/// Byte offset of the first difference between two texts, `None` when equal.
+fn first_difference(a: &str, b: &str) -> Option<usize> {
+    if a == b {
+        return None;
+    }
+    Some(a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_difference_points_at_the_split() {
+        assert_eq!(first_difference("abc", "abc"), None);
+        assert_eq!(first_difference("abc", "abd"), Some(2));
+        assert_eq!(first_difference("ab", "abc"), Some(2));
+        assert_eq!(first_difference("", "x"), Some(0));
+    }
+}
