@@ -222,6 +222,8 @@ fn generate_runs_a_real_example_job_on_the_tiny_model() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("corrupt.safetensors"), "{}", stderr(&bad));
     assert!(!missing.exists());
+}
+
 #[test]
 fn checksum_prints_the_digest_and_checks_it() {
     let dir = tempfile::tempdir().unwrap();
