@@ -144,9 +144,16 @@ fn bad_settings_are_named_and_help_lists_every_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (code, help) = run(dir.path(), &["--help"]);
     assert_eq!(code, 0);
-    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval"] {
+    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval", "--sd-checkpoint", "--s3-endpoint", "--s3-region"] {
         assert!(help.contains(flag), "--help documents {flag}");
     }
+
+    let (code, out) = run(dir.path(), &["--miner-id", "0x0000000000000000000000000000000000000001-gpu0", "--sd-checkpoint", "no-path-given"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no-path-given") && out.contains("MODEL_ID=PATH"), "names the bad checkpoint: {out}");
+    let (code, out) = run(dir.path(), &["--miner-id", "0x0000000000000000000000000000000000000001-gpu0"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("nothing to serve"), "{out}");
 
     std::fs::write(dir.path().join(".env"), "MINER_ID_0=not-a-miner-id\n").unwrap();
     let (code, out) = run(dir.path(), &["--llm-gguf", "x.gguf", "--llm-model-id", MODEL]);
