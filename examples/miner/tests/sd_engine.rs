@@ -132,3 +132,51 @@ async fn sd_job_on_the_tiny_checkpoint_is_stored_and_accepted() {
     assert_ne!(runner.generate(TINY, &params(1)).unwrap().rgb(), runner.generate(TINY, &params(2)).unwrap().rgb());
     seq.shutdown().await.unwrap();
 }
+
+fn thread_check_params() -> SdParams {
+    SdParams {
+        prompt: "best quality, a lighthouse at dusk".into(),
+        neg_prompt: "lowres".into(),
+        width: 96,
+        height: 64,
+        steps: 4,
+        guidance_scale: 7.0,
+        seed: 2020697195,
+        seed_was_random: false,
+        sampler: None,
+    }
+}
+
+/// Run by [`rerun_with_another_thread_count_gives_the_same_pixels`] in a child process: writes
+/// the image's pixels where `HEURIST_SD_DUMP` says; does nothing otherwise.
+#[test]
+fn dump_pixels_for_the_thread_check() {
+    let Ok(out) = std::env::var("HEURIST_SD_DUMP") else { return };
+    let runner = SdRunner::load(&[CheckpointSpec { model_id: TINY.into(), path: tiny_checkpoint() }], DeviceSpec::Cpu).unwrap();
+    std::fs::write(out, runner.generate(TINY, &thread_check_params()).unwrap().rgb()).unwrap();
+}
+
+/// What an image audit's tolerance rests on: the same job re-run in a process with another
+/// thread count (1 against this machine's default) gives the same pixels, bit for bit.
+#[test]
+fn rerun_with_another_thread_count_gives_the_same_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut images = Vec::new();
+    for threads in ["1", "3"] {
+        let path = dir.path().join(format!("t{threads}.rgb"));
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "dump_pixels_for_the_thread_check", "--test-threads", "1"])
+            .env("HEURIST_SD_DUMP", &path)
+            .env("RAYON_NUM_THREADS", threads)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        images.push(std::fs::read(&path).unwrap());
+    }
+    let runner = SdRunner::load(&[CheckpointSpec { model_id: TINY.into(), path: tiny_checkpoint() }], DeviceSpec::Cpu).unwrap();
+    let here = runner.generate(TINY, &thread_check_params()).unwrap();
+    assert_eq!(images[0].len(), 96 * 64 * 3);
+    let diff = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    assert_eq!(diff(&images[0], here.rgb()), 0, "1 thread against the default");
+    assert_eq!(diff(&images[1], here.rgb()), 0, "3 threads against the default");
+}
