@@ -1,8 +1,14 @@
 //! `heurist-demo`: the whole network on one machine.
 //!
-//! A local sequencer with its portal, two honest miners and one cheater, a client feeding
-//! chat jobs, audits of every accepted answer on the claimed model, and a closing table of
-//! jobs, verdicts and points. Image jobs join once the image engine lands.
+//! A local sequencer with its portal and an embedded S3 server (`s3s-fs`, loopback, a temporary
+//! folder), two honest chat miners and one chat cheater, an honest image miner and an image
+//! cheater, a client feeding chat jobs and image jobs built from the network's example files
+//! (SD 1.5 ones, served by the tiny SD 1.5 checkpoint under a model id the demo registers),
+//! audits of every accepted result on the claimed model, and a closing table of jobs, verdicts
+//! and points.
+//!
+//! Image audits (`heurist_sequencer::audit::ImageAuditor`) fetch the PNG from S3, re-run the
+//! job and compare pixels within [`IMAGE_TOLERANCE`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,11 +28,32 @@ use heurist_protocol::{
     IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, MinerSubmit, Nullable, Registry, RegistryEntry,
     RequestAnswer, SubmitJob, SubmitResult,
 };
+use heurist_miner::image::{Image, ImageError, ImageRunner, ImageWorker};
+use heurist_miner::sd::{CheckpointSpec, SdRunner};
+use heurist_miner::signal::ModelChoice;
+use heurist_miner::upload::{DEFAULT_REGION, Uploader};
+use heurist_protocol::SdParams;
+use heurist_sequencer::audit::{ByKind, ImageAuditor, ImageRerun, ImageTolerance, RgbImage};
+use heurist_sequencer::s3::LocalS3;
 use heurist_sequencer::{AuditPolicy, AuditVerdict, Auditor, SequencerConfig};
 use serde_json::{Value, json};
 
 /// The registry name the demo serves SmolLM2 under.
 const MODEL: &str = "smollm2-135m-instruct";
+/// The registry name the demo serves the tiny SD 1.5 checkpoint under (type `sd15`).
+const SD_MODEL: &str = "tiny-sd15";
+/// The network's image bucket name, on the embedded S3 server.
+const BUCKET: &str = "heurist-images";
+/// The example files' SD 1.5 models (registry type `sd15`), whose jobs the demo maps onto the
+/// tiny checkpoint.
+const SD15_EXAMPLES: [&str; 4] = ["Aurora", "BrainDance", "YamersCartoonArcadia", "ArthemyComics"];
+/// What counts as the same image in an audit. The engine is deterministic for a job on one
+/// build: re-running a job in a process with another thread count (`RAYON_NUM_THREADS` 1 and
+/// 3 against the default; heurist-miner's test `rerun_with_another_thread_count_gives_the_same_pixels`)
+/// gave identical pixels, so the
+/// margin only absorbs another machine's kernels; a cheater's image (another seed, a third of
+/// the steps) differs by tens of levels on average.
+const IMAGE_TOLERANCE: ImageTolerance = ImageTolerance { max_abs: 8, mean_abs: 0.5 };
 const API_KEY: &str = "demo-key";
 
 /// Run a local Heurist network: sequencer, honest miners, a cheater, audits, points.
@@ -39,6 +66,20 @@ struct Args {
     /// Tokens per answer.
     #[arg(long, default_value_t = 24)]
     max_tokens: u32,
+    /// Image jobs to feed, built from the SD 1.5 example files in turn.
+    #[arg(long, default_value_t = 4)]
+    image_jobs: usize,
+    /// The network's example jobs (heurist-models/examples).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/heurist-models/examples"))]
+    examples: PathBuf,
+    /// Clamp image jobs to at most this many steps (0: as the example has them). The
+    /// examples' 20 to 30 steps at 512x768 take over a minute an image on 2 CPU cores, past
+    /// the protocol's 18 s image deadline, hence the default.
+    #[arg(long, default_value_t = 8)]
+    max_image_steps: u32,
+    /// Clamp image jobs to at most this width and height (0: as the example has them).
+    #[arg(long, default_value_t = 192)]
+    max_image_side: u32,
     /// Where the sequencer listens (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
@@ -92,6 +133,68 @@ impl Auditor for GreedyAuditor {
             Err(e) => AuditVerdict::Skipped { reason: e.to_string() },
         }
     }
+}
+
+/// An image cheater's engine: runs a third of the steps the job asks for (a third of the
+/// work) and returns that image as the job's.
+struct FewerSteps(Arc<SdRunner>);
+
+impl ImageRunner for FewerSteps {
+    fn generate(&self, model_id: &str, params: &SdParams) -> Result<Image, ImageError> {
+        let cheap = SdParams { steps: (params.steps / 3).max(1), ..params.clone() };
+        self.0.generate(model_id, &cheap)
+    }
+}
+
+/// The auditor's re-run of an image job: the job clamped as a miner clamps it, run on the
+/// claimed model's checkpoint.
+struct Rerun {
+    runner: Arc<SdRunner>,
+    limits: MinerLimits,
+}
+
+impl ImageRerun for Rerun {
+    fn rerun(&self, job: &Job) -> Result<RgbImage, String> {
+        let clamped = self.limits.clamp(job, || 0).map_err(|e| e.to_string())?;
+        let JobParams::Sd(params) = clamped.params else { return Err("not an image job".into()) };
+        let img = self.runner.generate(&job.model_id, &params).map_err(|e| e.to_string())?;
+        Ok(RgbImage { width: img.width(), height: img.height(), rgb: img.rgb().to_vec() })
+    }
+}
+
+/// The tiny SD 1.5 checkpoint (heurist-inference's test fixture, 3 MB, made by
+/// tools/make_sd_models.py).
+fn tiny_sd15() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../heurist-inference/tests/fixtures/sd/tiny-sd15-fp16.safetensors")
+}
+
+/// Image jobs from the example files of SD 1.5 models, for [`SD_MODEL`], clamped as asked.
+fn image_jobs(args: &Args) -> anyhow::Result<Vec<(String, SubmitJob)>> {
+    let mut out = Vec::new();
+    for i in 0..args.image_jobs {
+        let name = SD15_EXAMPLES[i % SD15_EXAMPLES.len()];
+        let file = match i / SD15_EXAMPLES.len() {
+            0 => format!("{name}.json"),
+            n => format!("{name}-{}.json", n % 3 + 1),
+        };
+        let path = args.examples.join(&file);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("example job {}", path.display()))?;
+        let mut input: Value = serde_json::from_str(&text).with_context(|| format!("example job {}", path.display()))?;
+        let steps = input["num_inference_steps"].take();
+        let obj = input.as_object_mut().context("an example job is a JSON object")?;
+        let clamp = |v: &Value, max: u32| match (v.as_u64(), max) {
+            (Some(n), m) if m > 0 && n > u64::from(m) => json!(m),
+            _ => v.clone(),
+        };
+        obj.insert("num_iterations".into(), clamp(&steps, args.max_image_steps));
+        for side in ["width", "height"] {
+            let v = clamp(&obj[side], args.max_image_side);
+            obj.insert(side.into(), v);
+        }
+        let job: SubmitJob = serde_json::from_value(json!({"job_id": format!("demo-image-{i:03}"), "model_id": SD_MODEL, "model_input": {"SD": input}}))?;
+        out.push((file, job));
+    }
+    Ok(out)
 }
 
 /// The cheater: answers every job at once with made-up text instead of running the model,
@@ -152,14 +255,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("[1/5] loading {} on the CPU", model_path.display());
     let engine = Arc::new(SharedEngine::new(tokio::task::spawn_blocking(move || ChatEngine::load_gguf(model_path, DeviceSpec::Cpu)).await??));
 
+    let sd_runner = {
+        let spec = CheckpointSpec { model_id: SD_MODEL.into(), path: tiny_sd15() };
+        Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&[spec], DeviceSpec::Cpu)).await??)
+    };
+    let s3 = LocalS3::start(tmp.path().join("s3"), "demo-access-key", "demo-secret-key").await?;
+    s3.create_bucket(BUCKET)?;
+    let grant = s3.grant(BUCKET);
+    println!("      S3 server (s3s-fs) on {}, bucket {BUCKET}", s3.endpoint());
+
     let mut registry = Registry::bundled()?;
     registry.models.push(serde_json::from_value::<RegistryEntry>(json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4}))?);
+    registry.models.push(serde_json::from_value::<RegistryEntry>(json!({"name": SD_MODEL, "type": "sd15"}))?);
     let mut config = SequencerConfig::new(args.listen, data_dir.clone())?;
     config.registry = registry;
     config.api_keys = vec![API_KEY.into()];
     config.rules = rules_file(tmp.path())?.display().to_string();
     let limits = MinerLimits { sleep_duration: 1, ..MinerLimits::default() };
-    config.audit = Some(AuditPolicy { auditor: Arc::new(GreedyAuditor { engine: engine.clone(), limits: limits.clone() }), rate: 1.0 });
+    config.s3 = Some(grant.clone());
+    config.verify_s3_objects = true;
+    let image_auditor = ImageAuditor {
+        rerun: Arc::new(Rerun { runner: sd_runner.clone(), limits: limits.clone() }),
+        grant,
+        tolerance: IMAGE_TOLERANCE,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+    };
+    let auditor = ByKind { llm: Some(Arc::new(GreedyAuditor { engine: engine.clone(), limits: limits.clone() })), sd: Some(Arc::new(image_auditor)) };
+    config.audit = Some(AuditPolicy { auditor: Arc::new(auditor), rate: 1.0 });
     let seq = heurist_sequencer::start(config).await?;
     let url = seq.url();
     println!("[2/5] sequencer on {url} — portal {url}/ (JSON: {url}/api/portal)");
@@ -181,7 +303,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": args.max_tokens, "seed": i}}}))?;
         client.submit_job(API_KEY, &job).await?;
     }
-    println!("[3/5] queued {} chat jobs for {MODEL}", args.jobs);
+    let images = image_jobs(&args)?;
+    for (_, job) in &images {
+        client.submit_job(API_KEY, job).await?;
+    }
+    let total = args.jobs + images.len();
+    println!("[3/5] queued {} chat jobs for {MODEL} and {} image jobs for {SD_MODEL} ({})", args.jobs, images.len(), images.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(", "));
+    if args.max_image_steps > 0 || args.max_image_side > 0 {
+        println!(
+            "      image jobs clamped to at most {} steps and {} pixels a side (0: as the examples) to fit 2 CPU cores and the 18 s image deadline; --max-image-steps 0 --max-image-side 0 runs them as written",
+            args.max_image_steps, args.max_image_side
+        );
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -207,9 +340,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = worker.run(stop).await;
         });
     }
+    let uploader = Uploader::new(&s3.endpoint(), DEFAULT_REGION, Duration::from_secs(30))?;
+    let image_miners: [(&str, u64, Arc<dyn ImageRunner>); 2] =
+        [("carol", 0xca201, sd_runner.clone()), ("eve", 0xe7e, Arc::new(FewerSteps(sd_runner.clone())))];
+    let mut image_cheater = None;
+    for (tag, n, runner) in image_miners {
+        let id: MinerId = format!("0x{n:040x}-{tag}").parse()?;
+        let stats = Arc::new(Stats::default());
+        if tag == "eve" {
+            image_cheater = Some(id.clone());
+        } else {
+            honest.push((id.clone(), stats.clone()));
+        }
+        let worker = Arc::new(ImageWorker {
+            miner_id: id,
+            wallet: Arc::new(IdentityWallet::generate()?),
+            model: Arc::new(ModelChoice::pinned(SD_MODEL)),
+            runner,
+            uploader: uploader.clone(),
+            bucket: BUCKET.into(),
+            client: client.clone(),
+            spool: Spool::open(tmp.path().join(format!("spool-{tag}")))?,
+            limits: limits.clone(),
+            version: "sd-v1.4.0".into(),
+            hardware: "NVIDIA GeForce RTX 4090".into(),
+            stats,
+        });
+        let stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let _ = worker.run(stop).await;
+        });
+    }
+    let image_cheater = image_cheater.context("the image cheater")?;
     let cheater: MinerId = "0x00000000000000000000000000000000c4ea7e55-mallory".parse()?;
     tasks.spawn(cheat(client.clone(), cheater.clone(), IdentityWallet::generate()?, stop_rx.clone()));
-    println!("[4/5] miners: alice and bob (honest, SmolLM2 on this CPU), mallory (answers without running the model)");
+    println!("[4/5] miners: alice and bob (honest, SmolLM2 on this CPU), mallory (answers without running the model);");
+    println!("      carol (honest, {SD_MODEL} on this CPU), eve (runs a third of the steps an image job asks for)");
 
     // Wait for every job to be done and audited.
     let mut last = String::new();
@@ -217,12 +383,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let v: Value = get_json(&format!("{url}/api/portal")).await?;
         let recent = v["recent"].as_array().cloned().unwrap_or_default();
         let audited = recent.iter().filter(|r| r["verdict"].get("audit").is_some()).count();
-        let line = format!("      {} of {} jobs done, {audited} audited", recent.len(), args.jobs);
+        let line = format!("      {} of {total} jobs done, {audited} audited", recent.len());
         if line != last {
             println!("{line}");
             last = line;
         }
-        if recent.len() >= args.jobs && audited >= args.jobs {
+        // Done when nothing is queued or assigned (a job whose miners all ran past its deadline
+        // ends failed, not waited for) and every result is audited.
+        let pending: i64 = v["jobs"]
+            .as_array()
+            .map(|s| s.iter().filter(|p| matches!(p[0].as_str(), Some("queued" | "assigned"))).filter_map(|p| p[1].as_i64()).sum())
+            .unwrap_or(1);
+        if pending == 0 && audited >= recent.len() {
             break v;
         }
         anyhow::ensure!(started.elapsed() < Duration::from_secs(1800), "the demo did not finish in 30 minutes: {v}");
@@ -233,7 +405,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     println!("[5/5] results after {:.1} s\n", started.elapsed().as_secs_f64());
     let mut jobs = Table::new();
-    jobs.load_preset(UTF8_BORDERS_ONLY).set_header(["job", "model", "miner", "latency (s)", "verdict"]);
+    jobs.load_preset(UTF8_BORDERS_ONLY).set_header(["job", "model", "miner", "latency (s)", "points", "verdict"]);
     let mut recent = view["recent"].as_array().cloned().unwrap_or_default();
     recent.sort_by(|a, b| a["job_id"].as_str().cmp(&b["job_id"].as_str()));
     for r in &recent {
@@ -244,7 +416,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => "accepted".to_owned(),
         };
         let miner = r["miner_id"].as_str().unwrap_or("?");
-        jobs.add_row([r["job_id"].as_str().unwrap_or("?"), MODEL, miner.rsplit('-').next().unwrap_or(miner), &format!("{:.2}", r["latency_s"].as_f64().unwrap_or(0.0)), &verdict]);
+        let model = if r["job_id"].as_str().is_some_and(|j| j.starts_with("demo-image")) { SD_MODEL } else { MODEL };
+        let points = match (r["verdict"]["points"].as_f64(), r["verdict"]["currency"].as_str()) {
+            (Some(p), Some(c)) => format!("{p:.4} {c}"),
+            (Some(p), None) => format!("{p:.4}"),
+            _ => "-".into(),
+        };
+        jobs.add_row([r["job_id"].as_str().unwrap_or("?"), model, miner.rsplit('-').next().unwrap_or(miner), &format!("{:.2}", r["latency_s"].as_f64().unwrap_or(0.0)), &points, &verdict]);
     }
     println!("{jobs}\n");
     let mut miners = Table::new();
@@ -265,18 +443,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for s in &slashes {
         println!("  {} job {}: -{} {} — {}", s["miner_id"].as_str().unwrap_or("?"), s["job_id"].as_str().unwrap_or("?"), s["points"], s["currency"].as_str().unwrap_or(""), s["reason"].as_str().unwrap_or(""));
     }
-    let honest_ok = recent.iter().filter(|r| r["miner_id"] != cheater.to_string()).all(|r| r["verdict"]["audit"]["status"] == "pass");
-    let caught = recent.iter().any(|r| r["miner_id"] == cheater.to_string())
-        && recent.iter().filter(|r| r["miner_id"] == cheater.to_string()).all(|r| r["verdict"]["audit"]["status"] == "fail");
+    let cheaters = [cheater.to_string(), image_cheater.to_string()];
+    let is_cheater = |r: &Value| cheaters.iter().any(|c| r["miner_id"] == c.as_str());
+    let honest_ok = recent.iter().filter(|r| !is_cheater(r)).all(|r| r["verdict"]["audit"]["status"] == "pass");
+    let honest_images = recent.iter().filter(|r| !is_cheater(r) && r["job_id"].as_str().is_some_and(|j| j.starts_with("demo-image"))).count();
+    // Each cheater: caught on every job it took (or it took none).
+    let caught_each: Vec<(String, usize, bool)> = cheaters
+        .iter()
+        .map(|c| {
+            let theirs: Vec<_> = recent.iter().filter(|r| r["miner_id"] == c.as_str()).collect();
+            (c.rsplit('-').next().unwrap_or(c).to_owned(), theirs.len(), theirs.iter().all(|r| r["verdict"]["audit"]["status"] == "fail"))
+        })
+        .collect();
+    let caught = caught_each.iter().all(|(_, _, all)| *all);
+    for (name, took, all) in &caught_each {
+        println!("cheater {name}: took {took} job(s), slashed on {}", if *all { "every one" } else { "NOT every one" });
+    }
     let done: u64 = honest.iter().map(|(_, s)| s.done.load(Ordering::Relaxed)).sum();
-    println!("\nhonest jobs accepted and passed: {} ({done} by alice and bob); cheater caught: {}", if honest_ok { "yes" } else { "NO" }, if caught { "yes" } else { "NO" });
+    println!("honest image jobs: {honest_images}");
+    println!("\nhonest jobs accepted and passed: {} ({done} by alice, bob and carol); cheater caught: {}", if honest_ok { "yes" } else { "NO" }, if caught { "yes" } else { "NO" });
     if args.serve {
         println!("\nportal: {url}/ — Ctrl-C to stop");
         tokio::signal::ctrl_c().await?;
     }
     seq.shutdown().await?;
+    s3.shutdown().await;
+    anyhow::ensure!(recent.len() >= total, "{} of {total} jobs ended without an accepted result", total - recent.len().min(total));
     anyhow::ensure!(honest_ok, "an honest job was not accepted");
-    anyhow::ensure!(caught || !recent.iter().any(|r| r["miner_id"] == cheater.to_string()), "the cheater was not caught");
+    anyhow::ensure!(caught, "a cheater was not caught on every job it took");
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! The demo binary runs to completion: honest jobs accepted and audited, the cheater caught.
+//! The demo binary runs to completion: honest chat and image jobs accepted and audited, both
+//! cheaters (chat and image) caught on every job they took, the image cheater on at least one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -7,7 +8,7 @@ use std::process::Command;
 #[test]
 fn demo_runs_honest_jobs_and_catches_the_cheater() {
     let out = Command::new(env!("CARGO_BIN_EXE_heurist-demo"))
-        .args(["--jobs", "4", "--max-tokens", "6"])
+        .args(["--jobs", "4", "--max-tokens", "6", "--image-jobs", "4"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -15,6 +16,15 @@ fn demo_runs_honest_jobs_and_catches_the_cheater() {
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("honest jobs accepted and passed: yes"), "{stdout}");
     assert!(stdout.contains("portal http://127.0.0.1:"), "{stdout}");
-    // Either the cheater took jobs and was caught on every one, or it took none.
-    assert!(stdout.contains("cheater caught: yes") || !stdout.contains("mallory   "), "{stdout}");
+    // Every cheater that took jobs was caught on every one ...
+    assert!(stdout.contains("cheater caught: yes"), "{stdout}");
+    // ... and the image cheater took some (two image miners poll; while one paints, the other
+    // gets the next job), each a slash with the pixel evidence.
+    let eve = stdout.lines().find(|l| l.starts_with("cheater eve: took ")).expect("a line on the image cheater");
+    assert!(!eve.starts_with("cheater eve: took 0 ") && eve.ends_with("slashed on every one"), "{stdout}");
+    assert!(stdout.contains("is not the image of job demo-image-"), "image slash evidence: {stdout}");
+    // The honest image miner's jobs were accepted and passed their audit, earning Waifu points.
+    let honest_images: usize = stdout.lines().find_map(|l| l.strip_prefix("honest image jobs: ")).unwrap().parse().unwrap();
+    assert!(honest_images >= 1, "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("carol") && l.contains("waifu") && l.contains("audit passed")), "{stdout}");
 }

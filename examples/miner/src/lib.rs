@@ -12,6 +12,7 @@ pub mod download;
 mod error;
 pub mod image;
 pub mod llm;
+pub mod sd;
 pub mod signal;
 pub mod spool;
 pub mod upload;

@@ -1,9 +1,9 @@
-//! `heurist-miner`: one native binary for Heurist LLM mining (image engines join as they land:
-//! the library's `image::ImageWorker` serves any `ImageRunner`).
+//! `heurist-miner`: one native binary for Heurist LLM and image mining.
 //!
 //! Reads the reference miner's `config.toml` and `.env`, loads each miner id's identity from
-//! `~/.heurist-keys`, fetches and checks the model file unless one is given, and runs one
-//! worker per miner id on the chat engine. Ctrl-C finishes the
+//! `~/.heurist-keys`, fetches and checks the chat model file unless one is given, and runs per
+//! miner id a worker on the chat engine and, when `--sd-checkpoint` names checkpoints, an
+//! image worker on the SD engine (`sd::SdRunner`) uploading to `--s3-endpoint`. Ctrl-C finishes the
 //! jobs in flight and submits them; a second Ctrl-C stops at once, the spool intact.
 
 use std::path::PathBuf;
@@ -19,6 +19,9 @@ use heurist_miner::spool::Spool;
 use heurist_miner::worker::{LlmWorker, Stats};
 use heurist_miner::download::ModelStore;
 use heurist_miner::signal::{ModelChoice, SignalSetup, signal_loop};
+use heurist_miner::image::ImageWorker;
+use heurist_miner::sd::SdRunner;
+use heurist_miner::upload::Uploader;
 use heurist_protocol::{IdentityWallet, ModelKind, Registry};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
 
@@ -52,9 +55,22 @@ struct Args {
     /// check model files [default: the registry bundled with this miner].
     #[arg(long)]
     registry: Option<PathBuf>,
-    /// The model id to ask jobs for (the registry name the sequencer knows it by).
+    /// The chat model id to ask jobs for (the registry name the sequencer knows it by);
+    /// none: no chat worker (then --sd-checkpoint is needed).
     #[arg(long)]
-    llm_model_id: String,
+    llm_model_id: Option<String>,
+    /// An image model to serve, `MODEL_ID=PATH` to a single-file SD 1.5 / SDXL checkpoint
+    /// (.safetensors, LDM layout); repeatable. The first is asked for first; `miner_signal`
+    /// answers may switch among them. Runs one image worker per miner id beside the chat one.
+    #[arg(long = "sd-checkpoint", value_name = "MODEL_ID=PATH")]
+    sd_checkpoints: Vec<heurist_miner::sd::CheckpointSpec>,
+    /// The S3 endpoint image results are uploaded to (path-style), e.g. a local sequencer's
+    /// embedded server `http://127.0.0.1:9000`.
+    #[arg(long, default_value = "https://s3.amazonaws.com")]
+    s3_endpoint: String,
+    /// The S3 region requests are signed for.
+    #[arg(long, default_value = heurist_miner::upload::DEFAULT_REGION)]
+    s3_region: String,
     /// Where to run: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
@@ -102,6 +118,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ..ClientConfig::default()
     })?;
     let spool = Spool::open(&spool_dir)?;
+    anyhow::ensure!(
+        args.llm_model_id.is_some() || !args.sd_checkpoints.is_empty(),
+        "nothing to serve: pass --llm-model-id, --sd-checkpoint MODEL_ID=PATH, or both"
+    );
+    let hardware = args.hardware.clone().unwrap_or_else(|| args.device.to_string());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    let mut all_stats = Vec::new();
+    let wallets = miner_ids
+        .iter()
+        .map(|id| IdentityWallet::load_for(&keys_dir, id).map(Arc::new).with_context(|| format!("identity for {id}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !args.sd_checkpoints.is_empty() {
+        let specs = args.sd_checkpoints.clone();
+        let device = args.device;
+        tracing::info!(models = ?specs.iter().map(|s| &s.model_id).collect::<Vec<_>>(), device = %device, "loading the image models");
+        let runner = Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, device)).await??);
+        let uploader = Uploader::new(&args.s3_endpoint, &args.s3_region, Duration::from_secs(60))?;
+        let models = runner.models();
+        let first = args.sd_checkpoints[0].model_id.clone();
+        for (id, wallet) in miner_ids.iter().zip(&wallets) {
+            let stats = Arc::new(Stats::default());
+            all_stats.push((format!("{id} (image)"), stats.clone()));
+            let worker = Arc::new(ImageWorker {
+                miner_id: id.clone(),
+                wallet: wallet.clone(),
+                model: Arc::new(ModelChoice::new(first.clone(), models.clone())),
+                runner: runner.clone(),
+                uploader: uploader.clone(),
+                bucket: reference.storage.s3_bucket.clone(),
+                client: client.clone(),
+                spool: spool.clone(),
+                limits: limits.clone(),
+                version: reference.versions.sd_version.clone(),
+                hardware: hardware.clone(),
+                stats,
+            });
+            workers.spawn(worker.run(stop_rx.clone()));
+        }
+    }
+    let Some(llm_model_id) = args.llm_model_id.clone() else {
+        return serve(workers, all_stats, args.status_interval, stop_tx, &spool_dir, &base_url).await;
+    };
     let gguf = match &args.llm_gguf {
         Some(p) => p.clone(),
         None => {
@@ -114,7 +173,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             };
             let store = ModelStore::new(expand_home(&reference.storage.base_dir).join("models"))?.with_progress(true);
-            store.ensure(&registry, &args.llm_model_id).await.with_context(|| format!("--llm-model-id {}", args.llm_model_id))?
+            store.ensure(&registry, &llm_model_id).await.with_context(|| format!("--llm-model-id {llm_model_id}"))?
         }
     };
     tracing::info!(model = %gguf.display(), device = %args.device, "loading the chat model");
@@ -125,18 +184,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("chat model {}", gguf.display()))?,
     ));
-    let hardware = args.hardware.clone().unwrap_or_else(|| args.device.to_string());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut workers = tokio::task::JoinSet::new();
-    let mut all_stats = Vec::new();
-    for id in miner_ids {
-        let wallet = IdentityWallet::load_for(&keys_dir, &id).with_context(|| format!("identity for {id}"))?;
+    for (id, wallet) in miner_ids.into_iter().zip(wallets) {
         let stats = Arc::new(Stats::default());
-        all_stats.push((id.clone(), stats.clone()));
+        all_stats.push((id.to_string(), stats.clone()));
         let worker = Arc::new(LlmWorker {
             miner_id: id,
-            wallet: Arc::new(wallet),
-            model_id: args.llm_model_id.clone(),
+            wallet,
+            model_id: llm_model_id.clone(),
             engine: engine.clone(),
             client: client.clone(),
             spool: spool.clone(),
@@ -154,13 +208,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 version: reference.versions.llm_version.clone(),
                 interval: Duration::from_secs(limits.signal_interval),
             };
-            let choice = Arc::new(ModelChoice::pinned(args.llm_model_id.clone()));
+            let choice = Arc::new(ModelChoice::pinned(llm_model_id.clone()));
             tokio::spawn(signal_loop(client.clone(), setup, choice, stop_rx.clone()));
         }
         workers.spawn(worker.run(stop_rx.clone()));
     }
-    eprintln!("heurist-miner: serving {} on {base_url} ({} worker(s)); spool in {}", args.llm_model_id, all_stats.len(), spool_dir.display());
-    let status_every = args.status_interval;
+    serve(workers, all_stats, args.status_interval, stop_tx, &spool_dir, &base_url).await
+}
+
+/// Prints status lines and waits for the workers, or for Ctrl-C (twice: at once).
+async fn serve(
+    mut workers: tokio::task::JoinSet<heurist_miner::Result<()>>,
+    all_stats: Vec<(String, Arc<Stats>)>,
+    status_every: u64,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    spool_dir: &std::path::Path,
+    base_url: &str,
+) -> anyhow::Result<()> {
+    eprintln!("heurist-miner: {} worker(s) on {base_url}; spool in {}", all_stats.len(), spool_dir.display());
     tokio::spawn(async move {
         if status_every == 0 {
             return;
@@ -171,12 +236,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tick.tick().await;
             for (id, s) in &all_stats {
                 let (tokens, ms) = (s.tokens.load(Ordering::Relaxed), s.busy_ms.load(Ordering::Relaxed).max(1));
-                eprintln!(
-                    "{id}: {} done, {} failed, {:.1} tok/s",
-                    s.done.load(Ordering::Relaxed),
-                    s.failed.load(Ordering::Relaxed),
-                    tokens as f64 * 1000.0 / ms as f64
-                );
+                let (done, failed) = (s.done.load(Ordering::Relaxed), s.failed.load(Ordering::Relaxed));
+                let rate = if id.ends_with("(image)") {
+                    format!("{:.2} s/image", ms as f64 / 1000.0 / (done + failed).max(1) as f64)
+                } else {
+                    format!("{:.1} tok/s", tokens as f64 * 1000.0 / ms as f64)
+                };
+                eprintln!("{id}: {done} done, {failed} failed, {rate}");
             }
         }
     });

@@ -144,9 +144,16 @@ fn bad_settings_are_named_and_help_lists_every_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (code, help) = run(dir.path(), &["--help"]);
     assert_eq!(code, 0);
-    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval"] {
+    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval", "--sd-checkpoint", "--s3-endpoint", "--s3-region"] {
         assert!(help.contains(flag), "--help documents {flag}");
     }
+
+    let (code, out) = run(dir.path(), &["--miner-id", "0x0000000000000000000000000000000000000001-gpu0", "--sd-checkpoint", "no-path-given"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no-path-given") && out.contains("MODEL_ID=PATH"), "names the bad checkpoint: {out}");
+    let (code, out) = run(dir.path(), &["--miner-id", "0x0000000000000000000000000000000000000001-gpu0"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("nothing to serve"), "{out}");
 
     std::fs::write(dir.path().join(".env"), "MINER_ID_0=not-a-miner-id\n").unwrap();
     let (code, out) = run(dir.path(), &["--llm-gguf", "x.gguf", "--llm-model-id", MODEL]);
@@ -222,5 +229,60 @@ async fn downloads_the_model_named_by_the_registry_then_serves() {
     assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
     let fetched = work.join("cache").join("models").join(format!("{MODEL}.gguf"));
     assert!(std::fs::read(&fetched).unwrap() == *served, "the fetched file is the served one");
+    seq.shutdown().await.unwrap();
+}
+
+/// The binary serving image jobs only: `--sd-checkpoint` naming the tiny SD 1.5 checkpoint
+/// for a model id the sequencer's registry has, `--s3-endpoint` the sequencer's embedded S3
+/// server. The job's PNG is stored there, of the job's size, and the key accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_an_image_job_from_an_sd_checkpoint() {
+    const TINY: &str = "tiny-sd15";
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = heurist_sequencer::s3::LocalS3::start(dir.path().join("s3"), "k", "s").await.unwrap();
+    s3.create_bucket(BUCKET).unwrap();
+    let mut config = sequencer_config(&dir.path().join("seq"), "127.0.0.1:0".parse().unwrap(), &s3);
+    config.registry.models.push(serde_json::from_value::<RegistryEntry>(json!({"name": TINY, "type": "sd15"})).unwrap());
+    let seq = heurist_sequencer::start(config).await.unwrap();
+    let job: SubmitJob = serde_json::from_value(json!({"job_id": "bin-img", "model_id": TINY,
+        "model_input": {"SD": {"prompt": "a red boat", "width": 80, "height": 64, "num_iterations": 3, "guidance_scale": 7, "seed": 5}}}))
+    .unwrap();
+    client(&seq.url()).submit_job(KEY, &job).await.unwrap();
+
+    let work = dir.path().join("miner");
+    std::fs::create_dir_all(work.join("keys")).unwrap();
+    std::fs::write(work.join("config.toml"), reference_config(&seq.url(), &work)).unwrap();
+    let id: MinerId = MINER.parse().unwrap();
+    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(&work.join("keys"), &id)).unwrap();
+    let checkpoint = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../heurist-inference/tests/fixtures/sd/tiny-sd15-fp16.safetensors");
+    let mut child = Command::new(BIN)
+        .current_dir(&work)
+        .args(["--config", "config.toml", "--miner-id", MINER, "--status-interval", "0", "--s3-endpoint", &s3.endpoint()])
+        .arg("--sd-checkpoint")
+        .arg(format!("{TINY}={}", checkpoint.display()))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        let s: serde_json::Value =
+            reqwest::Client::new().get(format!("{}/job/bin-img", seq.url())).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+        if !s["result"].is_null() {
+            break s;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the miner exited");
+        assert!(t.elapsed() < Duration::from_secs(120), "no result");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
+    let key = heurist_protocol::SubmitResult::s3_key_for("bin-img", &id);
+    let (w, h, rgb) = decode_png(&std::fs::read(s3.object_path(BUCKET, &key)).unwrap());
+    assert_eq!((w, h), (80, 64));
+    assert!(rgb.iter().any(|&v| v != rgb[0]), "a painted image, not a flat one");
     seq.shutdown().await.unwrap();
 }
