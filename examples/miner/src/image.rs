@@ -94,14 +94,6 @@ pub enum ImageError {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] heurist_inference::InferenceError),
-    /// The prompt tokenizer refused a prompt.
-    #[error("prompt {text:?}: {reason}")]
-    Prompt {
-        /// The prompt.
-        text: String,
-        /// The tokenizer's complaint.
-        reason: String,
-    },
     /// This runner does not serve the model.
     #[error("model {0:?} is not loaded by this image runner")]
     UnknownModel(String),

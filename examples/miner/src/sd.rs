@@ -1,6 +1,7 @@
 //! The image engine behind the worker's [`ImageRunner`] seam: Stable Diffusion checkpoints
-//! loaded with `heurist-inference` ([`ImageEngine`]), one per model id, prompts tokenized with
-//! the CLIP tokenizer the crate embeds.
+//! loaded with `heurist-inference` ([`ImageEngine`]), one per model id. Prompts go through the
+//! engine's own CLIP tokenizer and the reference's long-prompt weighting, as the network's
+//! Python miners encode them.
 //!
 //! The worker hands over a job the protocol's limits have already clamped ([`SdParams`]); this
 //! module only translates it into the engine's [`ImageJob`] (the sampler the job named
@@ -11,8 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use heurist_inference::image::clip_tokenizer::ClipTokenizer;
-use heurist_inference::image::{ImageEngine, ImageJob, SamplerSpec};
+use heurist_inference::image::{ImageEngine, ImageJob, SchedulerKind};
 use heurist_inference::DeviceSpec;
 use heurist_protocol::SdParams;
 
@@ -46,10 +46,9 @@ impl FromStr for CheckpointSpec {
     }
 }
 
-/// SD checkpoints on one device, by model id, and the CLIP tokenizer their prompts go through.
+/// SD checkpoints on one device, by model id.
 pub struct SdRunner {
     engines: BTreeMap<String, ImageEngine>,
-    tokenizer: ClipTokenizer,
 }
 
 impl std::fmt::Debug for SdRunner {
@@ -62,8 +61,6 @@ impl SdRunner {
     /// Loads every checkpoint on `device` (memory-mapped; a bad file fails here, naming it,
     /// before the worker asks for a job).
     pub fn load(specs: &[CheckpointSpec], device: DeviceSpec) -> Result<Self> {
-        let tokenizer = ClipTokenizer::new()
-            .map_err(|e| MinerError::Config { setting: "CLIP tokenizer".into(), reason: e.to_string() })?;
         let mut engines = BTreeMap::new();
         for spec in specs {
             let engine = ImageEngine::load_checkpoint(&spec.path, device).map_err(|e| MinerError::Config {
@@ -77,7 +74,7 @@ impl SdRunner {
                 });
             }
         }
-        Ok(Self { engines, tokenizer })
+        Ok(Self { engines })
     }
 
     /// The model ids served, sorted.
@@ -86,9 +83,14 @@ impl SdRunner {
     }
 }
 
-/// The engine's job for clamped protocol parameters.
-pub fn image_job(params: &SdParams) -> ImageJob {
-    ImageJob {
+/// The engine's job for clamped protocol parameters; a sampler the engine does not run is
+/// refused here, naming it.
+pub fn image_job(params: &SdParams) -> std::result::Result<ImageJob, ImageError> {
+    let sampler = match &params.sampler {
+        Some(s) => Some(SchedulerKind::from_diffusers(&s.class_name, s.algorithm_type.as_deref(), s.use_karras_sigmas)?),
+        None => None,
+    };
+    Ok(ImageJob {
         prompt: params.prompt.clone(),
         neg_prompt: params.neg_prompt.clone(),
         width: params.width,
@@ -96,28 +98,14 @@ pub fn image_job(params: &SdParams) -> ImageJob {
         steps: params.steps as usize,
         guidance_scale: params.guidance_scale,
         seed: params.seed,
-        sampler: params.sampler.as_ref().map(|s| SamplerSpec {
-            class_name: s.class_name.clone(),
-            algorithm_type: s.algorithm_type.clone(),
-            use_karras_sigmas: s.use_karras_sigmas,
-        }),
-    }
+        sampler,
+    })
 }
 
 impl ImageRunner for SdRunner {
     fn generate(&self, model_id: &str, params: &SdParams) -> std::result::Result<Image, ImageError> {
         let engine = self.engines.get(model_id).ok_or_else(|| ImageError::UnknownModel(model_id.to_owned()))?;
-        // The engine wants BOS, the text's ids, EOS; `encode_padded` gives that (cut to 75
-        // text ids) followed by the pad token, which the engine's own padding would add. Both
-        // prompts are tokenized here, first, so that a tokenizer failure is reported as one.
-        let tokenize = |text: &str| {
-            self.tokenizer.encode_padded(text).map_err(|e| ImageError::Prompt { text: text.to_owned(), reason: e.to_string() })
-        };
-        let (positive, negative) = (tokenize(&params.prompt)?, tokenize(&params.neg_prompt)?);
-        let ids = |text: &str| -> heurist_inference::Result<Vec<u32>> {
-            Ok(if text == params.prompt { positive.clone() } else { negative.clone() })
-        };
-        let out = engine.generate(&image_job(params), &ids)?;
+        let out = engine.generate(&image_job(params)?)?;
         Image::new(out.width, out.height, out.rgb)
     }
 }
