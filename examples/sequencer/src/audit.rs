@@ -3,11 +3,12 @@
 //! with its evidence, and the result's verdict says so.
 //!
 //! The sequencer does not judge results itself: `heurist-verify` does (or any other
-//! implementation of the trait). Choosing the share is a trade-off the operator sets with
-//! `audit_rate`: with reward R, slash S (here: the job's points, so S = R) and probability p
-//! of a check, cheating on one job pays `(1 - p)·R - p·S`, negative once p > R / (R + S) —
-//! one half when the slash is the job's points; a higher slash (a share of the phase
-//! balance) lowers the rate needed.
+//! implementation of the trait). The share checked is the operator's `audit_rate`. Measured
+//! against honest work, a cheater keeps the compute it saved and loses, when caught, the job's
+//! reward and the slash; slashing only the job's points therefore deters nothing short of
+//! checking every job. `heurist_verify::audit` derives the rate that makes cheating a loss
+//! from the reward, the saved cost, the detection rate and a slash that includes a share of
+//! the phase balance, and computes it per job from the rule set; set `audit_rate` from it.
 
 use std::sync::Arc;
 
