@@ -11,8 +11,11 @@
 
 use candle_core::{DType, Tensor};
 
-use super::{PredictionType, SchedulerConfig, noise_dtype, spacing};
-use crate::error::{InferenceError, Result};
+use super::euler::SigmaSteps;
+use super::{SchedulerConfig, noise_dtype};
+#[cfg(doc)]
+use crate::error::InferenceError;
+use crate::error::Result;
 use crate::image::noise::NoiseSource;
 
 /// Euler ancestral scheduler, for `num_inference_steps` steps.
@@ -29,11 +32,7 @@ use crate::image::noise::NoiseSource;
 /// ```
 #[derive(Debug, Clone)]
 pub struct EulerAncestralDiscreteScheduler {
-    prediction_type: PredictionType,
-    timesteps: Vec<f32>,
-    sigmas: Vec<f32>,
-    init_noise_sigma: f32,
-    step_index: usize,
+    steps: SigmaSteps,
 }
 
 impl EulerAncestralDiscreteScheduler {
@@ -43,35 +42,27 @@ impl EulerAncestralDiscreteScheduler {
     /// [`InferenceError::InvalidInferenceSteps`] for 0 steps or more than the training
     /// timesteps; [`InferenceError::InvalidSchedulerConfig`] for an unusable `config`.
     pub fn new(config: SchedulerConfig, num_inference_steps: usize) -> Result<Self> {
-        config.check(num_inference_steps)?;
-        let (timesteps, sigmas) = spacing::euler_schedule(&config, num_inference_steps);
-        Ok(Self {
-            prediction_type: config.prediction_type,
-            init_noise_sigma: spacing::euler_init_noise_sigma(&config, &sigmas),
-            timesteps,
-            sigmas,
-            step_index: 0,
-        })
+        Ok(Self { steps: SigmaSteps::new(config, num_inference_steps, "euler ancestral")? })
     }
 
     /// The timesteps, one per step, from the noisiest.
     pub fn timesteps(&self) -> &[f32] {
-        &self.timesteps
+        &self.steps.timesteps
     }
 
     /// The sigmas, one per step plus the final 0.
     pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
+        &self.steps.sigmas
     }
 
     /// What the initial standard normal latents are multiplied by.
     pub fn init_noise_sigma(&self) -> f32 {
-        self.init_noise_sigma
+        self.steps.init_noise_sigma
     }
 
     /// The next step's index (0 before the first step).
     pub fn step_index(&self) -> usize {
-        self.step_index
+        self.steps.step_index
     }
 
     /// The sample scaled for the model's input at the current step, `x / sqrt(sigma^2 + 1)`.
@@ -80,9 +71,7 @@ impl EulerAncestralDiscreteScheduler {
     /// [`InferenceError::SchedulerFinished`] after the last step; [`InferenceError::Tensor`]
     /// when candle fails.
     pub fn scale_model_input(&self, sample: &Tensor) -> Result<Tensor> {
-        let sigma = self.current_sigma()?;
-        let scale = 1.0 / (sigma * sigma + 1.0).sqrt();
-        (sample * f64::from(scale)).map_err(|source| self.tensor_error(source))
+        self.steps.scale_model_input(sample)
     }
 
     /// One ancestral step from `sample` with the model's prediction `model_output`, drawing the
@@ -97,29 +86,19 @@ impl EulerAncestralDiscreteScheduler {
         sample: &Tensor,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        let sigma = self.current_sigma()?;
-        let sigma_next = self.sigmas[self.step_index + 1];
+        let sigma = self.steps.current_sigma()?;
+        let sigma_next = self.steps.sigmas[self.steps.step_index + 1];
         // The split of the way down to sigma_next into a deterministic and a noise part.
         let sigma_up = (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next)
             / (sigma * sigma))
             .sqrt();
         let sigma_down = (sigma_next * sigma_next - sigma_up * sigma_up).sqrt();
-        let prediction_type = self.prediction_type;
         let euler = || -> candle_core::Result<Tensor> {
             let sample = sample.to_dtype(DType::F32)?;
-            let model_output = model_output.to_dtype(DType::F32)?;
-            let x0 = match prediction_type {
-                PredictionType::Epsilon => (&sample - (&model_output * f64::from(sigma))?)?,
-                PredictionType::VPrediction => {
-                    let v_weight = -sigma / (sigma * sigma + 1.0).sqrt();
-                    let x_weight = 1.0 / (sigma * sigma + 1.0);
-                    ((&model_output * f64::from(v_weight))? + (&sample * f64::from(x_weight))?)?
-                }
-            };
-            let derivative = ((&sample - &x0)? / f64::from(sigma))?;
+            let derivative = self.steps.derivative(&sample, model_output, sigma)?;
             &sample + (derivative * f64::from(sigma_down - sigma))?
         };
-        let prev = euler().map_err(|source| self.tensor_error(source))?;
+        let prev = euler().map_err(|source| self.steps.tensor_error(source))?;
         let fresh = noise.randn_tensor(
             model_output.dims(),
             noise_dtype(model_output.dtype()),
@@ -129,25 +108,8 @@ impl EulerAncestralDiscreteScheduler {
             let fresh = fresh.to_dtype(DType::F32)?;
             (prev + (fresh * f64::from(sigma_up))?)?.to_dtype(model_output.dtype())
         };
-        let prev = add_noise().map_err(|source| self.tensor_error(source))?;
-        self.step_index += 1;
+        let prev = add_noise().map_err(|source| self.steps.tensor_error(source))?;
+        self.steps.step_index += 1;
         Ok(prev)
-    }
-
-    fn current_sigma(&self) -> Result<f32> {
-        if self.step_index >= self.timesteps.len() {
-            return Err(InferenceError::SchedulerFinished {
-                step: self.step_index,
-                steps: self.timesteps.len(),
-            });
-        }
-        Ok(self.sigmas[self.step_index])
-    }
-
-    fn tensor_error(&self, source: candle_core::Error) -> InferenceError {
-        InferenceError::Tensor {
-            context: format!("euler ancestral scheduler step {}", self.step_index),
-            source,
-        }
     }
 }
