@@ -64,6 +64,33 @@ pub(crate) fn relative_error(actual: &Tensor, expected: &Tensor) -> f32 {
     diff / scale
 }
 
+/// The job of a recorded seeded run: the prompts "positive" and "negative" stand for the
+/// fixture's token ids (see [`fixed_ids`]).
+pub(crate) fn fixture_job(run: &Value, sampler: Option<heurist_inference::image::SchedulerKind>) -> ImageJob {
+    ImageJob {
+        prompt: "positive".into(),
+        neg_prompt: "negative".into(),
+        width: run["width"].as_u64().unwrap() as u32,
+        height: run["height"].as_u64().unwrap() as u32,
+        steps: run["steps"].as_u64().unwrap() as usize,
+        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
+        seed: run["seed"].as_u64().unwrap(),
+        sampler,
+    }
+}
+
+/// A tokenizer that hands over the fixture's ids by prompt name: `ids[0]` for "positive",
+/// `ids[1]` for "negative".
+pub(crate) fn fixed_ids(ids: &[Vec<u32>]) -> impl Fn(&str) -> heurist_inference::Result<Vec<u32>> + '_ {
+    move |text| {
+        Ok(match text {
+            "positive" => ids[0].clone(),
+            "negative" => ids[1].clone(),
+            other => panic!("unexpected prompt {other}"),
+        })
+    }
+}
+
 fn text_ids() -> Vec<Vec<u32>> {
     let ids = tensor("text_ids").to_dtype(DType::U32).unwrap();
     ids.to_vec2::<u32>().unwrap()
@@ -178,23 +205,8 @@ fn image_sd_seeded_run_matches_diffusers() {
     let run = &json["run"];
     let ids = text_ids();
     // The fixture's prompts are token ids; the tokenizer hands them over by name.
-    let tokenizer = |text: &str| -> heurist_inference::Result<Vec<u32>> {
-        Ok(match text {
-            "positive" => ids[0].clone(),
-            "negative" => ids[1].clone(),
-            other => panic!("unexpected prompt {other}"),
-        })
-    };
-    let job = ImageJob {
-        prompt: "positive".into(),
-        neg_prompt: "negative".into(),
-        width: run["width"].as_u64().unwrap() as u32,
-        height: run["height"].as_u64().unwrap() as u32,
-        steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
-        seed: run["seed"].as_u64().unwrap(),
-        sampler: None,
-    };
+    let tokenizer = fixed_ids(&ids);
+    let job = fixture_job(run, None);
     let expected = tensor("run_latents");
     let mut worst = 0f32;
     let mut steps_seen = 0;
@@ -383,23 +395,8 @@ fn image_sd_latent_of_odd_size_matches_diffusers() {
     let json = reference_json();
     let run = &json["odd_run"];
     let ids = text_ids();
-    let tokenizer = |text: &str| -> heurist_inference::Result<Vec<u32>> {
-        Ok(if text == "positive" {
-            ids[0].clone()
-        } else {
-            ids[1].clone()
-        })
-    };
-    let job = ImageJob {
-        prompt: "positive".into(),
-        neg_prompt: "negative".into(),
-        width: run["width"].as_u64().unwrap() as u32,
-        height: run["height"].as_u64().unwrap() as u32,
-        steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
-        seed: run["seed"].as_u64().unwrap(),
-        sampler: None,
-    };
+    let tokenizer = fixed_ids(&ids);
+    let job = fixture_job(run, None);
     let image = engine().generate_with_ids(&job, &tokenizer).unwrap();
     assert_eq!((image.width, image.height), (72, 64));
     let expected = tensor("odd_run_image")

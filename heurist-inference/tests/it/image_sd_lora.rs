@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use heurist_inference::image::{ImageEngine, ImageJob, Lora};
+use heurist_inference::image::{ImageEngine, Lora};
 use heurist_inference::{DeviceSpec, InferenceError};
 
-use crate::image_sd::{checkpoint_fp16, psnr, reference_json, relative_error, sd_dir, tensor};
+use crate::image_sd::{checkpoint_fp16, fixed_ids, fixture_job, psnr, reference_json, relative_error, sd_dir, tensor};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -58,23 +58,8 @@ fn image_sd_lora_matches_diffusers_fused_lora() {
 
     let run = &reference_json()["run"];
     let ids = ids();
-    let tokenizer = |text: &str| -> heurist_inference::Result<Vec<u32>> {
-        Ok(if text == "positive" {
-            ids[0].clone()
-        } else {
-            ids[1].clone()
-        })
-    };
-    let job = ImageJob {
-        prompt: "positive".into(),
-        neg_prompt: "negative".into(),
-        width: run["width"].as_u64().unwrap() as u32,
-        height: run["height"].as_u64().unwrap() as u32,
-        steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
-        seed: run["seed"].as_u64().unwrap(),
-        sampler: None,
-    };
+    let tokenizer = fixed_ids(&ids);
+    let job = fixture_job(run, None);
     let image = engine.generate_with_ids(&job, &tokenizer).unwrap();
     let expected = tensor("lora_run_image")
         .flatten_all()

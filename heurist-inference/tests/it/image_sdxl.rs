@@ -15,11 +15,11 @@ use candle_core::{DType, Tensor};
 use heurist_inference::DeviceSpec;
 use heurist_inference::image::noise::TorchCpuGenerator;
 use heurist_inference::image::{
-    AddEmbeddingDims, ClipActivation, ImageEngine, ImageJob, Lora, PromptEncoding, SchedulerKind,
+    AddEmbeddingDims, ClipActivation, ImageEngine, Lora, PromptEncoding, SchedulerKind,
     SdFamily,
 };
 
-use crate::image_sd::{psnr, reference_json, relative_error, sd_dir, tensor};
+use crate::image_sd::{fixed_ids, fixture_job, psnr, reference_json, relative_error, sd_dir, tensor};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -116,23 +116,8 @@ fn check_run(sampler: Option<SchedulerKind>, latents_key: &str, image: &str) {
     let json = reference_json();
     let run = &json["xl_run"];
     let ids = prompt_ids();
-    let tokenizer = |text: &str| -> heurist_inference::Result<Vec<u32>> {
-        Ok(if text == "positive" {
-            ids[0].clone()
-        } else {
-            ids[1].clone()
-        })
-    };
-    let job = ImageJob {
-        prompt: "positive".into(),
-        neg_prompt: "negative".into(),
-        width: run["width"].as_u64().unwrap() as u32,
-        height: run["height"].as_u64().unwrap() as u32,
-        steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
-        seed: run["seed"].as_u64().unwrap(),
-        sampler,
-    };
+    let tokenizer = fixed_ids(&ids);
+    let job = fixture_job(run, sampler);
     let expected = tensor(latents_key);
     let mut worst = 0f32;
     let mut noise = TorchCpuGenerator::new(job.seed);
@@ -199,23 +184,8 @@ fn image_sdxl_lora_matches_diffusers_fused_lora() {
 
     let run = &reference_json()["xl_run"];
     let ids = prompt_ids();
-    let tokenizer = |text: &str| -> heurist_inference::Result<Vec<u32>> {
-        Ok(if text == "positive" {
-            ids[0].clone()
-        } else {
-            ids[1].clone()
-        })
-    };
-    let job = ImageJob {
-        prompt: "positive".into(),
-        neg_prompt: "negative".into(),
-        width: run["width"].as_u64().unwrap() as u32,
-        height: run["height"].as_u64().unwrap() as u32,
-        steps: run["steps"].as_u64().unwrap() as usize,
-        guidance_scale: run["guidance_scale"].as_f64().unwrap(),
-        seed: run["seed"].as_u64().unwrap(),
-        sampler: Some(SchedulerKind::DpmSolverSdeKarras),
-    };
+    let tokenizer = fixed_ids(&ids);
+    let job = fixture_job(run, Some(SchedulerKind::DpmSolverSdeKarras));
     let image = engine.generate_with_ids(&job, &tokenizer).unwrap();
     let expected = tensor("xl_lora_run_image")
         .flatten_all()
