@@ -186,7 +186,7 @@ fn png_size(png: &[u8]) -> (u32, u32) {
 fn generate_runs_a_real_example_job_on_the_tiny_model() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let model = format!("{root}/heurist-inference/tests/fixtures/sd/tiny-sd15-fp16.safetensors");
-    let example = format!("{root}/../shared/reference/heurist-models/examples/ArchitectureRealMix.json");
+    let example = format!("{root}/heurist-protocol/data/heurist-models/examples/ArchitectureRealMix.json");
     let mut job: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
     assert_eq!((job["width"].as_u64(), job["height"].as_u64()), (Some(512), Some(768)));
     // The real example as a whole job's model_input, two steps to keep the debug build quick.

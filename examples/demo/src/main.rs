@@ -69,8 +69,8 @@ struct Args {
     /// Image jobs to feed, built from the SD 1.5 example files in turn.
     #[arg(long, default_value_t = 4)]
     image_jobs: usize,
-    /// The network's example jobs (heurist-models/examples).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/heurist-models/examples"))]
+    /// The network's example jobs (heurist-models/examples; the repository's copy by default).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../heurist-protocol/data/heurist-models/examples"))]
     examples: PathBuf,
     /// Clamp image jobs to at most this many steps (0: as the example has them). The
     /// examples' 20 to 30 steps at 512x768 take over a minute an image on 2 CPU cores, past

@@ -271,13 +271,9 @@ fn word_ids(text: &str) -> heurist_inference::Result<Vec<u32>> {
 
 #[test]
 fn image_sd_real_example_job_writes_a_png() {
+    // The network's example jobs, as the repository carries them (heurist-protocol's data).
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/heurist-models/examples/ChilloutMix.json");
-    let path = if path.exists() {
-        path
-    } else {
-        Path::new("/work/shared/reference/heurist-models/examples/ChilloutMix.json").to_owned()
-    };
+        .join("../heurist-protocol/data/heurist-models/examples/ChilloutMix.json");
     let job: ImageJob = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!((job.width, job.height, job.steps), (512, 768, 20));
     let image = engine().generate_with_ids(&job, &word_ids).unwrap();
