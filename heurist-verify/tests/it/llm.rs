@@ -46,8 +46,22 @@ fn an_answer_cut_mid_sentence_is_refused() {
         .with_sampling(0.7, Some(3))
         .with_stop(["<|im_end|>"]);
     let honest = engine.chat(&request).unwrap();
+    let truncated = honest.finish_reason == FinishReason::Length;
+    let defaults = SampledThresholds::default();
+    let full = check_sampled(&engine, &request, &honest.text, truncated, &defaults).unwrap();
+    assert!(full.holds, "{full:?}");
     let cut = &honest.text[..honest.text.char_indices().nth(honest.text.chars().count() / 2).unwrap().0];
-    let c = check_sampled(&engine, &request, cut, false, &SampledThresholds::default()).unwrap();
-    assert!(c.end_log_prob.unwrap() < (1e-7f64).ln(), "{c:?} {cut:?}");
+    let c = check_sampled(&engine, &request, cut, false, &defaults).unwrap();
+    let end = c.end_log_prob.unwrap();
+    // Ending mid-answer is far less likely than where the model ended it.
+    if let Some(full_end) = full.end_log_prob {
+        assert!(end < full_end - 5.0, "cut {end}, full {full_end}");
+    }
+    // Whether a given cut falls past the default δ = 1e-7 depends on where it lands (the crate
+    // docs' table: about half do, and the kernel's rounding moves this one across); at
+    // δ = 1e-4 this one is refused, and the reason names the cause.
+    let strict = SampledThresholds { min_end_log_prob: (1e-4f64).ln(), ..defaults };
+    let c = check_sampled(&engine, &request, cut, false, &strict).unwrap();
+    assert!(end < (1e-4f64).ln(), "{c:?} {cut:?}");
     assert!(!c.holds && c.reasons.iter().any(|r| r.contains("cut short")), "{c:?}");
 }
