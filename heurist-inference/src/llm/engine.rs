@@ -5,8 +5,10 @@
 //! choose a token, tell the observer, stop on an end-of-generation token, a stop string,
 //! `max_tokens` or a full context, else feed the token back. Each request clones the model
 //! value, which shares the weights and owns a fresh KV cache, so `chat` takes `&self` and a
-//! request's tokens do not depend on any other request. [`ChatEngine::score`] runs the same
-//! steps with the completion given (teacher forcing) and reports each token's log-probability.
+//! request's tokens do not depend on any other request. [`ChatEngine::score`] runs the
+//! completion given (teacher forcing) through the model and reports each token's
+//! log-probability: on the CPU body in one forward pass, with logits bitwise equal to
+//! generation's.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -234,9 +236,13 @@ impl ChatEngine {
     /// logits it was scored under.
     ///
     /// This is how a verifier checks a claimed completion, and how the tests compare logits with
-    /// llama.cpp at every step without one near-tie derailing the rest. The prompt runs in one
-    /// forward pass; the completion tokens are fed one at a time, the way generation feeds them
-    /// (candle's quantized llama returns the last position's logits only).
+    /// llama.cpp at every step without one near-tie derailing the rest. On the CPU body the
+    /// prompt and the completion (but its last token) run in ONE forward pass, and the
+    /// vocabulary projection runs for the completion's positions only: the logits are bitwise
+    /// those generation saw (same kernels, same sums), at prefill speed rather than decode
+    /// speed. candle's bodies (CUDA, safetensors checkpoints, other block types) return the
+    /// last position's logits only, so there the prompt runs in one pass and the completion
+    /// tokens are fed one at a time, the way generation feeds them.
     pub fn score(
         &self,
         messages: &[ChatMessage],
@@ -250,8 +256,25 @@ impl ChatEngine {
             self.tokenizer.token_bytes(token_id)?;
         }
         let prompt_ids = self.prompt_ids(messages, completion.len().saturating_sub(1))?;
+        let usage = Usage { prompt_tokens: prompt_ids.len(), completion_tokens: completion.len() };
         let mut log_probs = Vec::with_capacity(completion.len());
         let mut session = Session::new(self);
+        if let Some((_, fed)) = completion.split_last() {
+            let tokens: Vec<u32> = prompt_ids.iter().chain(fed).copied().collect();
+            let mut each = |index: usize, logits: &[f32]| {
+                let token_id = completion[index];
+                let lp = log_prob(logits, token_id);
+                observer.on_token(&TokenEvent { index, token_id, log_prob: lp, logits });
+                log_probs.push(lp);
+            };
+            if let Some(done) = session.model.forward_positions(&tokens, 0, completion.len(), &mut each) {
+                done.map_err(|source| InferenceError::Forward {
+                    step: format!("scoring pass of {} tokens", tokens.len()),
+                    source,
+                })?;
+                return Ok(ScoreOutput { log_probs, usage });
+            }
+        }
         let mut logits = session.prefill(&prompt_ids)?;
         for (index, &token_id) in completion.iter().enumerate() {
             let lp = log_prob(&logits, token_id);
@@ -261,10 +284,7 @@ impl ChatEngine {
                 logits = session.step(token_id, index)?;
             }
         }
-        Ok(ScoreOutput {
-            log_probs,
-            usage: Usage { prompt_tokens: prompt_ids.len(), completion_tokens: completion.len() },
-        })
+        Ok(ScoreOutput { log_probs, usage })
     }
 
     /// Renders and tokenizes `messages`, checking that the prompt plus `reserve` more fed

@@ -163,6 +163,26 @@ impl CausalLm {
     }
 }
 
+impl CausalLm {
+    /// Runs `tokens` at positions `position..` in one pass and calls `each(i, logits)` with the
+    /// logits after each of the last `k` tokens, in order; `None` when this body returns the
+    /// last position's logits only (candle's bodies), and the caller feeds tokens one at a time.
+    pub(crate) fn forward_positions(
+        &mut self,
+        tokens: &[u32],
+        position: usize,
+        k: usize,
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Option<candle_core::Result<()>> {
+        match self {
+            CausalLm::CpuLlama(model) => {
+                Some(model.forward_positions(tokens, position, k, each).map_err(candle_core::Error::wrap))
+            }
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -16,5 +16,6 @@ mod image_sdxl;
 mod llama_cpp_parity;
 mod safetensors_parity;
 mod sampling;
+mod scoring;
 mod support;
 mod tool_calls;

@@ -6,7 +6,8 @@
 //! straight loops over buffers it reuses: RMSNorm → Q/K/V (one stacked matmul) → RoPE →
 //! causal grouped-query attention over an f32 KV cache → output projection → RMSNorm →
 //! gate/up (one stacked matmul) → SwiGLU → down, then the final norm and the vocabulary
-//! projection for the last token only. Every matmul quantizes its input to 8 bits per block
+//! projection for the last token only (or, for teacher-forced scoring, for the last `k` tokens
+//! of one pass: [`CpuLlama::forward_positions`], bitwise what decoding them one by one gives). Every matmul quantizes its input to 8 bits per block
 //! and multiplies in integers, as llama.cpp does. A forward pass runs inside the kernels'
 //! thread pool.
 //!
@@ -56,6 +57,14 @@ pub(crate) enum ForwardError {
     /// The operating system refused the matmul threads.
     #[error("the CPU thread pool could not be started")]
     NoThreads,
+    /// Logits were asked for more positions than the pass runs.
+    #[error("logits asked for the last {positions} positions of a pass of {tokens} tokens")]
+    TooManyPositions {
+        /// Positions asked for.
+        positions: usize,
+        /// Tokens in the pass.
+        tokens: usize,
+    },
 }
 
 /// The weights, shared by every clone of a model.
@@ -141,22 +150,13 @@ impl CpuLlama {
     /// Runs `tokens` at positions `position..` (the cache keeps positions before `position`)
     /// and returns the logits after the last one.
     pub(crate) fn forward_last(&mut self, tokens: &[u32], position: usize) -> Result<Vec<f32>, ForwardError> {
-        let vocab = self.weights.embedding.rows();
-        if tokens.is_empty() {
-            return Err(ForwardError::NoTokens);
-        }
-        if let Some(&token_id) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ForwardError::UnknownToken { token_id, vocab });
-        }
-        if position > self.cache.len {
-            return Err(ForwardError::PositionGap { position, cached: self.cache.len });
-        }
+        self.check(tokens, position)?;
         let pool = crate::llm::quant::pool().ok_or(ForwardError::NoThreads)?;
-        pool.install(|| self.run(tokens, position));
+        pool.install(|| self.run(tokens, position, 1));
         Ok(self.scratch.logits.clone())
     }
 
-    fn run(&mut self, tokens: &[u32], position: usize) {
+    fn run(&mut self, tokens: &[u32], position: usize, logit_rows: usize) {
         let w = &*self.weights;
         let (isa, s, cache) = (self.isa, &mut self.scratch, &mut self.cache);
         let (hidden, heads, n_tok) = (w.hidden, w.heads, tokens.len());
@@ -190,6 +190,8 @@ impl CpuLlama {
 
             s.attn.resize(n_tok * q_dim, 0.0);
             let (k, v) = (&k_cache[..], &v_cache[..]);
+            // Three schedules, one arithmetic: each head's sums run whole in `attend_head`, so a
+            // token's attention is bitwise the same in a prompt pass and in a decode step.
             if n_tok == 1 && position < 64 {
                 ops::attend(heads, &s.q, k, v, position, &mut s.scores, &mut s.attn);
             } else if n_tok == 1 {
@@ -214,10 +216,79 @@ impl CpuLlama {
         }
         cache.len = position + n_tok;
 
-        let last = &s.x[(n_tok - 1) * hidden..];
-        ops::rms_norm(last, &w.output_norm, w.eps, &mut s.normed);
-        s.q8.quantize(&s.normed, hidden);
-        w.output.matmul(isa, &s.q8, &mut s.logits, &mut s.transposed);
+        if logit_rows > 0 {
+            project(w, isa, s, n_tok - logit_rows..n_tok);
+        }
+    }
+}
+
+/// The final norm and the vocabulary projection of the hidden states of `tokens` (indices into
+/// the pass's tokens), into `s.logits` (`tokens.len() × vocab`).
+///
+/// Every step here works per token with the same code whatever the count (each (row, token)
+/// dot of [`QMatrix::matmul`] included), so a token's logits do not depend on how many were
+/// projected with it: what makes one-pass scoring equal to generation bit for bit.
+fn project(w: &Weights, isa: Isa, s: &mut Scratch, tokens: std::ops::Range<usize>) {
+    let rows = &s.x[tokens.start * w.hidden..tokens.end * w.hidden];
+    ops::rms_norm(rows, &w.output_norm, w.eps, &mut s.normed);
+    s.q8.quantize(&s.normed, w.hidden);
+    w.output.matmul(isa, &s.q8, &mut s.logits, &mut s.transposed);
+}
+
+/// Teacher-forced scoring: logits at many positions from one pass.
+impl CpuLlama {
+    /// Positions whose logits are projected together in [`Self::forward_positions`]: bounds
+    /// the logits buffer (64 × vocab values) however long the scored text.
+    const PROJECT_CHUNK: usize = 64;
+
+    /// Runs `tokens` at positions `position..` in one forward pass (as [`Self::forward_last`]
+    /// does with a prompt) and calls `each(i, logits)` with the logits after each of the last
+    /// `k` tokens, `i = 0..k` in order; the final norm and the vocabulary projection run for
+    /// those `k` positions only.
+    ///
+    /// The logits are bitwise those that feeding the same tokens one step at a time gives:
+    /// every operation of a pass is computed per token by the same code whatever the number of
+    /// tokens (the matmul kernels keep each (row, token) sum in one order, attention never
+    /// splits one head's sum), so a verifier rescoring an answer sees exactly what the
+    /// generator saw.
+    pub(crate) fn forward_positions(
+        &mut self,
+        tokens: &[u32],
+        position: usize,
+        k: usize,
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), ForwardError> {
+        self.check(tokens, position)?;
+        if k > tokens.len() {
+            return Err(ForwardError::TooManyPositions { positions: k, tokens: tokens.len() });
+        }
+        let pool = crate::llm::quant::pool().ok_or(ForwardError::NoThreads)?;
+        pool.install(|| self.run(tokens, position, 0));
+        let (n, vocab) = (tokens.len(), self.weights.output.rows());
+        for start in (n - k..n).step_by(Self::PROJECT_CHUNK) {
+            let end = (start + Self::PROJECT_CHUNK).min(n);
+            let (w, s) = (&*self.weights, &mut self.scratch);
+            pool.install(|| project(w, self.isa, s, start..end));
+            for (j, logits) in s.logits.chunks_exact(vocab).enumerate() {
+                each(start + j - (n - k), logits);
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks every pass makes before touching the cache.
+    fn check(&self, tokens: &[u32], position: usize) -> Result<(), ForwardError> {
+        let vocab = self.weights.embedding.rows();
+        if tokens.is_empty() {
+            return Err(ForwardError::NoTokens);
+        }
+        if let Some(&token_id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ForwardError::UnknownToken { token_id, vocab });
+        }
+        if position > self.cache.len {
+            return Err(ForwardError::PositionGap { position, cached: self.cache.len });
+        }
+        Ok(())
     }
 }
 
