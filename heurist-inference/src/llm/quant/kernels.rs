@@ -2,9 +2,14 @@
 //! instruction set, chosen at run time.
 //!
 //! [`rows_dot`] computes `out[r · T + t] = W[r] · x[t]` for a run of weight rows and `T`
-//! activation vectors. In prefill each row's blocks are unpacked once and multiplied with four
-//! activation vectors, so the weights are read from memory once per four tokens; in decode four
-//! rows run side by side, so four streams of weights are in flight at once.
+//! activation vectors. In prefill (and one-pass scoring, and batched decode of four or more)
+//! a tile of several rows × four tokens runs at once: each weight block is unpacked once for
+//! four tokens and each activation block loaded once for the tile's rows (2 rows under AVX2,
+//! 3 under AVX-VNNI, 4 with AVX-512VL's 32 registers); in decode four rows run side by side,
+//! so four streams of weights are in flight at once. Every tile keeps one accumulator per
+//! (row, token) and adds the blocks in order, so a result is bit for bit the same whatever the
+//! tile or the number of tokens ([`Tiling`]), and the same on every x86 instruction set (the
+//! integer products are exact).
 //! Per block the integer dot product of the codes is scaled by `d_w · d_x` and accumulated in
 //! f32 lanes; Q4_1's minimum adds `m_w · s_x` (`s_x = d_x · Σ q_x`). This is llama.cpp's
 //! arithmetic for `Q4_1 × Q8_1` and `Q8_0 × Q8_0`.
@@ -46,11 +51,13 @@ impl Isa {
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
-                if has!("avxvnni") {
-                    isas.push(Isa::AvxVnni);
-                }
+                // AVX-512VL first: the same 256-bit instructions, but 32 registers hold
+                // larger prefill tiles (on 256-bit registers the clock does not drop).
                 if has!("avx512vnni") && has!("avx512vl") {
                     isas.push(Isa::Avx512Vnni);
+                }
+                if has!("avxvnni") {
+                    isas.push(Isa::AvxVnni);
                 }
                 isas.push(Isa::Avx2);
             }
@@ -60,82 +67,137 @@ impl Isa {
     }
 }
 
+/// How a kernel walks the (row, token) grid. Every tiling gives every output bit for bit the
+/// same value: a tile keeps one accumulator per (row, token) and adds the blocks into it in
+/// the same order as the one-by-one kernel does, so a token's result does not depend on how
+/// many tokens share the matmul (what makes prefill, batched decode and one-pass scoring equal
+/// a single decode step exactly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))] // the tests walk every tiling
+pub(crate) enum Tiling {
+    /// The fastest: blocks of several rows × four tokens in prefill, four rows × one token in
+    /// decode.
+    Best,
+    /// One row × four tokens in prefill (each row's weights unpacked once per four tokens),
+    /// four rows × one token in decode; the kernels before row blocking, kept for comparison.
+    RowTimesFour,
+    /// One (row, token) at a time: the reference order.
+    Single,
+}
+
 /// `out[r · x.rows() + t] = row r of rows · x[t]`, for every whole row in `rows`.
 ///
 /// # Panics
 /// When `out` is not `rows × x.rows()` or the activations are not `cols` wide; callers
 /// check shapes once per matmul ([`super::matmul`]), so this is an internal invariant.
 pub(crate) fn rows_dot(isa: Isa, format: WeightFormat, cols: usize, rows: &[u8], x: &Q8Activations, out: &mut [f32]) {
+    rows_dot_tiled(isa, format, cols, rows, x, out, Tiling::Best);
+}
+
+/// [`rows_dot`] with the tiling chosen by the caller (the tests and the kernel bench).
+pub(crate) fn rows_dot_tiled(
+    isa: Isa,
+    format: WeightFormat,
+    cols: usize,
+    rows: &[u8],
+    x: &Q8Activations,
+    out: &mut [f32],
+    tiling: Tiling,
+) {
     let row_bytes = format.row_bytes(cols);
     assert!(cols.is_multiple_of(QK) && row_bytes > 0 && rows.len().is_multiple_of(row_bytes));
     assert_eq!(x.cols(), cols);
     assert_eq!(out.len(), rows.len() / row_bytes * x.rows());
     match isa {
-        Isa::Scalar => scalar::rows_dot(format, row_bytes, rows, x, out),
+        Isa::Scalar => scalar::rows_dot(format, row_bytes, rows, x, out, tiling),
         // SAFETY (all three): `available()` only lists an instruction set after
         // `is_x86_feature_detected!` confirmed every feature its functions enable, and the
         // shapes were checked above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { avx2::rows_dot(format, row_bytes, rows, x, out) },
+        Isa::Avx2 => unsafe { avx2::rows_dot(format, row_bytes, rows, x, out, tiling) },
         #[cfg(target_arch = "x86_64")]
-        Isa::AvxVnni => unsafe { avxvnni::rows_dot(format, row_bytes, rows, x, out) },
+        Isa::AvxVnni => unsafe { avxvnni::rows_dot(format, row_bytes, rows, x, out, tiling) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => unsafe { avx512vnni::rows_dot(format, row_bytes, rows, x, out) },
+        Isa::Avx512Vnni => unsafe { avx512vnni::rows_dot(format, row_bytes, rows, x, out, tiling) },
     }
 }
 
-/// The reference: the same sums, one value at a time.
+/// The portable kernels and the tests' reference: the same sums, in plain Rust.
 mod scalar {
     use super::*;
 
-    pub(super) fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &Q8Activations, out: &mut [f32]) {
-        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(x.rows())) {
-            for (t, o) in out.iter_mut().enumerate() {
-                *o = match format {
-                    WeightFormat::Q4_1 => dot_q4_1(row, &x.row(t)),
-                    WeightFormat::Q8_0 => dot_q8_0(row, &x.row(t)),
-                };
+    /// Tokens one unpacked weight block is multiplied with.
+    const TOKENS: usize = 4;
+
+    pub(super) fn rows_dot(
+        format: WeightFormat,
+        row_bytes: usize,
+        rows: &[u8],
+        x: &Q8Activations,
+        out: &mut [f32],
+        tiling: Tiling,
+    ) {
+        let tokens = x.rows();
+        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tokens)) {
+            let mut t = 0;
+            if tiling != Tiling::Single {
+                while t + TOKENS <= tokens {
+                    let xs: [Q8Row<'_>; TOKENS] = std::array::from_fn(|i| x.row(t + i));
+                    out[t..t + TOKENS].copy_from_slice(&dot_many(format, row, &xs));
+                    t += TOKENS;
+                }
+            }
+            for (t, o) in out.iter_mut().enumerate().skip(t) {
+                *o = dot_many(format, row, &[x.row(t)])[0];
             }
         }
     }
 
-    fn dot_q4_1(row: &[u8], x: &Q8Row<'_>) -> f32 {
-        let (mut acc, mut mins) = (0f32, 0f32);
-        for (b, block) in row.chunks_exact(20).enumerate() {
-            let (d, m) = (f16_at(block, 0), f16_at(block, 2));
-            let q = &x.qs[b * QK..(b + 1) * QK];
-            let mut sum = 0i32;
-            for (j, &byte) in block[4..20].iter().enumerate() {
-                sum += i32::from(byte & 0x0f) * i32::from(q[j]);
-                sum += i32::from(byte >> 4) * i32::from(q[j + 16]);
+    /// One weight row times `N` activation vectors: each block's codes are unpacked once, and
+    /// each product keeps its own accumulators, added block after block.
+    fn dot_many<const N: usize>(format: WeightFormat, row: &[u8], xs: &[Q8Row<'_>; N]) -> [f32; N] {
+        let (mut acc, mut mins) = ([0f32; N], [0f32; N]);
+        let mut codes = [0i32; QK];
+        for (b, block) in row.chunks_exact(format.block_bytes()).enumerate() {
+            let d = f16_at(block, 0);
+            match format {
+                WeightFormat::Q4_1 => {
+                    for (j, &byte) in block[4..20].iter().enumerate() {
+                        codes[j] = i32::from(byte & 0x0f);
+                        codes[j + 16] = i32::from(byte >> 4);
+                    }
+                }
+                WeightFormat::Q8_0 => {
+                    for (c, &w) in codes.iter_mut().zip(&block[2..34]) {
+                        *c = i32::from(w as i8);
+                    }
+                }
             }
-            acc += d * x.d[b] * sum as f32;
-            mins += m * x.s[b];
+            for (t, x) in xs.iter().enumerate() {
+                let q = &x.qs[b * QK..(b + 1) * QK];
+                let sum: i32 = codes.iter().zip(q).map(|(&w, &q)| w * i32::from(q)).sum();
+                acc[t] += d * x.d[b] * sum as f32;
+                if format == WeightFormat::Q4_1 {
+                    mins[t] += f16_at(block, 2) * x.s[b];
+                }
+            }
         }
-        acc + mins
-    }
-
-    fn dot_q8_0(row: &[u8], x: &Q8Row<'_>) -> f32 {
-        let mut acc = 0f32;
-        for (b, block) in row.chunks_exact(34).enumerate() {
-            let q = &x.qs[b * QK..(b + 1) * QK];
-            let sum: i32 = block[2..34].iter().zip(q).map(|(&w, &q)| i32::from(w as i8) * i32::from(q)).sum();
-            acc += f16_at(block, 0) * x.d[b] * sum as f32;
-        }
-        acc
+        std::array::from_fn(|t| acc[t] + mins[t])
     }
 }
 
-/// One x86-64 kernel set: `$features` enabled, `$udot` the unsigned × signed byte dot product
-/// of 32 pairs into 8 i32 lanes.
+/// One x86-64 kernel set: `$features` enabled, `$rows` rows per prefill tile (as many as the
+/// registers hold: 16 ymm registers under AVX2, 32 with AVX-512VL), `$udot` the unsigned ×
+/// signed byte dot product of 32 pairs into 8 i32 lanes.
 #[cfg(target_arch = "x86_64")]
 macro_rules! x86_kernels {
-    ($module:ident, $features:literal, $udot:item) => {
+    ($module:ident, $features:literal, $rows:literal, $udot:item) => {
         mod $module {
             use std::arch::x86_64::*;
 
             use super::super::activation::Q8Activations;
             use super::super::block::{QK, WeightFormat};
+            use super::Tiling;
 
             $udot
 
@@ -149,6 +211,7 @@ macro_rules! x86_kernels {
                 rows: &[u8],
                 x: &Q8Activations,
                 out: &mut [f32],
+                tiling: Tiling,
             ) {
                 let nb = row_bytes / format.block_bytes();
                 let tokens = x.rows();
@@ -158,37 +221,80 @@ macro_rules! x86_kernels {
                 let w = rows.as_ptr();
                 let o = out.as_mut_ptr();
                 // Tokens' codes and scales are contiguous: token t starts at t · cols and t · nb.
-                // SAFETY (every call below): rows r..r + R and tokens t..t + N exist, so the
-                // pointers stay inside `rows`, `x` and `out`.
+                // SAFETY (every use): rows r..r + R and tokens t..t + N exist, so the pointers
+                // stay inside `rows`, `x` and `out`.
+                macro_rules! tile_at {
+                    ($r:expr, $t:expr, $R:literal, $N:literal) => {
+                        unsafe {
+                            tile::<$R, $N>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, o.add($r * tokens + $t), tokens)
+                        }
+                    };
+                }
+                match tiling {
+                    Tiling::Single => {
+                        for r in 0..n_rows {
+                            for t in 0..tokens {
+                                tile_at!(r, t, 1, 1);
+                            }
+                        }
+                        return;
+                    }
+                    Tiling::Best if tokens >= 4 => {
+                        // Prefill: a block of $rows rows × four tokens per tile, each weight
+                        // block unpacked once for four tokens and each activation block loaded
+                        // once for $rows rows.
+                        let mut r = 0;
+                        while r + $rows <= n_rows {
+                            let mut t = 0;
+                            while t + 4 <= tokens {
+                                tile_at!(r, t, $rows, 4);
+                                t += 4;
+                            }
+                            while t < tokens {
+                                tile_at!(r, t, $rows, 1);
+                                t += 1;
+                            }
+                            r += $rows;
+                        }
+                        for r in r..n_rows {
+                            let mut t = 0;
+                            while t + 4 <= tokens {
+                                tile_at!(r, t, 1, 4);
+                                t += 4;
+                            }
+                            for t in t..tokens {
+                                tile_at!(r, t, 1, 1);
+                            }
+                        }
+                        return;
+                    }
+                    _ => {}
+                }
                 if tokens >= 4 {
                     // Prefill: each row's blocks are unpacked once for four tokens.
                     for r in 0..n_rows {
                         let mut t = 0;
                         while t + 4 <= tokens {
-                            unsafe { tile::<1, 4>(format, nb, w.add(r * row_bytes), row_bytes, qs.as_ptr().add(t * cols), d.as_ptr().add(t * nb), s.as_ptr().add(t * nb), cols, o.add(r * tokens + t), tokens) };
+                            tile_at!(r, t, 1, 4);
                             t += 4;
                         }
-                        while t < tokens {
-                            unsafe { tile::<1, 1>(format, nb, w.add(r * row_bytes), row_bytes, qs.as_ptr().add(t * cols), d.as_ptr().add(t * nb), s.as_ptr().add(t * nb), cols, o.add(r * tokens + t), tokens) };
-                            t += 1;
+                        for t in t..tokens {
+                            tile_at!(r, t, 1, 1);
                         }
                     }
                 } else {
                     // Decode: four rows at once, four independent streams from memory.
                     let mut r = 0;
-                    while r < n_rows {
-                        let four = r + 4 <= n_rows;
+                    while r + 4 <= n_rows {
                         for t in 0..tokens {
-                            unsafe {
-                                let args = (w.add(r * row_bytes), qs.as_ptr().add(t * cols), d.as_ptr().add(t * nb), s.as_ptr().add(t * nb), o.add(r * tokens + t));
-                                if four {
-                                    tile::<4, 1>(format, nb, args.0, row_bytes, args.1, args.2, args.3, cols, args.4, tokens)
-                                } else {
-                                    tile::<1, 1>(format, nb, args.0, row_bytes, args.1, args.2, args.3, cols, args.4, tokens)
-                                }
-                            };
+                            tile_at!(r, t, 4, 1);
                         }
-                        r += if four { 4 } else { 1 };
+                        r += 4;
+                    }
+                    for r in r..n_rows {
+                        for t in 0..tokens {
+                            tile_at!(r, t, 1, 1);
+                        }
                     }
                 }
             }
@@ -299,7 +405,7 @@ macro_rules! x86_kernels {
 }
 
 #[cfg(target_arch = "x86_64")]
-x86_kernels!(avx2, "avx2,fma,f16c",
+x86_kernels!(avx2, "avx2,fma,f16c", 2,
     /// 32 u8 × i8 products summed in fours; `maddubs` cannot saturate here (|w| ≤ 128, |x| ≤ 127).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
@@ -309,7 +415,7 @@ x86_kernels!(avx2, "avx2,fma,f16c",
 );
 
 #[cfg(target_arch = "x86_64")]
-x86_kernels!(avxvnni, "avx2,fma,f16c,avxvnni",
+x86_kernels!(avxvnni, "avx2,fma,f16c,avxvnni", 3,
     /// 32 u8 × i8 products summed in fours, in one instruction.
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     #[inline]
@@ -319,7 +425,7 @@ x86_kernels!(avxvnni, "avx2,fma,f16c,avxvnni",
 );
 
 #[cfg(target_arch = "x86_64")]
-x86_kernels!(avx512vnni, "avx2,fma,f16c,avx512vnni,avx512vl",
+x86_kernels!(avx512vnni, "avx2,fma,f16c,avx512vnni,avx512vl", 4,
     /// 32 u8 × i8 products summed in fours, in one instruction.
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     #[inline]
@@ -327,3 +433,145 @@ x86_kernels!(avx512vnni, "avx2,fma,f16c,avx512vnni,avx512vl",
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
     }
 );
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use half::f16;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// `rows` random rows of `format` blocks (scales of realistic size), as a GGUF file has them.
+    fn random_rows(format: WeightFormat, rows: usize, cols: usize, rng: &mut StdRng) -> Vec<u8> {
+        let mut data = Vec::with_capacity(rows * format.row_bytes(cols));
+        for _ in 0..rows * cols / QK {
+            data.extend_from_slice(&f16::from_f32(rng.random_range(0.001..0.05f32)).to_le_bytes());
+            let codes = match format {
+                WeightFormat::Q4_1 => {
+                    data.extend_from_slice(&f16::from_f32(rng.random_range(-0.2..0.0f32)).to_le_bytes());
+                    16
+                }
+                WeightFormat::Q8_0 => 32,
+            };
+            data.extend((0..codes).map(|_| rng.random::<u8>()));
+        }
+        data
+    }
+
+    fn random_activations(tokens: usize, cols: usize, rng: &mut StdRng) -> Vec<f32> {
+        (0..tokens * cols).map(|i| if i % 61 == 0 { 30.0 } else { rng.random_range(-2.0..2.0f32) }).collect()
+    }
+
+    fn run(isa: Isa, format: WeightFormat, cols: usize, rows: &[u8], x: &Q8Activations, tiling: Tiling) -> Vec<f32> {
+        let mut out = vec![0f32; rows.len() / format.row_bytes(cols) * x.rows()];
+        rows_dot_tiled(isa, format, cols, rows, x, &mut out, tiling);
+        out
+    }
+
+    /// Every tiling, and every number of tokens sharing the call, gives each (row, token) the
+    /// value a lone (row, token) gets, bit for bit, on every instruction set this CPU runs.
+    #[test]
+    fn outputs_do_not_depend_on_tiling_or_token_count() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let (n_rows, cols) = (39, 192);
+        for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
+            let rows = random_rows(format, n_rows, cols, &mut rng);
+            for tokens in [1, 2, 3, 4, 5, 8, 11] {
+                let xf = random_activations(tokens, cols, &mut rng);
+                let mut x = Q8Activations::default();
+                x.quantize(&xf, cols);
+                for isa in Isa::available() {
+                    let single = run(isa, format, cols, &rows, &x, Tiling::Single);
+                    // The integer dot products are exact and the float steps the same, so
+                    // every x86 instruction set gives the same bits: a verifier on another
+                    // CPU generation reproduces a miner's logits exactly.
+                    if isa != Isa::Scalar {
+                        let first = run(Isa::detect(), format, cols, &rows, &x, Tiling::Single);
+                        assert!(single.iter().zip(&first).all(|(a, b)| a.to_bits() == b.to_bits()), "{format:?} {isa:?} vs {:?}", Isa::detect());
+                    }
+                    for tiling in [Tiling::Best, Tiling::RowTimesFour] {
+                        let got = run(isa, format, cols, &rows, &x, tiling);
+                        let same = got.iter().zip(&single).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{format:?} {isa:?} {tiling:?} {tokens} tokens differ from one by one");
+                    }
+                    // Each token alone (one activation vector per call, the decode shape).
+                    for t in 0..tokens {
+                        let mut one = Q8Activations::default();
+                        one.quantize(&xf[t * cols..(t + 1) * cols], cols);
+                        let alone = run(isa, format, cols, &rows, &one, Tiling::Best);
+                        for (r, v) in alone.iter().enumerate() {
+                            assert_eq!(v.to_bits(), single[r * tokens + t].to_bits(), "{format:?} {isa:?} row {r} token {t}/{tokens}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIMD kernels against the scalar reference (another summation order, so within rounding).
+    #[test]
+    fn simd_equals_scalar_within_rounding() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (n_rows, cols) = (21, 576);
+        for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
+            let rows = random_rows(format, n_rows, cols, &mut rng);
+            let mut x = Q8Activations::default();
+            x.quantize(&random_activations(6, cols, &mut rng), cols);
+            let reference = run(Isa::Scalar, format, cols, &rows, &x, Tiling::Single);
+            for isa in Isa::available() {
+                let got = run(isa, format, cols, &rows, &x, Tiling::Best);
+                for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{format:?} {isa:?} [{i}]: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// Kernel micro-bench (`cargo test -p heurist-inference --release --lib kernel_speed --
+    /// --ignored --nocapture`): SmolLM2-135M's matrices times a 128-token prompt, one thread,
+    /// the row-blocked tiles against one row × four tokens, interleaved.
+    #[test]
+    #[ignore = "a timing, not a check"]
+    fn kernel_speed() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let tokens = 128;
+        // (name, format, rows, cols): q|k|v, o, gate|up, down, the vocabulary projection.
+        let shapes = [
+            ("qkv", WeightFormat::Q4_1, 960, 576),
+            ("wo", WeightFormat::Q4_1, 576, 576),
+            ("gate_up", WeightFormat::Q4_1, 3072, 576),
+            ("down", WeightFormat::Q4_1, 576, 1536),
+            ("output", WeightFormat::Q8_0, 8192, 576),
+        ];
+        eprintln!("{tokens} tokens, one thread, fastest of 15 interleaved; load {:?}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
+        for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+            for &(name, format, n_rows, cols) in &shapes {
+                let rows = random_rows(format, n_rows, cols, &mut rng);
+                let mut x = Q8Activations::default();
+                x.quantize(&random_activations(tokens, cols, &mut rng), cols);
+                let mut out = vec![0f32; n_rows * tokens];
+                let mut best = [f64::INFINITY; 2];
+                for _ in 0..15 {
+                    for (i, tiling) in [Tiling::RowTimesFour, Tiling::Best].into_iter().enumerate() {
+                        let started = std::time::Instant::now();
+                        rows_dot_tiled(isa, format, cols, &rows, &x, &mut out, tiling);
+                        best[i] = best[i].min(started.elapsed().as_secs_f64());
+                    }
+                }
+                let [before, after] = best;
+                let gmacs = |t: f64| (n_rows * cols * tokens) as f64 / t / 1e9;
+                eprintln!(
+                    "{isa:?} {name:>8}: 1 row × 4 {:.2} ms ({:.1} G MAC/s), blocked {:.2} ms ({:.1} G MAC/s): {:.2}x",
+                    before * 1e3,
+                    gmacs(before),
+                    after * 1e3,
+                    gmacs(after),
+                    before / after
+                );
+            }
+        }
+    }
+}
