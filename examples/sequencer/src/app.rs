@@ -14,7 +14,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use heurist_points::{JobRecord, LedgerStore, RuleSet};
+use heurist_points::{JobRecord, RuleSet};
 use heurist_protocol::stream::{HEADER_JOB_ID, HEADER_MINER_ID, StreamedText};
 use heurist_protocol::{
     Address, Job, JobParams, MinerId, MinerRequest, MinerSignal, MinerSubmit, ModelInput, ModelKind, SignalAnswer,
@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use crate::config::SequencerConfig;
 use crate::error::{Result, SequencerError};
+use crate::ledger::LedgerHandle;
 use crate::portal;
 use crate::store::{JobRow, JobStore};
 
@@ -31,7 +32,7 @@ use crate::store::{JobRow, JobStore};
 pub(crate) struct AppState {
     pub(crate) config: SequencerConfig,
     pub(crate) store: Mutex<JobStore>,
-    pub(crate) ledger: Mutex<Box<dyn LedgerStore + Send>>,
+    pub(crate) ledger: Mutex<LedgerHandle>,
     pub(crate) rules: RuleSet,
     bindings: Mutex<HashMap<Address, Address>>,
     streams: Mutex<HashMap<String, StreamedText>>,
@@ -40,7 +41,7 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    pub(crate) fn new(config: SequencerConfig, store: JobStore, ledger: Box<dyn LedgerStore + Send>, rules: RuleSet) -> Self {
+    pub(crate) fn new(config: SequencerConfig, store: JobStore, ledger: LedgerHandle, rules: RuleSet) -> Self {
         let bindings = Mutex::new(config.bindings.table.clone());
         Self {
             config,
