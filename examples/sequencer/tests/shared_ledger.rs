@@ -172,8 +172,7 @@ fn two_sequencers_on_one_postgres_ledger_credit_every_job_once() {
         }
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
-        let all = all.lock().unwrap().clone();
-        all
+        all.lock().unwrap().clone()
     });
     drop(rt);
 
