@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{
-    HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, ModelKind, Nullable, RequestAnswer,
-    SdParams,
+    HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, ModelKind, Nullable, SdParams,
     SubmitResult,
 };
 use tokio::sync::watch;
@@ -24,7 +23,7 @@ use crate::error::{MinerError, Result};
 use crate::signal::{ModelChoice, SignalSetup, signal_loop};
 use crate::spool::{Finished, PendingUpload, Spool};
 use crate::upload::Uploader;
-use crate::worker::Stats;
+use crate::worker::{PollPace, Polled, Stats, pause_unless_stopped};
 use crate::{now_ms, now_s};
 
 /// An 8-bit RGB image, rows top to bottom, as an engine produces it.
@@ -178,7 +177,7 @@ impl ImageWorker {
             tokio::spawn(signal_loop(self.client.clone(), setup, self.model.clone(), stop.clone()));
         }
         let mut clock = HeartbeatClock::default();
-        let mut failures = 0u32;
+        let mut poll = PollPace::new(self.limits.sleep_duration);
         while !*stop.borrow() {
             let heartbeat = clock.due(&self.miner_id, now_s());
             let request = MinerRequest {
@@ -190,28 +189,9 @@ impl ImageWorker {
                 extra: Default::default(),
             };
             let asked = Instant::now();
-            let pause = match self.client.request_job(&request).await {
-                Ok(RequestAnswer::Job(job)) => {
-                    failures = 0;
-                    self.serve(*job, asked.elapsed().as_secs_f64(), &stop).await;
-                    continue;
-                }
-                Ok(RequestAnswer::Warning(w)) => {
-                    tracing::warn!(message = w, "the sequencer says");
-                    Duration::from_secs(self.limits.sleep_duration)
-                }
-                Ok(RequestAnswer::NoJob(_)) => Duration::from_secs(self.limits.sleep_duration),
-                Err(e) => {
-                    failures += 1;
-                    let wait = Duration::from_millis((500u64 << failures.min(6)).min(30_000));
-                    tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "sequencer unreachable");
-                    wait
-                }
-            };
-            let mut s = stop.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = s.wait_for(|v| *v) => {}
+            match poll.answer(self.client.request_job(&request).await) {
+                Polled::Job(job) => self.serve(*job, asked.elapsed().as_secs_f64(), &stop).await,
+                Polled::Wait(pause) => pause_unless_stopped(pause, &stop).await,
             }
         }
         Ok(())

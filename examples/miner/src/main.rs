@@ -2,8 +2,9 @@
 //!
 //! Reads the reference miner's `config.toml` and `.env`, loads each miner id's identity from
 //! `~/.heurist-keys`, fetches and checks the chat model file unless one is given, and runs per
-//! miner id a worker on the chat engine and, when `--sd-checkpoint` names checkpoints, an
-//! image worker on the SD engine (`sd::SdRunner`) uploading to `--s3-endpoint`. Ctrl-C finishes the
+//! miner id a worker on the chat engine and, when `--sd-checkpoint` or `--sd-model-id` names
+//! image models (the latter fetched from the registry and checked), an image worker on the SD
+//! engine (`sd::SdRunner`) uploading to `--s3-endpoint`. Ctrl-C finishes the
 //! jobs in flight and submits them; a second Ctrl-C stops at once, the spool intact.
 
 use std::path::PathBuf;
@@ -64,6 +65,12 @@ struct Args {
     /// answers may switch among them. Runs one image worker per miner id beside the chat one.
     #[arg(long = "sd-checkpoint", value_name = "MODEL_ID=PATH")]
     sd_checkpoints: Vec<heurist_miner::sd::CheckpointSpec>,
+    /// An image model to serve by its registry name (repeatable): unless --sd-checkpoint
+    /// names a file for it, the registry's `file_url` is downloaded into
+    /// <[storage].base_dir>/models (resumed after a cut, checked against the registry
+    /// checksum; a bad file is deleted, never loaded). Served after the --sd-checkpoint ones.
+    #[arg(long = "sd-model-id", value_name = "MODEL_ID")]
+    sd_model_ids: Vec<String>,
     /// The S3 endpoint image results are uploaded to (path-style), e.g. a local sequencer's
     /// embedded server `http://127.0.0.1:9000`.
     #[arg(long, default_value = "https://s3.amazonaws.com")]
@@ -119,8 +126,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let spool = Spool::open(&spool_dir)?;
     anyhow::ensure!(
-        args.llm_model_id.is_some() || !args.sd_checkpoints.is_empty(),
-        "nothing to serve: pass --llm-model-id, --sd-checkpoint MODEL_ID=PATH, or both"
+        args.llm_model_id.is_some() || !args.sd_checkpoints.is_empty() || !args.sd_model_ids.is_empty(),
+        "nothing to serve: pass --llm-model-id, --sd-checkpoint MODEL_ID=PATH or --sd-model-id, or both kinds"
     );
     let hardware = args.hardware.clone().unwrap_or_else(|| args.device.to_string());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -130,14 +137,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|id| IdentityWallet::load_for(&keys_dir, id).map(Arc::new).with_context(|| format!("identity for {id}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if !args.sd_checkpoints.is_empty() {
-        let specs = args.sd_checkpoints.clone();
+    let model_store = || -> anyhow::Result<ModelStore> {
+        Ok(ModelStore::new(expand_home(&reference.storage.base_dir).join("models"))?.with_progress(true))
+    };
+    let specs = if args.sd_model_ids.is_empty() {
+        args.sd_checkpoints.clone()
+    } else {
+        heurist_miner::sd::checkpoints_for(&model_store()?, &load_registry(&args)?, &args.sd_model_ids, &args.sd_checkpoints).await?
+    };
+    if !specs.is_empty() {
+        let first = specs[0].model_id.clone();
         let device = args.device;
         tracing::info!(models = ?specs.iter().map(|s| &s.model_id).collect::<Vec<_>>(), device = %device, "loading the image models");
         let runner = Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, device)).await??);
         let uploader = Uploader::new(&args.s3_endpoint, &args.s3_region, Duration::from_secs(60))?;
         let models = runner.models();
-        let first = args.sd_checkpoints[0].model_id.clone();
         for (id, wallet) in miner_ids.iter().zip(&wallets) {
             let stats = Arc::new(Stats::default());
             all_stats.push((format!("{id} (image)"), stats.clone()));
@@ -164,16 +178,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let gguf = match &args.llm_gguf {
         Some(p) => p.clone(),
         None => {
-            let registry = match &args.registry {
-                Some(dir) => Registry::from_dir(dir).with_context(|| format!("--registry {}", dir.display()))?,
-                None => {
-                    let mut r = Registry::bundled()?;
-                    r.extend(Registry::bundled_2024_07()?);
-                    r
-                }
-            };
-            let store = ModelStore::new(expand_home(&reference.storage.base_dir).join("models"))?.with_progress(true);
-            store.ensure(&registry, &llm_model_id).await.with_context(|| format!("--llm-model-id {llm_model_id}"))?
+            let registry = load_registry(&args)?;
+            model_store()?.ensure(&registry, &llm_model_id).await.with_context(|| format!("--llm-model-id {llm_model_id}"))?
         }
     };
     tracing::info!(model = %gguf.display(), device = %args.device, "loading the chat model");
@@ -214,6 +220,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         workers.spawn(worker.run(stop_rx.clone()));
     }
     serve(workers, all_stats, args.status_interval, stop_tx, &spool_dir, &base_url).await
+}
+
+/// The registry model files are found and checked by: `--registry`, or the bundled one.
+fn load_registry(args: &Args) -> anyhow::Result<Registry> {
+    Ok(match &args.registry {
+        Some(dir) => Registry::from_dir(dir).with_context(|| format!("--registry {}", dir.display()))?,
+        None => {
+            let mut r = Registry::bundled()?;
+            r.extend(Registry::bundled_2024_07()?);
+            r
+        }
+    })
 }
 
 /// Prints status lines and waits for the workers, or for Ctrl-C (twice: at once).

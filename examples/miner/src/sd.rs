@@ -14,8 +14,9 @@ use std::str::FromStr;
 
 use heurist_inference::image::{ImageEngine, ImageJob, SchedulerKind};
 use heurist_inference::DeviceSpec;
-use heurist_protocol::SdParams;
+use heurist_protocol::{Registry, SdParams};
 
+use crate::download::ModelStore;
 use crate::error::{MinerError, Result};
 use crate::image::{Image, ImageError, ImageRunner};
 
@@ -44,6 +45,32 @@ impl FromStr for CheckpointSpec {
             _ => Err(CheckpointSpecError(s.to_owned())),
         }
     }
+}
+
+/// The checkpoints that serve `models` (registry names) and `given`: every `given` spec as
+/// it is, then, for each of `models` no spec names, the registry's file for it, fetched into
+/// `store` and checked against the registry checksum before it is returned (a file that does
+/// not match is deleted and fetched again; one that never matches is an error, never
+/// loaded). A name the registry lacks, or one that is not an image model, is an error naming
+/// it.
+pub async fn checkpoints_for(store: &ModelStore, registry: &Registry, models: &[String], given: &[CheckpointSpec]) -> Result<Vec<CheckpointSpec>> {
+    let mut out = given.to_vec();
+    for model in models {
+        if out.iter().any(|s| s.model_id == *model) {
+            continue;
+        }
+        let entry = registry.get(model).map_err(|e| MinerError::Config { setting: format!("--sd-model-id {model}"), reason: e.to_string() })?;
+        if !entry.model_type.is_image() {
+            return Err(MinerError::Config {
+                setting: format!("--sd-model-id {model}"),
+                reason: format!("the registry lists it as {:?}, not an image model", entry.model_type),
+            });
+        }
+        tracing::info!(model, "fetching the image model named by the registry");
+        let path = store.ensure(registry, model).await?;
+        out.push(CheckpointSpec { model_id: model.clone(), path });
+    }
+    Ok(out)
 }
 
 /// SD checkpoints on one device, by model id.

@@ -33,6 +33,77 @@ pub struct Stats {
     pub busy_ms: AtomicU64,
 }
 
+/// What one `miner_request` came to, for a worker's loop: a job to run, or a pause before
+/// the next request.
+#[derive(Debug)]
+pub enum Polled {
+    /// Run it.
+    Job(Box<Job>),
+    /// Ask again after this long (no job, an operator warning, or a failure's backoff).
+    Wait(Duration),
+}
+
+/// The request loop's arms other than a job, shared by the chat and image workers: an
+/// operator warning is logged and waited on like "no job" (`sleep_duration`); an
+/// unreachable or failing sequencer is waited on with a backoff of 500 ms doubled per
+/// failure in a row, capped at 30 s, so a sequencer that is down is not hammered and one
+/// that comes back is found within half a minute.
+#[derive(Debug)]
+pub struct PollPace {
+    idle: Duration,
+    failures: u32,
+}
+
+/// The longest backoff after failed requests.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl PollPace {
+    /// Pacing for a worker whose idle pause is `sleep_duration` seconds.
+    pub fn new(sleep_duration: u64) -> Self {
+        Self { idle: Duration::from_secs(sleep_duration), failures: 0 }
+    }
+
+    /// The pause after `n` failures in a row: 500 ms << n, at most [`MAX_BACKOFF`].
+    pub fn backoff(n: u32) -> Duration {
+        Duration::from_millis(500u64 << n.min(6)).min(MAX_BACKOFF)
+    }
+
+    /// Turns one request's answer into what the loop does next, logging warnings and
+    /// failures.
+    pub fn answer(&mut self, answer: heurist_protocol::Result<RequestAnswer>) -> Polled {
+        match answer {
+            Ok(RequestAnswer::Job(job)) => {
+                self.failures = 0;
+                Polled::Job(job)
+            }
+            Ok(RequestAnswer::Warning(w)) => {
+                self.failures = 0;
+                tracing::warn!(message = w, "the sequencer says");
+                Polled::Wait(self.idle)
+            }
+            Ok(RequestAnswer::NoJob(_)) => {
+                self.failures = 0;
+                Polled::Wait(self.idle)
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                let wait = Self::backoff(self.failures);
+                tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "sequencer unreachable");
+                Polled::Wait(wait)
+            }
+        }
+    }
+}
+
+/// Sleeps `pause`, or less if `stop` turns true meanwhile.
+pub async fn pause_unless_stopped(pause: Duration, stop: &watch::Receiver<bool>) {
+    let mut s = stop.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {}
+        _ = s.wait_for(|v| *v) => {}
+    }
+}
+
 /// What a chat worker needs.
 pub struct LlmWorker {
     /// Its miner id.
@@ -85,7 +156,7 @@ impl LlmWorker {
         let mut clock = HeartbeatClock::default();
         let slots = Arc::new(Semaphore::new(self.limits.concurrency_soft_limit.max(1) as usize));
         let mut in_flight = JoinSet::new();
-        let mut failures = 0u32;
+        let mut poll = PollPace::new(self.limits.sleep_duration);
         while !*stop.borrow() {
             while in_flight.try_join_next().is_some() {}
             let permit = match slots.clone().acquire_owned().await {
@@ -106,9 +177,8 @@ impl LlmWorker {
                 extra: Default::default(),
             };
             let asked = Instant::now();
-            let pause = match self.client.request_job(&request).await {
-                Ok(RequestAnswer::Job(job)) => {
-                    failures = 0;
+            match poll.answer(self.client.request_job(&request).await) {
+                Polled::Job(job) => {
                     let me = self.clone();
                     let stop = stop.clone();
                     let request_latency = asked.elapsed().as_secs_f64();
@@ -116,25 +186,11 @@ impl LlmWorker {
                         let _permit = permit;
                         me.serve(*job, request_latency, &stop).await;
                     });
-                    continue;
                 }
-                Ok(RequestAnswer::Warning(w)) => {
-                    tracing::warn!(message = w, "the sequencer says");
-                    Duration::from_secs(self.limits.sleep_duration)
+                Polled::Wait(pause) => {
+                    drop(permit);
+                    pause_unless_stopped(pause, &stop).await;
                 }
-                Ok(RequestAnswer::NoJob(_)) => Duration::from_secs(self.limits.sleep_duration),
-                Err(e) => {
-                    failures += 1;
-                    let wait = Duration::from_millis((500u64 << failures.min(6)).min(30_000));
-                    tracing::warn!(error = %e, wait_ms = wait.as_millis() as u64, "sequencer unreachable");
-                    wait
-                }
-            };
-            drop(permit);
-            let mut s = stop.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = s.wait_for(|v| *v) => {}
             }
         }
         while in_flight.join_next().await.is_some() {}
@@ -191,5 +247,36 @@ impl LlmWorker {
         // On disk before anything is sent: from here on the result cannot be lost.
         self.spool.put(&finished)?;
         Ok(finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use heurist_protocol::ProtocolError;
+
+    fn unreachable() -> heurist_protocol::Result<RequestAnswer> {
+        Err(ProtocolError::Status { endpoint: "http://127.0.0.1:1/miner_request".into(), status: 503, body: "down".into() })
+    }
+
+    #[test]
+    fn backoff_doubles_from_half_a_second_and_stops_at_thirty() {
+        let mut pace = PollPace::new(3);
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            match pace.answer(unreachable()) {
+                Polled::Wait(d) => waits.push(d.as_millis() as u64),
+                Polled::Job(_) => panic!("no job in an error"),
+            }
+        }
+        assert_eq!(waits, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]);
+        assert_eq!(PollPace::backoff(u32::MAX), MAX_BACKOFF);
+        // A warning or "no job" means the sequencer answered: the idle pause, and the next
+        // failure starts again from the bottom.
+        let warned = pace.answer(Ok(RequestAnswer::Warning("update your miner".into())));
+        assert!(matches!(warned, Polled::Wait(d) if d == Duration::from_secs(3)), "{warned:?}");
+        assert!(matches!(pace.answer(unreachable()), Polled::Wait(d) if d == Duration::from_millis(1000)));
     }
 }

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use heurist_inference::smollm2_path;
-use heurist_protocol::{IdentityWallet, MinerId, Registry, RegistryEntry, SubmitJob, key_file_path};
+use heurist_protocol::Registry;
 use heurist_sequencer::SequencerConfig;
 use serde_json::json;
 
-const MODEL: &str = "smollm2-135m-instruct";
+const MODEL: &str = LLM_MODEL;
 const MINER: &str = "0x00000000000000000000000000000000000000b5-cpu0";
 const BIN: &str = env!("CARGO_BIN_EXE_heurist-miner");
 
@@ -70,57 +70,16 @@ log_level = "INFO"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_from_reference_config_and_env_and_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("seq")).unwrap();
-    config.api_keys = vec![KEY.into()];
-    let mut registry = Registry::bundled().unwrap();
-    let entry: RegistryEntry =
-        serde_json::from_value(json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4})).unwrap();
-    registry.models.push(entry);
-    config.registry = registry;
-    let seq = heurist_sequencer::start(config).await.unwrap();
-    let messages = serde_json::to_string(&json!([{"role": "user", "content": "Say hi."}])).unwrap();
-    let job: SubmitJob = serde_json::from_value(json!({"job_id": "cfg-1", "model_id": MODEL,
-        "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": 6, "seed": 1}}}))
-    .unwrap();
-    client(&seq.url()).submit_job(KEY, &job).await.unwrap();
+    let seq = llm_sequencer(&dir.path().join("seq")).await;
+    client(&seq.url()).submit_job(KEY, &llm_job("cfg-1", "Say hi.", 6, 1)).await.unwrap();
 
     let work = dir.path().join("miner");
-    std::fs::create_dir_all(work.join("keys")).unwrap();
+    write_identity(&work.join("keys"), MINER);
     std::fs::write(work.join("config.toml"), reference_config(&seq.url(), &work)).unwrap();
     std::fs::write(work.join(".env"), format!("# one miner id per GPU\nMINER_ID_0={MINER}\n")).unwrap();
-    let id: MinerId = MINER.parse().unwrap();
-    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(&work.join("keys"), &id)).unwrap();
-
-    let mut child = Command::new(BIN)
-        .current_dir(&work)
-        .args(["--config", "config.toml", "--llm-model-id", MODEL, "--status-interval", "0"])
-        .arg("--llm-gguf")
-        .arg(smollm2_path().unwrap())
-        .env("RUST_LOG", "warn")
-        .env_remove("MINER_ID_0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    let status = loop {
-        let s: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/job/cfg-1", seq.url()))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !s["result"].is_null() {
-            break s;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the miner exited");
-        assert!(t.elapsed() < Duration::from_secs(120), "no result");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let gguf = smollm2_path().unwrap().display().to_string();
+    let mut child = miner_bin(&work, ["--config", "config.toml", "--llm-model-id", MODEL, "--llm-gguf", &gguf]);
+    let status = wait_result(&seq.url(), "cfg-1", Duration::from_secs(120), Some(&mut child)).await;
     assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
     assert_eq!(status["result"]["miner_id"], MINER, "the id from .env");
     let t = Instant::now();
@@ -129,8 +88,7 @@ async fn starts_from_reference_config_and_env_and_serves() {
         assert!(t.elapsed() < Duration::from_secs(10), "the spool under [storage].base_dir was not emptied");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill(child);
     seq.shutdown().await.unwrap();
 }
 
@@ -144,7 +102,7 @@ fn bad_settings_are_named_and_help_lists_every_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (code, help) = run(dir.path(), &["--help"]);
     assert_eq!(code, 0);
-    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval", "--sd-checkpoint", "--s3-endpoint", "--s3-region"] {
+    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval", "--sd-checkpoint", "--sd-model-id", "--s3-endpoint", "--s3-region"] {
         assert!(help.contains(flag), "--help documents {flag}");
     }
 
@@ -174,16 +132,12 @@ async fn downloads_the_model_named_by_the_registry_then_serves() {
     use sha2::{Digest, Sha256};
     let gguf = std::fs::read(smollm2_path().unwrap()).unwrap();
     let checksum = hex::encode_upper(Sha256::digest(&gguf));
-    let served = std::sync::Arc::new(gguf);
-    let body = served.clone();
-    let app = axum::Router::new().route("/m/SmolLM2.gguf", axum::routing::get(move || async move { body.as_ref().clone() }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let file_url = format!("http://{}/m/SmolLM2.gguf", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let file_url = serve_file("SmolLM2.gguf", gguf.clone()).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let entry = json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4,
-        "file_url": file_url, "checksum": checksum});
+    let mut entry = serde_json::to_value(llm_entry()).unwrap();
+    entry["file_url"] = json!(file_url);
+    entry["checksum"] = json!(checksum);
     let reg_dir = dir.path().join("registry");
     std::fs::create_dir_all(&reg_dir).unwrap();
     std::fs::write(reg_dir.join("models.json"), serde_json::to_vec(&json!([entry])).unwrap()).unwrap();
@@ -191,44 +145,18 @@ async fn downloads_the_model_named_by_the_registry_then_serves() {
     config.api_keys = vec![KEY.into()];
     config.registry = Registry::from_dir(&reg_dir).unwrap();
     let seq = heurist_sequencer::start(config).await.unwrap();
-    let messages = serde_json::to_string(&json!([{"role": "user", "content": "Say hi."}])).unwrap();
-    let job: SubmitJob = serde_json::from_value(json!({"job_id": "dl-1", "model_id": MODEL,
-        "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": 4, "seed": 1}}}))
-    .unwrap();
-    client(&seq.url()).submit_job(KEY, &job).await.unwrap();
+    client(&seq.url()).submit_job(KEY, &llm_job("dl-1", "Say hi.", 4, 1)).await.unwrap();
 
     let work = dir.path().join("miner");
-    std::fs::create_dir_all(work.join("keys")).unwrap();
+    write_identity(&work.join("keys"), MINER);
     std::fs::write(work.join("config.toml"), reference_config(&seq.url(), &work)).unwrap();
-    let id: MinerId = MINER.parse().unwrap();
-    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(&work.join("keys"), &id)).unwrap();
-    let mut child = Command::new(BIN)
-        .current_dir(&work)
-        .args(["--config", "config.toml", "--miner-id", MINER, "--llm-model-id", MODEL, "--status-interval", "0"])
-        .arg("--registry")
-        .arg(&reg_dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    let status = loop {
-        let s: serde_json::Value =
-            reqwest::Client::new().get(format!("{}/job/dl-1", seq.url())).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
-        if !s["result"].is_null() {
-            break s;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the miner exited");
-        assert!(t.elapsed() < Duration::from_secs(180), "no result");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let reg = reg_dir.display().to_string();
+    let mut child = miner_bin(&work, ["--config", "config.toml", "--miner-id", MINER, "--llm-model-id", MODEL, "--registry", &reg]);
+    let status = wait_result(&seq.url(), "dl-1", Duration::from_secs(180), Some(&mut child)).await;
+    kill(child);
     assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
     let fetched = work.join("cache").join("models").join(format!("{MODEL}.gguf"));
-    assert!(std::fs::read(&fetched).unwrap() == *served, "the fetched file is the served one");
+    assert!(std::fs::read(&fetched).unwrap() == gguf, "the fetched file is the served one");
     seq.shutdown().await.unwrap();
 }
 
@@ -237,48 +165,21 @@ async fn downloads_the_model_named_by_the_registry_then_serves() {
 /// server. The job's PNG is stored there, of the job's size, and the key accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_an_image_job_from_an_sd_checkpoint() {
-    const TINY: &str = "tiny-sd15";
     let dir = tempfile::tempdir().unwrap();
-    let s3 = heurist_sequencer::s3::LocalS3::start(dir.path().join("s3"), "k", "s").await.unwrap();
-    s3.create_bucket(BUCKET).unwrap();
-    let mut config = sequencer_config(&dir.path().join("seq"), "127.0.0.1:0".parse().unwrap(), &s3);
-    config.registry.models.push(serde_json::from_value::<RegistryEntry>(json!({"name": TINY, "type": "sd15"})).unwrap());
-    let seq = heurist_sequencer::start(config).await.unwrap();
-    let job: SubmitJob = serde_json::from_value(json!({"job_id": "bin-img", "model_id": TINY,
+    let (s3, seq) = image_sequencer(dir.path(), &[sd15_entry(TINY_SD15, None, None)]).await;
+    let job: heurist_protocol::SubmitJob = serde_json::from_value(json!({"job_id": "bin-img", "model_id": TINY_SD15,
         "model_input": {"SD": {"prompt": "a red boat", "width": 80, "height": 64, "num_iterations": 3, "guidance_scale": 7, "seed": 5}}}))
     .unwrap();
     client(&seq.url()).submit_job(KEY, &job).await.unwrap();
 
     let work = dir.path().join("miner");
-    std::fs::create_dir_all(work.join("keys")).unwrap();
+    let id = write_identity(&work.join("keys"), MINER);
     std::fs::write(work.join("config.toml"), reference_config(&seq.url(), &work)).unwrap();
-    let id: MinerId = MINER.parse().unwrap();
-    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(&work.join("keys"), &id)).unwrap();
-    let checkpoint = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../heurist-inference/tests/fixtures/sd/tiny-sd15-fp16.safetensors");
-    let mut child = Command::new(BIN)
-        .current_dir(&work)
-        .args(["--config", "config.toml", "--miner-id", MINER, "--status-interval", "0", "--s3-endpoint", &s3.endpoint()])
-        .arg("--sd-checkpoint")
-        .arg(format!("{TINY}={}", checkpoint.display()))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    let status = loop {
-        let s: serde_json::Value =
-            reqwest::Client::new().get(format!("{}/job/bin-img", seq.url())).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
-        if !s["result"].is_null() {
-            break s;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the miner exited");
-        assert!(t.elapsed() < Duration::from_secs(120), "no result");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let spec = format!("{TINY_SD15}={}", tiny_sd15().display());
+    let endpoint = s3.endpoint();
+    let mut child = miner_bin(&work, ["--config", "config.toml", "--miner-id", MINER, "--s3-endpoint", &endpoint, "--sd-checkpoint", &spec]);
+    let status = wait_result(&seq.url(), "bin-img", Duration::from_secs(120), Some(&mut child)).await;
+    kill(child);
     assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
     let key = heurist_protocol::SubmitResult::s3_key_for("bin-img", &id);
     let (w, h, rgb) = decode_png(&std::fs::read(s3.object_path(BUCKET, &key)).unwrap());

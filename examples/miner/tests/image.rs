@@ -14,14 +14,11 @@ use std::time::Duration;
 use common::*;
 use heurist_miner::spool::Spool;
 use heurist_protocol::SubmitResult;
-use heurist_sequencer::s3::LocalS3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_job_uploaded_to_s3_and_submitted() {
     let dir = tempfile::tempdir().unwrap();
-    let s3 = LocalS3::start(dir.path().join("s3"), "miner-key", "miner-secret").await.unwrap();
-    s3.create_bucket(BUCKET).unwrap();
-    let seq = heurist_sequencer::start(sequencer_config(&dir.path().join("seq"), "127.0.0.1:0".parse().unwrap(), &s3)).await.unwrap();
+    let (s3, seq) = image_sequencer(dir.path(), &[]).await;
     let c = client(&seq.url());
     c.submit_job(KEY, &sd_job("img-1", 64, 48, 11)).await.unwrap();
     c.submit_job(KEY, &sd_job("img-2", 32, 32, 12)).await.unwrap();
@@ -47,15 +44,7 @@ async fn image_job_uploaded_to_s3_and_submitted() {
         let (sw, sh, rgb) = decode_png(&stored);
         assert_eq!((sw, sh), (w, h));
         assert_eq!(rgb, gradient(w, h, seed), "{id}: the stored PNG holds the painted pixels");
-        let status: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/job/{id}", seq.url()))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = job_status(&seq.url(), id).await;
         assert_eq!(status["result"]["submission"]["result"]["S3Key"], key, "{status}");
         assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
         let upload = status["result"]["submission"]["upload_latency"].as_f64().unwrap();
@@ -72,9 +61,7 @@ async fn image_job_uploaded_to_s3_and_submitted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_switches_to_a_present_model_with_work() {
     let dir = tempfile::tempdir().unwrap();
-    let s3 = LocalS3::start(dir.path().join("s3"), "miner-key", "miner-secret").await.unwrap();
-    s3.create_bucket(BUCKET).unwrap();
-    let seq = heurist_sequencer::start(sequencer_config(&dir.path().join("seq"), "127.0.0.1:0".parse().unwrap(), &s3)).await.unwrap();
+    let (s3, seq) = image_sequencer(dir.path(), &[]).await;
     let c = client(&seq.url());
     for i in 0..2 {
         c.submit_job(KEY, &sd_job_for(SD_MODEL_2, &format!("other-{i}"), 16, 16, i)).await.unwrap();

@@ -7,34 +7,19 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
 use heurist_inference::smollm2_path;
-use heurist_protocol::{IdentityWallet, MinerId, Registry, RegistryEntry, SubmitJob, key_file_path};
-use heurist_sequencer::SequencerConfig;
-use serde_json::json;
 
-const MODEL: &str = "smollm2-135m-instruct";
+const MODEL: &str = LLM_MODEL;
 const MINER: &str = "0x00000000000000000000000000000000000000e7-cpu0";
 
 fn miner(proxy: &str, dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_heurist-miner"))
-        .current_dir(dir)
-        .args(["--base-url", proxy, "--miner-id", MINER, "--llm-model-id", MODEL, "--status-interval", "0"])
-        .arg("--keys-dir")
-        .arg(dir.join("keys"))
-        .arg("--spool-dir")
-        .arg(dir.join("spool"))
-        .arg("--llm-gguf")
-        .arg(smollm2_path().unwrap())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+    let (keys, spool, gguf) = (dir.join("keys"), dir.join("spool"), smollm2_path().unwrap());
+    let (keys, spool, gguf) = (keys.display().to_string(), spool.display().to_string(), gguf.display().to_string());
+    miner_bin(dir, ["--base-url", proxy, "--miner-id", MINER, "--llm-model-id", MODEL, "--keys-dir", &keys, "--spool-dir", &spool, "--llm-gguf", &gguf])
 }
 
 fn spooled(dir: &std::path::Path) -> usize {
@@ -46,27 +31,13 @@ fn spooled(dir: &std::path::Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_finishing_before_submitting_then_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("seq")).unwrap();
-    config.api_keys = vec![KEY.into()];
-    let mut registry = Registry::bundled().unwrap();
-    let entry: RegistryEntry =
-        serde_json::from_value(json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4})).unwrap();
-    registry.models.push(entry);
-    config.registry = registry;
-    let seq = heurist_sequencer::start(config).await.unwrap();
+    let seq = llm_sequencer(&dir.path().join("seq")).await;
     let proxy = FaultProxy::start(&seq.url()).await;
     // Submissions do not get through: the miner finishes, spools, and keeps retrying.
     proxy.set(|m, path| if m == "POST" && path == "/miner_submit" { Fault::Refuse(503) } else { Fault::Pass });
 
-    let id: MinerId = MINER.parse().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(&keys, &id)).unwrap();
-    let messages = serde_json::to_string(&json!([{"role": "user", "content": "Name a colour."}])).unwrap();
-    let job: SubmitJob = serde_json::from_value(json!({"job_id": "killed-1", "model_id": MODEL,
-        "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": 8, "seed": 3}}}))
-    .unwrap();
-    client(&seq.url()).submit_job(KEY, &job).await.unwrap();
+    write_identity(&dir.path().join("keys"), MINER);
+    client(&seq.url()).submit_job(KEY, &llm_job("killed-1", "Name a colour.", 8, 3)).await.unwrap();
 
     let mut first = miner(&proxy.url(), dir.path());
     let t = Instant::now();
@@ -77,24 +48,12 @@ async fn sigkill_after_finishing_before_submitting_then_restart() {
     }
     first.kill().unwrap(); // SIGKILL: no handler runs, nothing is flushed
     first.wait().unwrap();
-    let status = |seq_url: String| async move {
-        reqwest::Client::new().get(format!("{seq_url}/job/killed-1")).bearer_auth(KEY).send().await.unwrap().json::<serde_json::Value>().await.unwrap()
-    };
-    assert!(status(seq.url()).await["result"].is_null(), "nothing reached the sequencer before the kill");
+    assert!(job_status(&seq.url(), "killed-1").await["result"].is_null(), "nothing reached the sequencer before the kill");
     assert_eq!(spooled(dir.path()), 1, "the finished job survived the kill on disk");
 
     proxy.pass();
     let mut second = miner(&proxy.url(), dir.path());
-    let t = Instant::now();
-    let result = loop {
-        let s = status(seq.url()).await;
-        if !s["result"].is_null() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(120), "the spooled result never arrived");
-        assert!(second.try_wait().unwrap().is_none(), "the restarted miner exited");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let result = wait_result(&seq.url(), "killed-1", Duration::from_secs(120), Some(&mut second)).await;
     assert_eq!(result["result"]["verdict"]["status"], "accepted", "{result}");
     assert_eq!(result["result"]["miner_id"], MINER);
     let text = result["result"]["submission"]["result"]["Text"].as_str().unwrap();
@@ -104,8 +63,7 @@ async fn sigkill_after_finishing_before_submitting_then_restart() {
         assert!(t.elapsed() < Duration::from_secs(10), "the spool was not emptied after the acknowledgement");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
+    kill(second);
     assert_eq!(proxy.ok("POST", "/miner_submit"), 1, "submitted once");
     seq.shutdown().await.unwrap();
 }
@@ -132,52 +90,24 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_lets_the_submission_in_flight_land_and_keeps_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("seq")).unwrap();
-    config.api_keys = vec![KEY.into()];
-    let mut registry = Registry::bundled().unwrap();
-    let entry: RegistryEntry =
-        serde_json::from_value(json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4})).unwrap();
-    registry.models.push(entry);
-    config.registry = registry;
-    let seq = heurist_sequencer::start(config).await.unwrap();
+    let seq = llm_sequencer(&dir.path().join("seq")).await;
     let proxy = FaultProxy::start(&seq.url()).await;
     proxy.set(|m, path| if m == "POST" && path == "/miner_submit" { Fault::Delay(Duration::from_millis(1500)) } else { Fault::Pass });
-    let id: MinerId = MINER.parse().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(&keys, &id)).unwrap();
+    write_identity(&dir.path().join("keys"), MINER);
     let c = client(&seq.url());
-    let messages = serde_json::to_string(&json!([{"role": "user", "content": "Name a fruit."}])).unwrap();
     for n in 1..=2 {
-        let job: SubmitJob = serde_json::from_value(json!({"job_id": format!("int-{n}"), "model_id": MODEL,
-            "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": 6, "seed": n}}}))
-        .unwrap();
-        c.submit_job(KEY, &job).await.unwrap();
+        c.submit_job(KEY, &llm_job(&format!("int-{n}"), "Name a fruit.", 6, n)).await.unwrap();
     }
-    let result = |id: &'static str| {
-        let url = seq.url();
-        async move {
-            reqwest::Client::new().get(format!("{url}/job/{id}")).bearer_auth(KEY).send().await.unwrap().json::<serde_json::Value>().await.unwrap()
-        }
-    };
+    let url = seq.url();
+    let result = |id: &'static str| job_status(&url, id);
 
     // One job at a time: the soft limit of 1 is set through a config file.
     std::fs::write(dir.path().join("config.toml"), "[processing_limits]\nconcurrency_soft_limit = 1\n").unwrap();
     let start = |dir: &std::path::Path| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_heurist-miner"));
-        cmd.current_dir(dir)
-            .args(["--config", "config.toml", "--base-url", &proxy.url(), "--miner-id", MINER, "--llm-model-id", MODEL, "--status-interval", "0"])
-            .arg("--keys-dir")
-            .arg(dir.join("keys"))
-            .arg("--spool-dir")
-            .arg(dir.join("spool"))
-            .arg("--llm-gguf")
-            .arg(smollm2_path().unwrap())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        cmd.spawn().unwrap()
+        let (keys, spool, gguf) = (dir.join("keys"), dir.join("spool"), smollm2_path().unwrap());
+        let (keys, spool, gguf) = (keys.display().to_string(), spool.display().to_string(), gguf.display().to_string());
+        let base = proxy.url();
+        miner_bin(dir, ["--config", "config.toml", "--base-url", &base, "--miner-id", MINER, "--llm-model-id", MODEL, "--keys-dir", &keys, "--spool-dir", &spool, "--llm-gguf", &gguf])
     };
     let mut miner = start(dir.path());
     let t = Instant::now();

@@ -18,14 +18,13 @@ use heurist_inference::DeviceSpec;
 use heurist_miner::image::{ImageRunner, ImageWorker};
 use heurist_miner::sd::{CheckpointSpec, SdRunner};
 use heurist_miner::spool::Spool;
-use heurist_protocol::{MinerLimits, RegistryEntry, SdParams, SubmitJob, SubmitResult};
-use heurist_sequencer::s3::LocalS3;
+use heurist_protocol::{MinerLimits, SdParams, SubmitJob, SubmitResult};
 use serde_json::json;
 
-const TINY: &str = "tiny-sd15";
+const TINY: &str = TINY_SD15;
 
 fn tiny_checkpoint() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../heurist-inference/tests/fixtures/sd/tiny-sd15-fp16.safetensors")
+    tiny_sd15()
 }
 
 fn job(id: &str, width: u32, height: u32, steps: u32, seed: u64) -> SubmitJob {
@@ -38,11 +37,7 @@ fn job(id: &str, width: u32, height: u32, steps: u32, seed: u64) -> SubmitJob {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sd_job_on_the_tiny_checkpoint_is_stored_and_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let s3 = LocalS3::start(dir.path().join("s3"), "miner-key", "miner-secret").await.unwrap();
-    s3.create_bucket(BUCKET).unwrap();
-    let mut config = sequencer_config(&dir.path().join("seq"), "127.0.0.1:0".parse().unwrap(), &s3);
-    config.registry.models.push(serde_json::from_value::<RegistryEntry>(json!({"name": TINY, "type": "sd15"})).unwrap());
-    let seq = heurist_sequencer::start(config).await.unwrap();
+    let (s3, seq) = image_sequencer(dir.path(), &[sd15_entry(TINY, None, None)]).await;
     let c = client(&seq.url());
     // 72x64: a latent of 9x8, not a multiple of the UNet's downscale; the engine copes.
     let jobs = [("sd-1", 64u32, 64u32, 3u32, 42u64), ("sd-2", 72, 64, 2, 7)];
@@ -103,15 +98,7 @@ async fn sd_job_on_the_tiny_checkpoint_is_stored_and_accepted() {
         assert_eq!(rgb, again.rgb(), "{id}: the stored pixels are the engine's for this job");
         // Not a flat image: the VAE really decoded something.
         assert!(rgb.iter().any(|&v| v != rgb[0]), "{id}: a flat image");
-        let status: serde_json::Value = reqwest::Client::new()
-            .get(format!("{}/job/{id}", seq.url()))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = job_status(&seq.url(), id).await;
         assert_eq!(status["result"]["submission"]["result"]["S3Key"], key, "{status}");
         assert_eq!(status["result"]["verdict"]["status"], "accepted", "{status}");
         assert_eq!(status["result"]["verdict"]["currency"], "waifu", "{status}");

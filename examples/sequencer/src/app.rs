@@ -14,7 +14,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
-use heurist_points::{JobRecord, LedgerStore, RuleSet};
+use heurist_points::{JobRecord, RuleSet};
+use heurist_protocol::openai::{ChatMessage, Choice, FinishReason, Role};
 use heurist_protocol::stream::{HEADER_JOB_ID, HEADER_MINER_ID, StreamedText};
 use heurist_protocol::{
     Address, Job, JobParams, MinerId, MinerRequest, MinerSignal, MinerSubmit, ModelInput, ModelKind, SignalAnswer,
@@ -24,6 +25,7 @@ use serde_json::{Value, json};
 
 use crate::config::SequencerConfig;
 use crate::error::{Result, SequencerError};
+use crate::ledger::LedgerHandle;
 use crate::portal;
 use crate::store::{JobRow, JobStore};
 
@@ -31,7 +33,7 @@ use crate::store::{JobRow, JobStore};
 pub(crate) struct AppState {
     pub(crate) config: SequencerConfig,
     pub(crate) store: Mutex<JobStore>,
-    pub(crate) ledger: Mutex<Box<dyn LedgerStore + Send>>,
+    pub(crate) ledger: Mutex<LedgerHandle>,
     pub(crate) rules: RuleSet,
     bindings: Mutex<HashMap<Address, Address>>,
     streams: Mutex<HashMap<String, StreamedText>>,
@@ -40,7 +42,7 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
-    pub(crate) fn new(config: SequencerConfig, store: JobStore, ledger: Box<dyn LedgerStore + Send>, rules: RuleSet) -> Self {
+    pub(crate) fn new(config: SequencerConfig, store: JobStore, ledger: LedgerHandle, rules: RuleSet) -> Self {
         let bindings = Mutex::new(config.bindings.table.clone());
         Self {
             config,
@@ -233,7 +235,7 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
     let submission = serde_json::to_value(&submit).map_err(|e| SequencerError::BadInput { what: "body", reason: e.to_string() })?;
     let job_id = submit.job_id.clone();
     let audited = submit.clone();
-    let outcome = blocking(&state, move |s| accept(s, &submit, &submission, now)).await?;
+    let outcome = blocking(&state, move |s| accept(s, &Answer::from(&submit), &submission, now)).await?;
     tracing::info!(job_id, miner, points = outcome.points, "accepted");
     if let Some(policy) = state.config.audit.clone()
         && rand::random::<f64>() < policy.rate
@@ -270,13 +272,30 @@ struct Accepted {
     currency: Option<String>,
 }
 
+/// A result as the ledger and the reward rules see it, whichever endpoint brought it: a
+/// signed `miner_submit`, or a complete `miner_submit_stream` from the miner the job is
+/// assigned to (the stream is the answer; no separate submission follows it).
+pub(crate) struct Answer<'a> {
+    pub(crate) miner_id: &'a MinerId,
+    pub(crate) job_id: &'a str,
+    pub(crate) result: &'a SubmitResult,
+    /// The submission's other fields (`usage`, when the miner counted its tokens).
+    pub(crate) extra: &'a serde_json::Map<String, Value>,
+}
+
+impl<'a> From<&'a MinerSubmit> for Answer<'a> {
+    fn from(s: &'a MinerSubmit) -> Self {
+        Self { miner_id: &s.miner_id, job_id: &s.job_id, result: &s.result, extra: &s.extra }
+    }
+}
+
 /// Stores the result, then credits its points. Runs on a blocking thread.
-fn accept(state: &AppState, submit: &MinerSubmit, submission: &Value, now: i64) -> Result<Accepted> {
+fn accept(state: &AppState, submit: &Answer<'_>, submission: &Value, now: i64) -> Result<Accepted> {
     let mut store = lock(&state.store);
-    let job = store.job(&submit.job_id)?.ok_or_else(|| SequencerError::UnknownJob { job_id: submit.job_id.clone() })?;
-    let expected_kind = match &submit.result {
+    let job = store.job(submit.job_id)?.ok_or_else(|| SequencerError::UnknownJob { job_id: submit.job_id.to_owned() })?;
+    let expected_kind = match submit.result {
         SubmitResult::S3Key(key) => {
-            let want = SubmitResult::s3_key_for(&submit.job_id, &submit.miner_id);
+            let want = SubmitResult::s3_key_for(submit.job_id, submit.miner_id);
             if key != &want {
                 return Err(SequencerError::Refused { reason: format!("S3 key {key:?}, expected {want:?}") });
             }
@@ -301,15 +320,15 @@ fn accept(state: &AppState, submit: &MinerSubmit, submission: &Value, now: i64) 
         Ok(p) => json!({"status": "accepted", "points": p.to_f64(), "currency": p.currency().to_string(), "record": record}),
         Err(e) => json!({"status": "accepted", "points": 0.0, "note": format!("no points: {e}"), "record": record}),
     };
-    store.record_result(&submit.job_id, &submit.miner_id.to_string(), submission, &verdict, now)?;
+    store.record_result(submit.job_id, &submit.miner_id.to_string(), submission, &verdict, now)?;
     drop(store);
     let (value, currency) = match points {
         Ok(p) => {
-            credit(state, &submit.job_id, &submit.miner_id.to_string(), p)?;
+            credit(state, submit.job_id, &submit.miner_id.to_string(), p)?;
             (p.to_f64(), Some(p.currency().to_string()))
         }
         Err(_) => {
-            lock(&state.store).mark_credited(&submit.job_id)?;
+            lock(&state.store).mark_credited(submit.job_id)?;
             (0.0, None)
         }
     };
@@ -354,7 +373,7 @@ pub(crate) fn credit(state: &AppState, job_id: &str, miner_id: &str, points: heu
 }
 
 /// The finished-job record the reward rules read.
-pub(crate) fn job_record(state: &AppState, job: &JobRow, submit: &MinerSubmit, store: &JobStore) -> Result<JobRecord> {
+pub(crate) fn job_record(state: &AppState, job: &JobRow, submit: &Answer<'_>, store: &JobStore) -> Result<JobRecord> {
     let as_job = Job {
         job_id: job.job_id.clone(),
         model_id: job.model_id.clone(),
@@ -394,7 +413,7 @@ pub(crate) fn job_record(state: &AppState, job: &JobRow, submit: &MinerSubmit, s
                 ModelInput::Llm(l) => l.prompt.len() as u64,
                 ModelInput::Sd(_) => 0,
             };
-            let answer_bytes = match &submit.result {
+            let answer_bytes = match submit.result {
                 SubmitResult::Text(t) => t.len() as u64,
                 SubmitResult::S3Key(_) => 0,
             };
@@ -434,8 +453,38 @@ async fn miner_submit_stream(State(state): State<Shared>, headers: HeaderMap, bo
     }
     let parsed = StreamedText::parse(&String::from_utf8_lossy(&text));
     let complete = parsed.complete;
+    let answer = parsed.text.clone();
     lock(&state.streams).insert(job_id.clone(), parsed);
-    Ok(Json(json!({"job_id": job_id, "complete": complete})))
+    if !complete {
+        // Cut short: no result. The job stays assigned and is re-queued at its deadline.
+        return Ok(Json(json!({"job_id": job_id, "complete": false})));
+    }
+    // A complete stream is the job's answer: stored and credited as the same text submitted
+    // as `Text` would be (one assistant choice, stopped).
+    let choices = [Choice {
+        index: 0,
+        message: ChatMessage::text(Role::Assistant, answer),
+        finish_reason: Some(FinishReason::Stop),
+        extra: Default::default(),
+    }];
+    let result = SubmitResult::from_choices(&choices)?;
+    let submission = json!({"miner_id": miner, "job_id": job_id, "result": result, "via": "miner_submit_stream"});
+    let now = now_ms();
+    let (id, m) = (job_id.clone(), miner.clone());
+    let outcome = blocking(&state, move |s| {
+        let extra = serde_json::Map::new();
+        accept(s, &Answer { miner_id: &m, job_id: &id, result: &result, extra: &extra }, &submission, now)
+    })
+    .await;
+    match outcome {
+        Ok(a) => {
+            tracing::info!(job_id, %miner, points = a.points, "accepted a streamed answer");
+            Ok(Json(json!({"job_id": job_id, "complete": true, "status": "accepted", "points": a.points, "currency": a.currency})))
+        }
+        // The same miner also submitted it with `miner_submit`: the first one counts.
+        Err(SequencerError::AlreadySubmitted { .. }) => Ok(Json(json!({"job_id": job_id, "complete": true, "status": "already_submitted"}))),
+        Err(e) => Err(e),
+    }
 }
 
 async fn miner_signal(State(state): State<Shared>, body: Bytes) -> Result<Json<SignalAnswer>> {

@@ -18,6 +18,7 @@
 mod app;
 pub mod audit;
 pub mod config;
+mod ledger;
 mod error;
 pub mod portal;
 #[cfg(feature = "s3")]
@@ -27,8 +28,7 @@ pub mod store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use heurist_points::ledger::NewPhase;
-use heurist_points::{LedgerStore, RuleSet};
+use heurist_points::RuleSet;
 
 pub use audit::{AuditPolicy, AuditVerdict, Auditor};
 pub use config::{Bindings, S3Grant, SequencerConfig};
@@ -42,6 +42,14 @@ pub struct RunningSequencer {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The re-queue sweep; stopped with the server so that nothing holds the stores after.
+    sweeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningSequencer {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
 }
 
 impl RunningSequencer {
@@ -55,28 +63,13 @@ impl RunningSequencer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        match self.task.await {
+        self.sweeper.abort();
+        let _ = (&mut self.sweeper).await;
+        match (&mut self.task).await {
             Ok(r) => r.map_err(|e| SequencerError::Task(e.to_string())),
             Err(e) => Err(SequencerError::Task(e.to_string())),
         }
     }
-}
-
-fn open_ledger(location: &str) -> Result<Box<dyn LedgerStore + Send>> {
-    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
-        #[cfg(feature = "postgres")]
-        {
-            return Ok(Box::new(heurist_points::ledger::PostgresLedger::connect(location)?));
-        }
-        #[cfg(not(feature = "postgres"))]
-        {
-            return Err(SequencerError::BadInput {
-                what: "ledger",
-                reason: "a postgres:// ledger needs heurist-sequencer built with --features postgres".into(),
-            });
-        }
-    }
-    Ok(Box::new(heurist_points::ledger::SqliteLedger::open(location)?))
 }
 
 /// Opens the stores, credits what a previous run left uncredited, binds the port, and serves
@@ -86,20 +79,7 @@ pub async fn start(config: SequencerConfig) -> Result<RunningSequencer> {
         .map_err(|e| SequencerError::BadInput { what: "data_dir", reason: format!("{}: {e}", config.data_dir.display()) })?;
     let rules = RuleSet::load(&config.rules)?;
     let store = store::JobStore::open(&config.data_dir.join("jobs.sqlite"))?;
-    let mut ledger = open_ledger(&config.ledger_location())?;
-    if ledger.current_phase()?.is_none() {
-        let now = app::now_ms();
-        let phase = match rules.phase_at(now / 1000) {
-            Some(rule) => NewPhase::from_rule(rule),
-            None => NewPhase { id: "local-1".into(), opened_at_ms: now, emission: Default::default() },
-        };
-        // Another sequencer process sharing the ledger may have opened it meanwhile.
-        if let Err(e) = ledger.open_phase(&phase)
-            && ledger.current_phase()?.is_none()
-        {
-            return Err(e.into());
-        }
-    }
+    let (ledger, rules) = ledger::open(config.ledger_location(), rules, app::now_ms()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| SequencerError::BadInput { what: "listen", reason: format!("{}: {e}", config.listen) })?;
@@ -109,7 +89,7 @@ pub async fn start(config: SequencerConfig) -> Result<RunningSequencer> {
     reconcile(&state).await?;
 
     let sweeper = state.clone();
-    tokio::spawn(async move {
+    let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(requeue_every);
         loop {
             tick.tick().await;
@@ -133,7 +113,7 @@ pub async fn start(config: SequencerConfig) -> Result<RunningSequencer> {
             .await
     });
     tracing::info!(%addr, "sequencer listening");
-    Ok(RunningSequencer { addr, shutdown: Some(tx), task })
+    Ok(RunningSequencer { addr, shutdown: Some(tx), task, sweeper })
 }
 
 /// Credits results a crash left between the job store and the ledger.

@@ -135,7 +135,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(status, model_id, priority DESC, created_at_ms);
+-- The queue order is (priority, arrival); SQLite appends the rowid, which grows with each
+-- insert, to every index entry, so this index serves it. (An earlier index named jobs_queue
+-- sorted by the millisecond clock, on which jobs queued in the same millisecond tie.)
+DROP INDEX IF EXISTS jobs_queue;
+CREATE INDEX IF NOT EXISTS jobs_fifo ON jobs(status, model_id, priority DESC);
 CREATE TABLE IF NOT EXISTS results (
     job_id TEXT PRIMARY KEY REFERENCES jobs(job_id),
     miner_id TEXT NOT NULL,
@@ -186,13 +190,16 @@ impl JobStore {
         Ok(())
     }
 
-    /// Hands the oldest, highest-priority queued job for `model_id` to `miner_id`.
+    /// Hands the queued job for `model_id` that arrived first to `miner_id`, among those of
+    /// the highest priority: per model and priority the queue is first in, first out, a
+    /// re-queued job keeping its place. Arrival is the insert order (the rowid), not the
+    /// clock: jobs queued in the same millisecond, or across a clock step, keep their order.
     pub fn assign_next(&mut self, model_id: &str, miner_id: &str, now_ms: i64) -> Result<Option<JobRow>> {
         let tx = self.conn.transaction().map_err(|e| SequencerError::store("assign", e))?;
         let id: Option<String> = tx
             .query_row(
                 "SELECT job_id FROM jobs WHERE status = 'queued' AND model_id = ?1
-                 ORDER BY priority DESC, created_at_ms, job_id LIMIT 1",
+                 ORDER BY priority DESC, rowid LIMIT 1",
                 params![model_id],
                 |r| r.get(0),
             )

@@ -1,12 +1,16 @@
-//! What the miner's integration tests share: a local sequencer with the embedded S3 server,
-//! an image runner that paints a gradient (a real image, real PNG, in microseconds), and a
-//! fault-injecting HTTP proxy to put between the miner and the sequencer or S3.
+//! What the miner's integration tests share: a local sequencer (serving the real SmolLM2
+//! chat model's registry name, or image models with the embedded S3 server), identities and
+//! the `heurist-miner` binary set up the way an operator would, job status polling, the tiny
+//! SD checkpoints, an image runner that paints a gradient (a real image, real PNG, in
+//! microseconds), and a fault-injecting HTTP proxy to put between the miner and the
+//! sequencer or S3.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)] // each test uses a part
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,8 +21,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use heurist_miner::image::{Image, ImageError, ImageRunner};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
-use heurist_protocol::{SdParams, SubmitJob};
-use heurist_sequencer::SequencerConfig;
+use heurist_protocol::{IdentityWallet, MinerId, Registry, RegistryEntry, SdParams, SubmitJob, key_file_path};
+use heurist_sequencer::{RunningSequencer, SequencerConfig};
 use heurist_sequencer::s3::LocalS3;
 use serde_json::json;
 
@@ -292,4 +296,129 @@ pub async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> b
         assert!(t.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The chat model's registry name (the real SmolLM2-135M-Instruct GGUF serves it).
+pub const LLM_MODEL: &str = "smollm2-135m-instruct";
+/// The tiny SD 1.5 checkpoint's registry name in these tests.
+pub const TINY_SD15: &str = "tiny-sd15";
+
+/// The registry entry the chat model is known by.
+pub fn llm_entry() -> RegistryEntry {
+    serde_json::from_value(json!({"name": LLM_MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4})).unwrap()
+}
+
+/// A sequencer on loopback taking client jobs under [`KEY`] for the bundled registry plus the
+/// chat model, its data under `dir`.
+pub async fn llm_sequencer(dir: &Path) -> RunningSequencer {
+    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf()).unwrap();
+    config.api_keys = vec![KEY.into()];
+    let mut registry = Registry::bundled().unwrap();
+    registry.models.push(llm_entry());
+    config.registry = registry;
+    heurist_sequencer::start(config).await.unwrap()
+}
+
+/// A sequencer whose image jobs get credentials for the embedded S3 server (started here,
+/// its bucket created), with `extra` registry entries (e.g. the tiny checkpoints' names).
+pub async fn image_sequencer(dir: &Path, extra: &[RegistryEntry]) -> (LocalS3, RunningSequencer) {
+    let s3 = LocalS3::start(dir.join("s3"), "miner-key", "miner-secret").await.unwrap();
+    s3.create_bucket(BUCKET).unwrap();
+    let mut config = sequencer_config(&dir.join("seq"), "127.0.0.1:0".parse().unwrap(), &s3);
+    config.registry.models.extend(extra.iter().cloned());
+    let seq = heurist_sequencer::start(config).await.unwrap();
+    (s3, seq)
+}
+
+/// An SD 1.5 registry entry named `name`, with optional `file_url` and `checksum`.
+pub fn sd15_entry(name: &str, file_url: Option<&str>, checksum: Option<&str>) -> RegistryEntry {
+    let mut e = json!({"name": name, "type": "sd15"});
+    if let Some(u) = file_url {
+        e["file_url"] = json!(u);
+    }
+    if let Some(c) = checksum {
+        e["checksum"] = json!(c);
+    }
+    serde_json::from_value(e).unwrap()
+}
+
+/// A chat job with a one-message prompt, greedy.
+pub fn llm_job(id: &str, prompt: &str, max_tokens: u32, seed: u64) -> SubmitJob {
+    let messages = serde_json::to_string(&json!([{"role": "user", "content": prompt}])).unwrap();
+    serde_json::from_value(json!({"job_id": id, "model_id": LLM_MODEL,
+        "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": max_tokens, "seed": seed}}}))
+    .unwrap()
+}
+
+/// A fixture checkpoint of `heurist-inference` (`tiny-sd15-fp16.safetensors`, ...).
+pub fn sd_fixture(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../heurist-inference/tests/fixtures/sd").join(file)
+}
+
+/// The tiny SD 1.5 checkpoint.
+pub fn tiny_sd15() -> PathBuf {
+    sd_fixture("tiny-sd15-fp16.safetensors")
+}
+
+/// Writes a fresh identity key file for `miner` into `keys_dir` (created), as an operator's
+/// `~/.heurist-keys` holds it.
+pub fn write_identity(keys_dir: &Path, miner: &str) -> MinerId {
+    std::fs::create_dir_all(keys_dir).unwrap();
+    let id: MinerId = miner.parse().unwrap();
+    IdentityWallet::generate().unwrap().write_key_file(&key_file_path(keys_dir, &id)).unwrap();
+    id
+}
+
+/// The `heurist-miner` binary started in `dir` with `args`: warnings only, no status lines,
+/// no `MINER_ID_*` inherited from the test's environment, stderr shown.
+pub fn miner_bin<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: impl IntoIterator<Item = S>) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_heurist-miner"))
+        .current_dir(dir)
+        .args(["--status-interval", "0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("MINER_ID_0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// `GET /job/{id}` with the client key.
+pub async fn job_status(url: &str, id: &str) -> serde_json::Value {
+    reqwest::Client::new().get(format!("{url}/job/{id}")).bearer_auth(KEY).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls job `id` until it has a result, failing the test after `limit` or if `child` exits.
+pub async fn wait_result(url: &str, id: &str, limit: Duration, mut child: Option<&mut Child>) -> serde_json::Value {
+    let t = std::time::Instant::now();
+    loop {
+        let s = job_status(url, id).await;
+        if !s["result"].is_null() {
+            return s;
+        }
+        if let Some(c) = child.as_deref_mut() {
+            assert!(c.try_wait().unwrap().is_none(), "the miner exited before {id} had a result");
+        }
+        assert!(t.elapsed() < limit, "no result for {id} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills (SIGKILL) and reaps a child.
+pub fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// An HTTP server on loopback serving `body` at `/models/{name}` (a model host, as a
+/// registry's `file_url` names one); returns that URL.
+pub async fn serve_file(name: &str, body: Vec<u8>) -> String {
+    let body = Arc::new(body);
+    let app = axum::Router::new().route(&format!("/models/{name}"), axum::routing::get(move || async move { body.as_ref().clone() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/models/{name}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
 }
