@@ -1,11 +1,12 @@
 //! `heurist-demo`: the whole network on one machine.
 //!
 //! A local sequencer with its portal and an embedded S3 server (`s3s-fs`, loopback, a temporary
-//! folder), two honest chat miners and one chat cheater, an honest image miner and an image
-//! cheater, a client feeding chat jobs and image jobs built from the network's example files
-//! (SD 1.5 ones, served by the tiny SD 1.5 checkpoint under a model id the demo registers),
-//! audits of every accepted result on the claimed model, and a closing table of jobs, verdicts
-//! and points.
+//! folder), two honest chat miners and one chat cheater, two honest image miners (SD 1.5 and
+//! SDXL) and an image cheater, a client feeding chat jobs and image jobs built from the
+//! network's example files (SD 1.5 ones served by the tiny SD 1.5 checkpoint, SDXL ones by the
+//! tiny SDXL checkpoint, each under a model id the demo registers with the example model's
+//! registry type), audits of every accepted result on the claimed model, and a closing table
+//! of jobs, verdicts and points.
 //!
 //! Image audits (`heurist_sequencer::audit::ImageAuditor`) fetch the PNG from S3, re-run the
 //! job and compare pixels within [`IMAGE_TOLERANCE`].
@@ -42,6 +43,11 @@ use serde_json::{Value, json};
 const MODEL: &str = "smollm2-135m-instruct";
 /// The registry name the demo serves the tiny SD 1.5 checkpoint under (type `sd15`).
 const SD_MODEL: &str = "tiny-sd15";
+/// The registry name the demo serves the tiny SDXL checkpoint under (type `sdxl10`).
+const SDXL_MODEL: &str = "tiny-sdxl";
+/// The example files' SDXL models (registry type `sdxl10`), whose jobs the demo maps onto the
+/// tiny SDXL checkpoint.
+const SDXL_EXAMPLES: [&str; 4] = ["AnimagineXL", "CyberRealisticXL", "DreamShaperXL", "AAMXLAnimeMix"];
 /// The network's image bucket name, on the embedded S3 server.
 const BUCKET: &str = "heurist-images";
 /// The example files' SD 1.5 models (registry type `sd15`), whose jobs the demo maps onto the
@@ -69,6 +75,10 @@ struct Args {
     /// Image jobs to feed, built from the SD 1.5 example files in turn.
     #[arg(long, default_value_t = 4)]
     image_jobs: usize,
+    /// SDXL image jobs to feed, built from the SDXL example files in turn (run on the tiny
+    /// SDXL checkpoint by their own miner).
+    #[arg(long, default_value_t = 2)]
+    sdxl_jobs: usize,
     /// The network's example jobs (heurist-models/examples; the repository's copy by default).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../heurist-protocol/data/heurist-models/examples"))]
     examples: PathBuf,
@@ -168,12 +178,19 @@ fn tiny_sd15() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../heurist-inference/tests/fixtures/sd/tiny-sd15-fp16.safetensors")
 }
 
-/// Image jobs from the example files of SD 1.5 models, for [`SD_MODEL`], clamped as asked.
-fn image_jobs(args: &Args) -> anyhow::Result<Vec<(String, SubmitJob)>> {
+/// The tiny SDXL checkpoint (heurist-inference's test fixture, made by
+/// tools/make_sd_models.py).
+fn tiny_sdxl() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../heurist-inference/tests/fixtures/sd/tiny-sdxl-fp16.safetensors")
+}
+
+/// `count` image jobs from the example files of `examples` in turn (then their `-2`, `-3`
+/// variants), for `model`, with ids `{prefix}-NNN`, clamped as asked.
+fn image_jobs(args: &Args, examples: &[&str], count: usize, model: &str, prefix: &str) -> anyhow::Result<Vec<(String, SubmitJob)>> {
     let mut out = Vec::new();
-    for i in 0..args.image_jobs {
-        let name = SD15_EXAMPLES[i % SD15_EXAMPLES.len()];
-        let file = match i / SD15_EXAMPLES.len() {
+    for i in 0..count {
+        let name = examples[i % examples.len()];
+        let file = match i / examples.len() {
             0 => format!("{name}.json"),
             n => format!("{name}-{}.json", n % 3 + 1),
         };
@@ -191,7 +208,7 @@ fn image_jobs(args: &Args) -> anyhow::Result<Vec<(String, SubmitJob)>> {
             let v = clamp(&obj[side], args.max_image_side);
             obj.insert(side.into(), v);
         }
-        let job: SubmitJob = serde_json::from_value(json!({"job_id": format!("demo-image-{i:03}"), "model_id": SD_MODEL, "model_input": {"SD": input}}))?;
+        let job: SubmitJob = serde_json::from_value(json!({"job_id": format!("{prefix}-{i:03}"), "model_id": model, "model_input": {"SD": input}}))?;
         out.push((file, job));
     }
     Ok(out)
@@ -256,8 +273,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let engine = Arc::new(SharedEngine::new(tokio::task::spawn_blocking(move || ChatEngine::load_gguf(model_path, DeviceSpec::Cpu)).await??));
 
     let sd_runner = {
-        let spec = CheckpointSpec { model_id: SD_MODEL.into(), path: tiny_sd15() };
-        Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&[spec], DeviceSpec::Cpu)).await??)
+        let specs = [
+            CheckpointSpec { model_id: SD_MODEL.into(), path: tiny_sd15() },
+            CheckpointSpec { model_id: SDXL_MODEL.into(), path: tiny_sdxl() },
+        ];
+        Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, DeviceSpec::Cpu)).await??)
     };
     let s3 = LocalS3::start(tmp.path().join("s3"), "demo-access-key", "demo-secret-key").await?;
     s3.create_bucket(BUCKET)?;
@@ -267,6 +287,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut registry = Registry::bundled()?;
     registry.models.push(serde_json::from_value::<RegistryEntry>(json!({"name": MODEL, "type": "llm135m", "hf_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "bits": 4}))?);
     registry.models.push(serde_json::from_value::<RegistryEntry>(json!({"name": SD_MODEL, "type": "sd15"}))?);
+    registry.models.push(serde_json::from_value::<RegistryEntry>(json!({"name": SDXL_MODEL, "type": "sdxl10"}))?);
     let mut config = SequencerConfig::new(args.listen, data_dir.clone())?;
     config.registry = registry;
     config.api_keys = vec![API_KEY.into()];
@@ -303,12 +324,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "model_input": {"LLM": {"prompt": messages, "temperature": 0, "max_tokens": args.max_tokens, "seed": i}}}))?;
         client.submit_job(API_KEY, &job).await?;
     }
-    let images = image_jobs(&args)?;
-    for (_, job) in &images {
+    let images = image_jobs(&args, &SD15_EXAMPLES, args.image_jobs, SD_MODEL, "demo-image")?;
+    let xl_images = image_jobs(&args, &SDXL_EXAMPLES, args.sdxl_jobs, SDXL_MODEL, "demo-sdxl")?;
+    for (_, job) in images.iter().chain(&xl_images) {
         client.submit_job(API_KEY, job).await?;
     }
-    let total = args.jobs + images.len();
-    println!("[3/5] queued {} chat jobs for {MODEL} and {} image jobs for {SD_MODEL} ({})", args.jobs, images.len(), images.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(", "));
+    let total = args.jobs + images.len() + xl_images.len();
+    let files = |v: &[(String, SubmitJob)]| v.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(", ");
+    println!("[3/5] queued {} chat jobs for {MODEL}, {} image jobs for {SD_MODEL} ({}) and {} for {SDXL_MODEL} ({})", args.jobs, images.len(), files(&images), xl_images.len(), files(&xl_images));
     if args.max_image_steps > 0 || args.max_image_side > 0 {
         println!(
             "      image jobs clamped to at most {} steps and {} pixels a side (0: as the examples) to fit 2 CPU cores and the 18 s image deadline; --max-image-steps 0 --max-image-side 0 runs them as written",
@@ -341,10 +364,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     let uploader = Uploader::new(&s3.endpoint(), DEFAULT_REGION, Duration::from_secs(30))?;
-    let image_miners: [(&str, u64, Arc<dyn ImageRunner>); 2] =
-        [("carol", 0xca201, sd_runner.clone()), ("eve", 0xe7e, Arc::new(FewerSteps(sd_runner.clone())))];
+    let image_miners: [(&str, u64, &str, Arc<dyn ImageRunner>); 3] = [
+        ("carol", 0xca201, SD_MODEL, sd_runner.clone()),
+        ("dave", 0xda7e, SDXL_MODEL, sd_runner.clone()),
+        ("eve", 0xe7e, SD_MODEL, Arc::new(FewerSteps(sd_runner.clone()))),
+    ];
     let mut image_cheater = None;
-    for (tag, n, runner) in image_miners {
+    for (tag, n, model, runner) in image_miners {
         let id: MinerId = format!("0x{n:040x}-{tag}").parse()?;
         let stats = Arc::new(Stats::default());
         if tag == "eve" {
@@ -355,7 +381,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let worker = Arc::new(ImageWorker {
             miner_id: id,
             wallet: Arc::new(IdentityWallet::generate()?),
-            model: Arc::new(ModelChoice::pinned(SD_MODEL)),
+            model: Arc::new(ModelChoice::pinned(model)),
             runner,
             uploader: uploader.clone(),
             bucket: BUCKET.into(),
@@ -375,7 +401,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cheater: MinerId = "0x00000000000000000000000000000000c4ea7e55-mallory".parse()?;
     tasks.spawn(cheat(client.clone(), cheater.clone(), IdentityWallet::generate()?, stop_rx.clone()));
     println!("[4/5] miners: alice and bob (honest, SmolLM2 on this CPU), mallory (answers without running the model);");
-    println!("      carol (honest, {SD_MODEL} on this CPU), eve (runs a third of the steps an image job asks for)");
+    println!("      carol (honest, {SD_MODEL} on this CPU), dave (honest, {SDXL_MODEL} on this CPU), eve ({SD_MODEL}, runs a third of the steps an image job asks for)");
 
     // Wait for every job to be done and audited.
     let mut last = String::new();
@@ -416,7 +442,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => "accepted".to_owned(),
         };
         let miner = r["miner_id"].as_str().unwrap_or("?");
-        let model = if r["job_id"].as_str().is_some_and(|j| j.starts_with("demo-image")) { SD_MODEL } else { MODEL };
+        let job_id = r["job_id"].as_str().unwrap_or("");
+        let model = if job_id.starts_with("demo-image") {
+            SD_MODEL
+        } else if job_id.starts_with("demo-sdxl") {
+            SDXL_MODEL
+        } else {
+            MODEL
+        };
         let points = match (r["verdict"]["points"].as_f64(), r["verdict"]["currency"].as_str()) {
             (Some(p), Some(c)) => format!("{p:.4} {c}"),
             (Some(p), None) => format!("{p:.4}"),
@@ -446,7 +479,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cheaters = [cheater.to_string(), image_cheater.to_string()];
     let is_cheater = |r: &Value| cheaters.iter().any(|c| r["miner_id"] == c.as_str());
     let honest_ok = recent.iter().filter(|r| !is_cheater(r)).all(|r| r["verdict"]["audit"]["status"] == "pass");
-    let honest_images = recent.iter().filter(|r| !is_cheater(r) && r["job_id"].as_str().is_some_and(|j| j.starts_with("demo-image"))).count();
+    let honest_of = |prefix: &str| recent.iter().filter(|r| !is_cheater(r) && r["job_id"].as_str().is_some_and(|j| j.starts_with(prefix))).count();
+    let (honest_images, honest_sdxl) = (honest_of("demo-image"), honest_of("demo-sdxl"));
     // Each cheater: caught on every job it took (or it took none).
     let caught_each: Vec<(String, usize, bool)> = cheaters
         .iter()
@@ -461,7 +495,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let done: u64 = honest.iter().map(|(_, s)| s.done.load(Ordering::Relaxed)).sum();
     println!("honest image jobs: {honest_images}");
-    println!("\nhonest jobs accepted and passed: {} ({done} by alice, bob and carol); cheater caught: {}", if honest_ok { "yes" } else { "NO" }, if caught { "yes" } else { "NO" });
+    println!("honest SDXL image jobs: {honest_sdxl} of {}", xl_images.len());
+    println!("\nhonest jobs accepted and passed: {} ({done} by alice, bob, carol and dave); cheater caught: {}", if honest_ok { "yes" } else { "NO" }, if caught { "yes" } else { "NO" });
     if args.serve {
         println!("\nportal: {url}/ — Ctrl-C to stop");
         tokio::signal::ctrl_c().await?;

@@ -1,5 +1,6 @@
-//! The demo binary runs to completion: honest chat and image jobs accepted and audited, both
-//! cheaters (chat and image) caught on every job they took, the image cheater on at least one.
+//! The demo binary runs to completion: honest chat and image jobs (SD 1.5 and SDXL) accepted
+//! and audited, both cheaters (chat and image) caught on every job they took, the image
+//! cheater on at least one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -8,7 +9,7 @@ use std::process::Command;
 #[test]
 fn demo_runs_honest_jobs_and_catches_the_cheater() {
     let out = Command::new(env!("CARGO_BIN_EXE_heurist-demo"))
-        .args(["--jobs", "4", "--max-tokens", "6", "--image-jobs", "4"])
+        .args(["--jobs", "4", "--max-tokens", "6", "--image-jobs", "4", "--sdxl-jobs", "2"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -27,4 +28,7 @@ fn demo_runs_honest_jobs_and_catches_the_cheater() {
     let honest_images: usize = stdout.lines().find_map(|l| l.strip_prefix("honest image jobs: ")).unwrap().parse().unwrap();
     assert!(honest_images >= 1, "{stdout}");
     assert!(stdout.lines().any(|l| l.contains("carol") && l.contains("waifu") && l.contains("audit passed")), "{stdout}");
+    // The SDXL example jobs ran on the tiny SDXL checkpoint, every one accepted and audited.
+    assert!(stdout.contains("honest SDXL image jobs: 2 of 2"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("demo-sdxl-") && l.contains("tiny-sdxl") && l.contains("dave") && l.contains("waifu") && l.contains("audit passed")), "{stdout}");
 }
