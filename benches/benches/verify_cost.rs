@@ -11,7 +11,9 @@
 //!   teacher-forced scoring pass over prompt + answer, the likelihood statistics over every
 //!   position's full distribution);
 //! - **score only**: `ChatEngine::score` of the same tokens with no observer (the forward pass
-//!   alone, to show what the statistics add).
+//!   alone, to show what the statistics add);
+//! - the same job greedy (temperature 0; its answer must also run 256 tokens, else the row is
+//!   skipped): generating it, and `check_greedy_scored` confirming it in one scoring pass.
 //!
 //! The table (stderr) gives each one's median and the median per-round ratio to generate, the
 //! load average and the kernels' threads. Then criterion times generate and verify alone.
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, FinishReason, NoObserver, smollm2_path};
-use heurist_verify::llm::{SampledThresholds, check_sampled};
+use heurist_verify::llm::{SampledThresholds, check_greedy_scored, check_sampled};
 
 const ANSWER_TOKENS: usize = 256;
 const TEMPERATURE: f64 = 0.8;
@@ -101,11 +103,22 @@ fn table(engine: &ChatEngine, request: &ChatRequest, text: &str, tokens: &[u32])
         return;
     }
     let load_before = loadavg();
+    let greedy = request.clone().with_sampling(0.0, None);
+    let greedy_out = engine.chat(&greedy).unwrap_or_else(|err| panic!("{err}"));
+    let greedy_full = greedy_out.finish_reason == FinishReason::Length;
     let (mut gen_s, mut verify_s, mut score_s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut greedy_gen_s, mut greedy_check_s) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         gen_s.push(generate(engine, request).as_secs_f64());
         verify_s.push(verify(engine, request, text).as_secs_f64());
         score_s.push(score(engine, request, tokens).as_secs_f64());
+        if greedy_full {
+            greedy_gen_s.push(generate(engine, &greedy).as_secs_f64());
+            let started = Instant::now();
+            let check = check_greedy_scored(engine, &greedy, &greedy_out.text).unwrap_or_else(|err| panic!("{err}"));
+            greedy_check_s.push(started.elapsed().as_secs_f64());
+            assert!(check.check.matches && check.one_pass, "the honest greedy answer must pass in one pass");
+        }
     }
     let ratio = |v: &[f64]| median(v.iter().zip(&gen_s).map(|(a, g)| a / g).collect());
     eprintln!(
@@ -117,6 +130,13 @@ fn table(engine: &ChatEngine, request: &ChatRequest, text: &str, tokens: &[u32])
     eprintln!("{:<34} {:>10.3} {:>14}", "generate (chat)", median(gen_s.clone()), "1");
     eprintln!("{:<34} {:>10.3} {:>13.3}x", "verify (check_sampled)", median(verify_s.clone()), ratio(&verify_s));
     eprintln!("{:<34} {:>10.3} {:>13.3}x", "  of which the scoring pass (score)", median(score_s.clone()), ratio(&score_s));
+    if greedy_full {
+        let ratio = median(greedy_check_s.iter().zip(&greedy_gen_s).map(|(a, g)| a / g).collect());
+        eprintln!("{:<34} {:>10.3} {:>14}", "generate greedy", median(greedy_gen_s), "1");
+        eprintln!("{:<34} {:>10.3} {:>13.3}x", "verify greedy (check_greedy_scored)", median(greedy_check_s), ratio);
+    } else {
+        eprintln!("(the greedy answer ended before {ANSWER_TOKENS} tokens: greedy rows skipped)");
+    }
     eprintln!("issue #9's goal: verify / generate <= 0.1\n");
 }
 
