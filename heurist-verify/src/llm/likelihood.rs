@@ -90,27 +90,35 @@ impl TokenObserver for Tally<'_> {
         let t = self.temperature;
         let max = event.logits.iter().copied().filter(|l| !l.is_nan()).fold(f32::NEG_INFINITY, f32::max);
         let scaled = |l: f32| if l.is_nan() { f64::NEG_INFINITY } else { (f64::from(l) - f64::from(max)) / t };
-        let z_sum: f64 = event.logits.iter().map(|&l| scaled(l).exp()).sum();
-        let log_z = z_sum.ln();
         if event.index >= self.answer_len {
+            let z_sum: f64 = event.logits.iter().map(|&l| scaled(l).exp()).sum();
             let end: f64 =
                 event.logits.iter().zip(self.ends).filter(|(_, e)| **e).map(|(&l, _)| scaled(l).exp()).sum::<f64>();
-            self.end_log_prob = Some(end.ln() - log_z);
+            self.end_log_prob = Some(end.ln() - z_sum.ln());
             return;
         }
-        // μ = Σ p·ln p and E[(ln p)²], in one pass.
-        let (mut mean, mut second) = (0.0, 0.0);
+        // One exp per logit (this loop is most of a check's cost beside the scoring pass):
+        // with e = exp(u), u the scaled logit, Z = Σe and ln p = u - ln Z,
+        //   μ = Σ p·ln p = Σe·u / Z - ln Z,   Var[ln p] = Σe·u² / Z - (Σe·u / Z)².
+        // u ≤ 0 and e ≤ 1, so the sums stay in range; the variance is O(1) against
+        // Σe·u²/Z of a few tens, far from cancelling in f64.
+        let (mut z_sum, mut s1, mut s2) = (0f64, 0f64, 0f64);
         for &l in event.logits {
-            let lp = scaled(l) - log_z;
-            if lp.is_finite() {
-                let p = lp.exp();
-                mean += p * lp;
-                second += p * lp * lp;
+            let u = scaled(l);
+            if u.is_finite() {
+                let e = u.exp();
+                z_sum += e;
+                s1 += e * u;
+                s2 += e * u * u;
             }
         }
+        let log_z = z_sum.ln();
+        let (m1, m2) = (s1 / z_sum, s2 / z_sum);
+        let mean = m1 - log_z;
+        let variance = m2 - m1 * m1;
         let s = event.logits.get(event.token_id as usize).map_or(f64::NEG_INFINITY, |&l| scaled(l) - log_z);
         self.sum_dev += s - mean;
-        self.sum_var += (second - mean * mean).max(0.0);
+        self.sum_var += variance.max(0.0);
         if self.least.is_none_or(|(_, v)| s < v) {
             self.least = Some((event.index, s));
         }

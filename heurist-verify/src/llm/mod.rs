@@ -15,8 +15,10 @@
 //! `miner_submit` answering it), builds the request the way a miner does ([`chat_request`])
 //! and checks the first choice's text; this is what `heurist verify` runs.
 
+pub mod greedy_scored;
 pub mod likelihood;
 
+pub use greedy_scored::{ScoredGreedyCheck, check_greedy_scored};
 pub use likelihood::{SampledCheck, SampledThresholds, check_sampled};
 
 use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, Role};

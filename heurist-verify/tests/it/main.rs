@@ -6,6 +6,7 @@
 mod audit;
 mod cache;
 mod checksum;
+mod greedy_scored;
 #[cfg(feature = "inference")]
 mod llm;
 mod metrics;
