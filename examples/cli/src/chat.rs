@@ -30,10 +30,10 @@ pub(crate) struct ChatArgs {
     #[arg(long, value_name = "FILE|-")]
     messages: PathBuf,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f64,
     /// Nucleus sampling mass (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f64,
     /// The sampler's seed; -1 (the network's "no seed") picks one at random.
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
