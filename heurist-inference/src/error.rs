@@ -227,6 +227,25 @@ pub enum InferenceError {
         source: candle_core::Error,
     },
 
+    /// A chat server asked to run batches of no requests.
+    #[error("a chat server's batch size must be at least 1, got {max_batch}")]
+    InvalidBatchSize {
+        /// The size asked for.
+        max_batch: usize,
+    },
+
+    /// The chat server's worker thread could not be started.
+    #[error("starting the chat server's worker thread: {source}")]
+    ServerThread {
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The chat server stopped before answering (it was shut down, or its worker died).
+    #[error("the chat server stopped before the request was answered")]
+    ServerStopped,
+
     /// Loading a tensor or building the model from a file failed.
     #[error("{path}: loading the model: {source}")]
     Load {

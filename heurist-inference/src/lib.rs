@@ -58,6 +58,7 @@ mod weights;
 
 pub use device::{DeviceSpec, ParseDeviceError};
 pub use error::{InferenceError, Result};
+pub use llm::batch::{ChatEvent, ChatHandle, ChatServer};
 pub use llm::engine::{ChatEngine, ScoreOutput};
 pub use llm::observer::{NoObserver, TokenEvent, TokenObserver};
 pub use llm::sampler::SamplingParams;

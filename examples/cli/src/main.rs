@@ -2,14 +2,16 @@
 //!
 //! Identity wallets and hourly signatures (`wallet`, `sign`, `verify-signature`), job checks
 //! (`job check`), image jobs on a local checkpoint (`generate`), the model registry
-//! (`registry`), reward rules and ledgers (`points`, `ledger`), file checksums (`checksum`)
-//! and chat results re-checked on a model (`verify`). Each subcommand is a thin layer over the
-//! library crates; what a test wants to check lives there, not here.
+//! (`registry`), reward rules and ledgers (`points`, `ledger`), file checksums (`checksum`),
+//! chat answers on a local model (`chat`) and chat results re-checked on a model (`verify`).
+//! Each subcommand is a thin layer over the library crates; what a test wants to check lives
+//! there, not here.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod chat;
 mod checksum;
 mod generate;
 mod job;
@@ -49,6 +51,8 @@ enum Command {
     Ledger(points::LedgerArgs),
     /// Print a file's SHA-256; with --expect, exit 1 when it differs.
     Checksum(checksum::ChecksumArgs),
+    /// Answer an OpenAI messages array on a local chat model: print the ChatCompletion JSON, or stream the text.
+    Chat(chat::ChatArgs),
     /// Re-check a chat result on the model: exit 0 when it holds, 1 when it is rejected (with the evidence), 2 when it cannot be judged.
     Verify(verify::VerifyArgs),
 }
@@ -101,5 +105,6 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Ledger(a) => points::run_ledger(a),
         Command::Checksum(a) => checksum::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Chat(a) => chat::run(a),
     }
 }

@@ -1,46 +1,63 @@
 //! Chat jobs on a `heurist-inference` engine: the protocol's clamped job in, the
 //! ChatCompletion `choices` array and token usage out.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, FinishReason, Role};
+use heurist_inference::{ChatEngine, ChatEvent, ChatMessage, ChatRequest, ChatServer, FinishReason, Role};
 use heurist_protocol::openai::{self, Choice};
 use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
-use heurist_protocol::LlmParams;
+use heurist_protocol::client::SequencerClient;
+use heurist_protocol::{LlmParams, MinerId};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::error::{MinerError, Result};
 
-/// A chat engine shared by workers (and, in a sequencer, by an auditor), running one
-/// generation at a time.
-///
-/// On a CPU each generation already uses every core through candle's thread pool, whose
-/// threads spin while they wait; two generations at once only fight over the cores and both
-/// get slower. Until batched decoding lands in the engine, one at a time is the fastest.
+/// The most chat jobs one engine decodes together. Each worker keeps up to the reference's
+/// soft limit of 5 in flight; several workers (miner ids) share the engine.
+pub const MAX_BATCH: usize = 8;
+
+/// A chat engine shared by workers (and, in a sequencer, by an auditor), serving their jobs
+/// together with continuous batching ([`ChatServer`]): jobs join the running batch between
+/// decode steps, each with its own sampler and stop strings, and a job's tokens do not depend
+/// on what shares the batch.
 pub struct SharedEngine {
-    engine: ChatEngine,
+    engine: Arc<ChatEngine>,
+    /// Started on the first job (starting it can fail: the error then belongs to that job).
+    server: OnceLock<std::result::Result<ChatServer, String>>,
     gate: Mutex<()>,
 }
 
 impl SharedEngine {
     /// Wraps an engine.
     pub fn new(engine: ChatEngine) -> Self {
-        Self { engine, gate: Mutex::new(()) }
+        Self { engine: Arc::new(engine), server: OnceLock::new(), gate: Mutex::new(()) }
     }
 
-    /// The engine, for calls that do not generate (tokenizer, template).
+    /// The engine, for calls outside the server (tokenizer, template, a verifier's re-check).
     pub fn engine(&self) -> &ChatEngine {
         &self.engine
     }
 
-    /// Waits for the engine's turn; generate on [`SharedEngine::engine`] while holding it.
+    /// Serializes work run directly on [`SharedEngine::engine`] (an auditor's re-generation)
+    /// with other such work; served jobs do not take it.
     pub fn turn(&self) -> MutexGuard<'_, ()> {
         self.gate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Generates, waiting for any generation in progress to end first.
+    /// The batching server, started on first use.
+    fn server(&self, job_id: &str) -> Result<&ChatServer> {
+        self.server
+            .get_or_init(|| ChatServer::new(Arc::clone(&self.engine), MAX_BATCH).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|reason| MinerError::Unsupported { job_id: job_id.to_owned(), reason: reason.clone() })
+    }
+
+    /// Generates on the server (blocking), joining the jobs already in flight.
     pub fn chat(&self, request: &ChatRequest) -> heurist_inference::Result<heurist_inference::ChatOutput> {
-        let _turn = self.turn();
-        self.engine.chat(request)
+        match self.server("") {
+            Ok(server) => server.submit(request.clone()).wait(),
+            Err(_) => self.engine.chat(request),
+        }
     }
 }
 
@@ -77,14 +94,126 @@ pub fn request_for(params: &LlmParams) -> ChatRequest {
         .with_stop(stop)
 }
 
-/// Runs a chat job on a blocking thread (generation is CPU- or GPU-bound).
+/// Runs a chat job on the shared engine's server, waiting on a blocking thread.
 pub async fn run(engine: Arc<SharedEngine>, job_id: &str, params: &LlmParams) -> Result<ChatResult> {
+    run_inner(engine, job_id, params, None).await
+}
+
+/// Runs a chat job with `use_stream`: the answer goes to `miner_submit_stream` while it is
+/// generated, the request opened once the first non-empty piece exists (as the reference
+/// does) and ended with `[DONE]` when the answer is complete.
+///
+/// The stream is the live copy for the job's client; the signed `miner_submit` that the
+/// worker spools and delivers afterwards stays the record (it alone carries the signature and
+/// latencies, and the protocol lets a result arrive that way). So a stream that fails (the
+/// sequencer down or refusing it mid-answer) costs nothing: it is logged and the answer is
+/// delivered through the spool like any other.
+pub async fn run_and_stream(
+    engine: Arc<SharedEngine>,
+    client: &SequencerClient,
+    miner_id: &MinerId,
+    job_id: &str,
+    params: &LlmParams,
+) -> Result<ChatResult> {
+    let (pieces, mut receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (client, miner, id) = (client.clone(), miner_id.clone(), job_id.to_owned());
+    let streamer = tokio::spawn(async move {
+        let first = loop {
+            match receiver.recv().await {
+                Some(piece) if !piece.is_empty() => break piece,
+                Some(_) => continue,
+                None => return None, // No text at all: nothing to stream.
+            }
+        };
+        let body = Pieces { first: Some(first), rest: Mutex::new(receiver) };
+        Some(client.submit_stream(&id, &miner, body).await)
+    });
+    let out = run_inner(engine, job_id, params, Some(pieces)).await;
+    match streamer.await {
+        Ok(Some(Ok(_))) => tracing::debug!(job_id, "answer streamed"),
+        Ok(Some(Err(error))) => {
+            tracing::warn!(job_id, %error, "streaming the answer failed; it is delivered by miner_submit");
+        }
+        Ok(None) => tracing::debug!(job_id, "empty answer: nothing streamed"),
+        Err(error) => tracing::warn!(job_id, %error, "the stream task died; the answer is delivered by miner_submit"),
+    }
+    out
+}
+
+/// A streamed answer's pieces as the request body wants them (a `Sync` stream): the first
+/// piece, then the rest as generation sends them; it ends when the answer is complete.
+struct Pieces {
+    first: Option<String>,
+    // A lock only to make the receiver `Sync`; only the body's reader polls it.
+    rest: Mutex<UnboundedReceiver<String>>,
+}
+
+impl futures_util::Stream for Pieces {
+    type Item = String;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<String>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(first));
+        }
+        self.rest.get_mut().unwrap_or_else(PoisonError::into_inner).poll_recv(cx)
+    }
+}
+
+/// [`run`], sending the answer's text to `pieces` while it is generated, in the word-sized
+/// pieces `miner_submit_stream` carries (each ends with a space; text a stop string later cuts
+/// is never sent). The channel closes when the answer is complete.
+pub async fn run_streamed(
+    engine: Arc<SharedEngine>,
+    job_id: &str,
+    params: &LlmParams,
+    pieces: UnboundedSender<String>,
+) -> Result<ChatResult> {
+    run_inner(engine, job_id, params, Some(pieces)).await
+}
+
+async fn run_inner(
+    engine: Arc<SharedEngine>,
+    job_id: &str,
+    params: &LlmParams,
+    pieces: Option<UnboundedSender<String>>,
+) -> Result<ChatResult> {
     let request = request_for(params);
     let id = job_id.to_owned();
-    let out = tokio::task::spawn_blocking(move || engine.chat(&request))
-        .await
-        .map_err(|e| MinerError::Unsupported { job_id: id.clone(), reason: format!("inference task died: {e}") })?
-        .map_err(|error| MinerError::Inference { job_id: id, error: Box::new(error) })?;
+    let handle = match &pieces {
+        Some(_) => engine.server(job_id)?.submit_stream(request),
+        None => engine.server(job_id)?.submit(request),
+    };
+    // The handle lives on the blocking thread: if this future is dropped, the thread still
+    // reads the answer to its end (dropping the handle there would cancel the job).
+    let out = tokio::task::spawn_blocking(move || {
+        let mut open_word = false;
+        while let Some(event) = handle.recv() {
+            match event {
+                ChatEvent::Text(piece) => {
+                    if let Some(pieces) = &pieces {
+                        open_word = !piece.ends_with(' ');
+                        // A closed receiver only means nobody streams the rest.
+                        let _ = pieces.send(piece);
+                    }
+                }
+                ChatEvent::Done(result) => {
+                    // The protocol's pieces all end with a space, the last one too (the
+                    // reference adds one); chunking does not matter on the wire.
+                    if let Some(pieces) = pieces.as_ref().filter(|_| open_word) {
+                        let _ = pieces.send(" ".to_owned());
+                    }
+                    return result;
+                }
+            }
+        }
+        Err(heurist_inference::InferenceError::ServerStopped)
+    })
+    .await
+    .map_err(|e| MinerError::Unsupported { job_id: id.clone(), reason: format!("inference task died: {e}") })?
+    .map_err(|error| MinerError::Inference { job_id: id, error: Box::new(error) })?;
     let finish = match out.finish_reason {
         FinishReason::Stop => openai::FinishReason::Stop,
         FinishReason::Length => openai::FinishReason::Length,

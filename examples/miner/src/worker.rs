@@ -223,7 +223,11 @@ impl LlmWorker {
             return Err(MinerError::Unsupported { job_id: job.job_id, reason: "an image job sent to a chat worker".into() });
         };
         let started = Instant::now();
-        let out = llm::run(self.engine.clone(), &job.job_id, params).await?;
+        let out = if params.stream {
+            llm::run_and_stream(self.engine.clone(), &self.client, &self.miner_id, &job.job_id, params).await?
+        } else {
+            llm::run(self.engine.clone(), &job.job_id, params).await?
+        };
         let inference_latency = started.elapsed().as_secs_f64();
         self.stats.tokens.fetch_add(out.completion_tokens as u64, Ordering::Relaxed);
         self.stats.busy_ms.fetch_add((inference_latency * 1000.0) as u64, Ordering::Relaxed);

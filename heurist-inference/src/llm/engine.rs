@@ -9,23 +9,26 @@
 //! completion given (teacher forcing) through the model and reports each token's
 //! log-probability: on the CPU body in one forward pass, with logits bitwise equal to
 //! generation's.
+//!
+//! The per-request state of that loop lives in `generation.rs`, so that the batching server
+//! ([`crate::ChatServer`]), which runs many requests' steps together, drives exactly the same
+//! steps; [`ChatEngine::chat_stream`] hands the text out while it grows (`stream.rs`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::device::DeviceSpec;
 use crate::error::{InferenceError, Result};
-use crate::llm::detokenize::Utf8Stream;
 use crate::llm::hf_config::HfConfig;
 use crate::llm::hf_tokenizer;
 use crate::llm::model::CausalLm;
+use crate::llm::generation::{Generation, Next};
 use crate::llm::observer::{NoObserver, TokenEvent, TokenObserver};
-use crate::llm::request::{ChatMessage, ChatOutput, ChatRequest, FinishReason, Timings, Usage};
-use crate::llm::sampler::{Sampler, log_prob};
-use crate::llm::stop::StopStrings;
+use crate::llm::request::{ChatMessage, ChatOutput, ChatRequest, Usage};
+use crate::llm::sampler::log_prob;
+use crate::llm::stream::WordPieces;
 use crate::llm::template::ChatTemplate;
 use crate::llm::tokenizer::Tokenizer;
-use crate::llm::tool_calls::split_tool_calls;
 use crate::weights::gguf::GgufFile;
 use crate::weights::safetensors::SafetensorsWeights;
 
@@ -115,6 +118,20 @@ impl ChatEngine {
         })
     }
 
+    /// Replaces the tokenizer with the Hugging Face `tokenizer.json` in `dir` (and the chat
+    /// template with `tokenizer_config.json`'s, when that file has one), for a GGUF file whose
+    /// own vocabulary or template is not the one to use.
+    pub fn with_tokenizer_dir(mut self, dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let eos = [self.tokenizer.eos_token_id()];
+        let (tokenizer, template_source) = hf_tokenizer::load(dir, &eos, self.tokenizer.vocab_size())?;
+        if let Some(source) = template_source {
+            self.template = ChatTemplate::new(source, tokenizer.bos_text(), tokenizer.eos_text())?;
+        }
+        self.tokenizer = tokenizer;
+        Ok(self)
+    }
+
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
@@ -128,6 +145,11 @@ impl ChatEngine {
     /// Positions a prompt and its completion may occupy together.
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// The loaded body (a clone has its own, empty cache) and the candle device it runs on.
+    pub(crate) fn body(&self) -> (&CausalLm, &candle_core::Device) {
+        (&self.model, &self.device)
     }
 
     /// The file (GGUF) or directory (safetensors) the model came from.
@@ -151,84 +173,58 @@ impl ChatEngine {
         request: &ChatRequest,
         observer: &mut dyn TokenObserver,
     ) -> Result<ChatOutput> {
-        request.validate()?;
-        let prompt_ids = self.prompt_ids_with_tools(&request.messages, request.tools.as_deref(), 0)?;
-        // Token k of the completion is fed at position prompt + k, so the context bounds
-        // the count as well as max_tokens does.
-        let budget = request.max_tokens.min(self.context_length - prompt_ids.len());
+        self.generate(request, observer, None)
+    }
 
-        let mut sampler = Sampler::new(request.sampling(), request.seed, &prompt_ids);
-        let stops = StopStrings::new(&request.stop);
-        let mut utf8 = Utf8Stream::default();
-        let mut text = String::new();
-        let mut token_ids = Vec::new();
+    /// Answers `request`, handing its text to `on_text` while it is generated, in word-sized
+    /// pieces (each ends with a space, except perhaps the last).
+    ///
+    /// Text that a stop string may still cut is held back until the following tokens show it
+    /// is not one, so everything handed out stays in the answer: the pieces concatenated are
+    /// [`ChatOutput::text`] (when the request has no tools; with tools, the text before the
+    /// tool calls are parsed out of it).
+    pub fn chat_stream(&self, request: &ChatRequest, on_text: &mut dyn FnMut(&str)) -> Result<ChatOutput> {
+        self.generate(request, &mut NoObserver, Some(on_text))
+    }
 
-        let started = Instant::now();
+    /// [`ChatEngine::chat_stream`] calling `observer` once per generated token as well.
+    pub fn chat_stream_with_observer(
+        &self,
+        request: &ChatRequest,
+        observer: &mut dyn TokenObserver,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<ChatOutput> {
+        self.generate(request, observer, Some(on_text))
+    }
+
+    /// The generation loop of one request on its own model clone (see [`Generation`]).
+    fn generate(
+        &self,
+        request: &ChatRequest,
+        observer: &mut dyn TokenObserver,
+        mut on_text: Option<&mut dyn FnMut(&str)>,
+    ) -> Result<ChatOutput> {
+        let mut generation = Generation::new(self, request)?;
+        let mut pieces = WordPieces::new(&request.stop);
         let mut session = Session::new(self);
-        let mut logits = session.prefill(&prompt_ids)?;
-        let mut first_token_at: Option<Instant> = None;
-        let mut stopped_by_string = false;
+        let mut logits = session.prefill(generation.prompt_ids())?;
         let finish_reason = loop {
-            let index = token_ids.len();
-            let token_id =
-                sampler.sample(&logits).ok_or(InferenceError::InvalidLogits { step: index })?;
-            first_token_at.get_or_insert_with(Instant::now);
-            observer.on_token(&TokenEvent {
-                index,
-                token_id,
-                log_prob: log_prob(&logits, token_id),
-                logits: &logits,
-            });
-            token_ids.push(token_id);
-
-            if self.tokenizer.is_end_of_generation(token_id) {
-                break FinishReason::Stop;
+            let next = generation.advance(&self.tokenizer, &logits, observer)?;
+            if let Some(on_text) = on_text.as_mut() {
+                pieces.ready(generation.text()).iter().for_each(|p| on_text(p));
             }
-            if !self.tokenizer.is_control(token_id)? {
-                let before = text.len();
-                text.push_str(&utf8.push(self.tokenizer.token_bytes(token_id)?));
-                if let Some(at) = stops.find(&text, before) {
-                    text.truncate(at);
-                    stopped_by_string = true;
-                    break FinishReason::Stop;
+            match next {
+                Next::Done(reason) => break reason,
+                Next::Feed { token_id, position } => {
+                    logits = session.step(token_id, position - generation.prompt_ids().len())?;
                 }
             }
-            if token_ids.len() >= budget {
-                break FinishReason::Length;
-            }
-            logits = session.step(token_id, index)?;
         };
-        if !stopped_by_string {
-            // An incomplete character at the very end is output as U+FFFD, as a one-shot
-            // decode of the same tokens would; it may still complete a stop string.
-            let before = text.len();
-            text.push_str(&utf8.finish());
-            if let Some(at) = stops.find(&text, before) {
-                text.truncate(at);
-            }
+        generation.end();
+        if let Some(on_text) = on_text.as_mut() {
+            pieces.finish(generation.text()).iter().for_each(|p| on_text(p));
         }
-
-        let finished = Instant::now();
-        let first = first_token_at.unwrap_or(finished);
-        let timings = Timings {
-            time_to_first_token: first.duration_since(started),
-            decode: finished.duration_since(first),
-        };
-        let usage = Usage { prompt_tokens: prompt_ids.len(), completion_tokens: token_ids.len() };
-        tracing::debug!(
-            prompt_tokens = usage.prompt_tokens,
-            completion_tokens = usage.completion_tokens,
-            ?finish_reason,
-            ttft_ms = millis(timings.time_to_first_token),
-            decode_ms = millis(timings.decode),
-            "chat request done"
-        );
-        let (text, tool_calls, finish_reason) = if request.has_tools() {
-            split_tool_calls(text, finish_reason)
-        } else {
-            (text, Vec::new(), finish_reason)
-        };
-        Ok(ChatOutput { text, tool_calls, token_ids, finish_reason, usage, timings })
+        Ok(generation.into_output(finish_reason))
     }
 
     /// Teacher-forced scoring: the log-probability of each token of `completion` as the
@@ -294,7 +290,7 @@ impl ChatEngine {
     }
 
     /// [`ChatEngine::prompt_ids`] with OpenAI `tools` passed to the template.
-    fn prompt_ids_with_tools(
+    pub(crate) fn prompt_ids_with_tools(
         &self,
         messages: &[ChatMessage],
         tools: Option<&str>,
@@ -350,6 +346,3 @@ impl<'e> Session<'e> {
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}

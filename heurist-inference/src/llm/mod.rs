@@ -4,7 +4,9 @@
 
 pub(crate) mod cpu_llama;
 pub(crate) mod detokenize;
+pub(crate) mod batch;
 pub(crate) mod engine;
+pub(crate) mod generation;
 pub(crate) mod hf_config;
 pub(crate) mod hf_tokenizer;
 pub(crate) mod model;
@@ -13,6 +15,7 @@ pub(crate) mod quant;
 pub(crate) mod request;
 pub(crate) mod sampler;
 pub(crate) mod stop;
+pub(crate) mod stream;
 pub(crate) mod template;
 pub(crate) mod tokenizer;
 pub(crate) mod tool_calls;

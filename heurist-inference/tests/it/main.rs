@@ -2,6 +2,7 @@
 //! SmolLM2-135M-Instruct GGUF; fetch it first with `python3 tools/fetch_smollm2.py`.
 
 mod bad_input;
+mod batching;
 mod chat_templates;
 mod generation;
 mod image_lpw;
@@ -17,5 +18,6 @@ mod llama_cpp_parity;
 mod safetensors_parity;
 mod sampling;
 mod scoring;
+mod streaming;
 mod support;
 mod tool_calls;

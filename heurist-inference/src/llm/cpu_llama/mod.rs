@@ -14,6 +14,7 @@
 //! It loads GGUF llama files whose matmul weights are Q4_1 or Q8_0 (other block types, mixture
 //! of experts and non-linear RoPE scaling stay with candle's body).
 
+mod batch;
 mod load;
 mod ops;
 
@@ -64,6 +65,20 @@ pub(crate) enum ForwardError {
         positions: usize,
         /// Tokens in the pass.
         tokens: usize,
+    },
+    /// A batched step was given a different number of tokens than sequences.
+    #[error("a batched step of {sequences} sequences was given {tokens} tokens")]
+    BatchShape {
+        /// Sequences in the batch.
+        sequences: usize,
+        /// Tokens given.
+        tokens: usize,
+    },
+    /// A sequence in a batched step is a clone of another loaded model.
+    #[error("sequence {index} of the batch belongs to another model")]
+    ForeignSequence {
+        /// Its place in the batch.
+        index: usize,
     },
 }
 

@@ -1,0 +1,94 @@
+//! `heurist chat` end to end on SmolLM2: the ChatCompletion JSON, streamed text, typed errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use heurist_inference::{ChatEngine, ChatMessage, ChatOutput, ChatRequest, DeviceSpec, smollm2_path};
+
+const MESSAGES: &str = r#"[{"role": "system", "content": "You are a helpful assistant."},
+                           {"role": "user", "content": "Name three colours of the rainbow."}]"#;
+
+fn heurist_chat(args: &[&str], stdin: &str) -> Output {
+    let model = smollm2_path().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_heurist"))
+        .arg("chat")
+        .arg("--model")
+        .arg(&model)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    // The tool may exit before reading its input (a bad flag): a closed pipe is fine.
+    let _ = input.write_all(stdin.as_bytes());
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// The same request answered in this process.
+fn answer(request: ChatRequest) -> ChatOutput {
+    let engine = ChatEngine::load_gguf(smollm2_path().unwrap(), DeviceSpec::Cpu).unwrap();
+    engine.chat(&request).unwrap()
+}
+
+fn messages() -> Vec<ChatMessage> {
+    ChatMessage::parse_list(MESSAGES).unwrap()
+}
+
+#[test]
+fn prints_the_chat_completion_json() {
+    let out = heurist_chat(&["--messages", "-", "--max-tokens", "12"], MESSAGES);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let completion: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = answer(ChatRequest::new(messages()).with_max_tokens(12));
+    let choice = &completion["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert_eq!(choice["message"]["content"], want.text.as_str());
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(completion["usage"]["prompt_tokens"], want.usage.prompt_tokens);
+    assert_eq!(completion["usage"]["completion_tokens"], 12);
+    assert_eq!(completion["usage"]["total_tokens"], want.usage.prompt_tokens + 12);
+}
+
+#[test]
+fn streams_the_text_with_sampling_and_stop_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("messages.json");
+    std::fs::write(&file, MESSAGES).unwrap();
+    let args = [
+        "--messages", file.to_str().unwrap(), "--max-tokens", "24", "--temperature", "0.8", "--top-p", "0.9",
+        "--seed", "17", "--stop", "\n", "--stop", "zzz", "--stream",
+    ];
+    let out = heurist_chat(&args, "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut request = ChatRequest::new(messages()).with_max_tokens(24).with_sampling(0.8, Some(17)).with_stop(["\n", "zzz"]);
+    request.top_p = 0.9;
+    let want = answer(request);
+    assert!(!want.text.is_empty());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", want.text));
+}
+
+#[test]
+fn bad_messages_and_settings_are_named() {
+    let cases: [(&[&str], &str, &str); 5] = [
+        (&["--messages", "-"], "[{\"role\": \"user\", \"content\": \"hi\"", "messages"),
+        (&["--messages", "-"], r#"[{"role": "wizard", "content": "hi"}]"#, "wizard"),
+        (&["--messages", "-"], "[]", "message"),
+        (&["--messages", "-", "--max-tokens", "0"], MESSAGES, "max_tokens"),
+        (&["--messages", "-", "--temperature", "-1"], MESSAGES, "temperature"),
+    ];
+    for (args, stdin, named) in cases {
+        let out = heurist_chat(args, stdin);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {stdin}: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(named), "{args:?} {stdin}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    let out = heurist_chat(&["--messages", "-", "--tokenizer", "/nonexistent/vocab.txt"], MESSAGES);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vocab.txt"));
+}
