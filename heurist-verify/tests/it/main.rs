@@ -6,6 +6,8 @@
 mod audit;
 mod cache;
 mod checksum;
+#[cfg(all(feature = "image", feature = "inference"))]
+mod image;
 #[cfg(feature = "inference")]
 mod llm;
 mod metrics;
