@@ -68,7 +68,7 @@ fn job(i: usize) -> ImageJob {
     let mut rng = StdRng::seed_from_u64(0x1_0000 + i as u64);
     ImageJob {
         prompt: PROMPTS[i % PROMPTS.len()].into(),
-        neg_prompt: if i % 3 == 0 { "lowres, bad anatomy".into() } else { String::new() },
+        neg_prompt: if i.is_multiple_of(3) { "lowres, bad anatomy".into() } else { String::new() },
         width: SIDE,
         height: SIDE,
         steps: rng.random_range(6..=14),

@@ -70,7 +70,7 @@ impl ImageThresholds {
             });
         } else {
             // NaN (which SSIM of two flat images can give) fails the check rather than pass it.
-            if !(evidence.ssim >= self.min_ssim) {
+            if evidence.ssim.is_nan() || evidence.ssim < self.min_ssim {
                 reasons.push(ImageReason::Ssim {
                     ssim: evidence.ssim,
                     min: self.min_ssim,
@@ -329,15 +329,16 @@ mod tests {
     #[test]
     fn size_mismatch_is_rejected_not_compared() {
         let v = ImageThresholds::DEFAULT.judge(compare_rgb(&picture(32, 64, 0.0), &picture(64, 64, 0.0)));
+        let ImageVerdict::Rejected { evidence, reasons } = &v else {
+            panic!("a smaller image held: {}", v.explain());
+        };
+        assert_eq!(evidence.size_mismatch, Some(((32, 64), (64, 64))));
         assert_eq!(
-            v,
-            ImageVerdict::Rejected {
-                evidence: *v.evidence(),
-                reasons: vec![ImageReason::Size {
-                    claimed: (32, 64),
-                    expected: (64, 64)
-                }]
-            }
+            reasons,
+            &[ImageReason::Size {
+                claimed: (32, 64),
+                expected: (64, 64)
+            }]
         );
         assert!(v.explain().contains("32x64"), "{}", v.explain());
     }
