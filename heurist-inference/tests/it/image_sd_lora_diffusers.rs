@@ -77,11 +77,15 @@ fn image_sdxl_peft_lora_matches_diffusers_fused_lora() {
     assert!(peft.adapts_second_text_encoder());
     assert!(peft.modules().any(|m| m == "lora_te_text_model_encoder_layers_1_self_attn_k_proj"));
     let mut engine = sdxl();
-    // `text_encoder.` of a diffusers file lands on SDXL's first encoder (kohya's `lora_te1_`).
-    engine.set_lora(Some((peft, SCALE))).unwrap();
     let ids = prompt_ids();
     let tokenizer = fixed_ids(&ids);
     let job = fixture_job(&reference_json()["xl_run"], Some(SchedulerKind::DpmSolverSdeKarras));
+    let base = engine.generate_with_ids(&job, &tokenizer).unwrap();
+    let base_db = psnr(&base.rgb, &peft_reference("xl_run_image"));
+    eprintln!("SDXL base vs diffusers' LoRA image: PSNR {base_db:.1} dB");
+    assert!(base_db < 35.0, "the LoRA does not move the SDXL image: {base_db}");
+    // `text_encoder.` of a diffusers file lands on SDXL's first encoder (kohya's `lora_te1_`).
+    engine.set_lora(Some((peft, SCALE))).unwrap();
     let image = engine.generate_with_ids(&job, &tokenizer).unwrap();
     let db = psnr(&image.rgb, &peft_reference("xl_run_image"));
     eprintln!("SDXL peft LoRA image PSNR {db:.1} dB");
