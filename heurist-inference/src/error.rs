@@ -477,6 +477,16 @@ pub enum InferenceError {
         problem: String,
     },
 
+    /// A registry composite that cannot run on the loaded base: another base named, the wrong
+    /// family for its type, a type that is no composite, or no LoRA weight.
+    #[error("composite {composite:?}: {problem}")]
+    Composite {
+        /// The composite's name.
+        composite: String,
+        /// What does not fit, with the values.
+        problem: String,
+    },
+
     /// The PNG encoder refused the image.
     #[error("PNG encoding: {problem}")]
     ImageEncoding {

@@ -46,6 +46,22 @@ pub enum VerifyError {
         /// The engine's error.
         reason: String,
     },
+    /// A claimed image is not a PNG that decodes.
+    #[error("claimed image does not decode as a PNG: {problem}")]
+    ImageDecode {
+        /// The decoder's complaint.
+        problem: String,
+    },
+    /// Pixels that are not `width * height * 3` bytes of RGB.
+    #[error("{len} bytes are not an 8-bit RGB image of {width}x{height} ({} expected)", u64::from(*width) * u64::from(*height) * 3)]
+    ImageBuffer {
+        /// The width given.
+        width: u32,
+        /// The height given.
+        height: u32,
+        /// The bytes given.
+        len: usize,
+    },
     /// Opening, reading or inspecting a file failed.
     #[error("{}: cannot {action}", path.display())]
     Io {

@@ -21,8 +21,9 @@
 //!   check turned into slash entries of the `heurist-points` ledger with its evidence.
 //! - `llm` (feature `inference`): greedy chat answers re-generated on the claimed model,
 //!   sampled ones rescored for their likelihood under it.
-//!
-//! Still to come: re-runs of image jobs.
+//! - `image` (feature `image`; the re-run with `inference` too): an image result against the
+//!   job re-run on the claimed model, by SSIM and a perceptual hash, with a typed verdict
+//!   carrying the numbers.
 //!
 //! ## Detection table: sampled chat answers on SmolLM2
 //! `cargo run --release -p heurist-verify --features inference --example detection_table -- N`
@@ -46,6 +47,36 @@
 //! writer pass), honest answers across thread counts and batch mixes, and images. The greedy
 //! answer offered for a sampled job lands at z ≈ 3 over 48 tokens, inside the ±6 bar: the
 //! bar is set for zero false accusations and needs the larger honest calibration to come down.
+//!
+//! ## Detection table: image results on the tiny SD 1.5
+//! `cargo run --release -p heurist-verify --features inference,image --example
+//! image_detection_table -- N` runs N seeded jobs (64x64, 6 to 14 steps of DPM++ 2M SDE Karras)
+//! on heurist-inference's tiny random-weight SD 1.5 and judges honest and substituted images
+//! against the verifier's re-runs (with f32 noise and with a 16-bit miner's f16 noise), under
+//! `ImageThresholds::DEFAULT` (SSIM ≥ 0.95 and pHash distance ≤ 6) and `STRICT` (0.995, 2):
+//!
+//! | images | jobs | rejected | rate | rate, STRICT | SSIM range | pHash distance |
+//! |---|---:|---:|---:|---:|---|---|
+//! | honest, 1 thread vs the verifier's | 200 | 0 | 0.0% | 0.0% | 1.0000 to 1.0000 | 0 to 0 |
+//! | honest + LoRA 0.8, 1 thread | 200 | 0 | 0.0% | 0.0% | 1.0000 to 1.0000 | 0 to 0 |
+//! | honest, diffusers f32 (fixture) | 48 | 0 | 0.0% | 0.0% | 1.0000 to 1.0000 | 0 to 0 |
+//! | honest, diffusers f16 (fixture) | 48 | 0 | 0.0% | 0.0% | 0.9999 to 1.0000 | 0 to 1 |
+//! | another checkpoint (shuffled weights) | 200 | 200 | 100.0% | 100.0% | 0.2444 to 0.6237 | 3 to 18 |
+//! | half the steps | 200 | 200 | 100.0% | 100.0% | 0.5279 to 0.9406 | 1 to 15 |
+//! | one step fewer | 200 | 0 | 0.0% | 38.0% | 0.9685 to 0.9992 | 0 to 4 |
+//! | another seed | 200 | 200 | 100.0% | 100.0% | -0.1796 to 0.2145 | 9 to 25 |
+//! | fixture LoRA at 0.4 for 0.8 | 200 | 0 | 0.0% | 14.0% | 0.9854 to 0.9995 | 0 to 5 |
+//! | 8x stronger LoRA at 0.4 for 0.8 | 200 | 3 | 1.5% | 93.5% | 0.8579 to 0.9970 | 0 to 5 |
+//! | half size, scaled up | 200 | 200 | 100.0% | 100.0% | -0.0963 to 0.0850 | 11 to 27 |
+//!
+//! Honest images match to SSIM ≥ 0.9999 whoever made them (1 vs 2 threads: bit for bit;
+//! diffusers in f32 and in f16, re-run here with the matching noise), and another checkpoint,
+//! half the steps, another seed and a smaller image scaled up are all caught under DEFAULT. One
+//! step fewer and another LoRA weight move the picture less than DEFAULT's margin allows for
+//! (SSIM 0.86 to 0.9995): STRICT catches more of them, at a smaller margin for numerics not
+//! measured here (GPU kernels, real models at 512 px); the fixture LoRA itself barely moves the
+//! image, so its weight is nearly invisible. N = 200 (the diffusers rows: the fixture's 48
+//! jobs), 716 s on the shared 2-core build machine beside other builds.
 //!
 //! ## What it is not for
 //! It runs no models itself: re-execution calls `heurist-inference`. It awards and slashes
@@ -94,10 +125,15 @@
 //! --no-default-features` pulls neither tokio nor candle nor SQLite.
 //! - `inference` (off): the `llm` module, chat answers re-checked on the claimed model with
 //!   `heurist-inference`.
+//! - `image` (off): the `image` module, image results compared with a re-run (`image`,
+//!   `image-compare`, `image_hasher`; no candle); with `inference` also the re-run itself
+//!   (`image::rerun`).
 
 pub mod audit;
 pub mod checksum;
 mod error;
+#[cfg(feature = "image")]
+pub mod image;
 #[cfg(feature = "inference")]
 pub mod llm;
 pub mod metrics;

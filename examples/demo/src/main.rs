@@ -9,7 +9,7 @@
 //! of jobs, verdicts and points.
 //!
 //! Image audits (`heurist_sequencer::audit::ImageAuditor`) fetch the PNG from S3, re-run the
-//! job and compare pixels within [`IMAGE_TOLERANCE`].
+//! job and compare SSIM and a perceptual hash within [`IMAGE_TOLERANCE`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use heurist_miner::sd::{CheckpointSpec, SdRunner};
 use heurist_miner::signal::ModelChoice;
 use heurist_miner::upload::{DEFAULT_REGION, Uploader};
 use heurist_protocol::SdParams;
-use heurist_sequencer::audit::{ByKind, ImageAuditor, ImageRerun, ImageTolerance, RgbImage};
+use heurist_sequencer::audit::{ByKind, ImageAuditor, ImageRerun, ImageThresholds, RgbImage};
 use heurist_sequencer::s3::LocalS3;
 use heurist_sequencer::{AuditPolicy, AuditVerdict, Auditor, SequencerConfig};
 use serde_json::{Value, json};
@@ -59,7 +59,7 @@ const SD15_EXAMPLES: [&str; 4] = ["Aurora", "BrainDance", "YamersCartoonArcadia"
 /// gave identical pixels, so the
 /// margin only absorbs another machine's kernels; a cheater's image (another seed, a third of
 /// the steps) differs by tens of levels on average.
-const IMAGE_TOLERANCE: ImageTolerance = ImageTolerance { max_abs: 8, mean_abs: 0.5 };
+const IMAGE_TOLERANCE: ImageThresholds = ImageThresholds::DEFAULT;
 const API_KEY: &str = "demo-key";
 
 /// Run a local Heurist network: sequencer, honest miners, a cheater, audits, points.
@@ -298,7 +298,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let image_auditor = ImageAuditor {
         rerun: Arc::new(Rerun { runner: sd_runner.clone(), limits: limits.clone() }),
         grant,
-        tolerance: IMAGE_TOLERANCE,
+        thresholds: IMAGE_TOLERANCE,
         http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
     };
     let auditor = ByKind { llm: Some(Arc::new(GreedyAuditor { engine: engine.clone(), limits: limits.clone() })), sd: Some(Arc::new(image_auditor)) };

@@ -75,21 +75,25 @@ impl Auditor for ByKind {
 }
 
 #[cfg(feature = "s3")]
-pub use image::{ImageAuditor, ImageDiff, ImageRerun, ImageTolerance, RgbImage, decode_png};
+pub use image::{ImageAuditor, ImageRerun, RgbImage, decode_png};
+#[cfg(feature = "s3")]
+pub use heurist_verify::image::{ImageEvidence, ImageThresholds, ImageVerdict};
 
 /// Image audits: the claimed PNG fetched from S3, the job re-run on the claimed model, the two
-/// compared pixel by pixel.
+/// compared by `heurist_verify::image`: a structural similarity (SSIM) and a perceptual hash,
+/// both of which must agree within [`ImageThresholds`] (calibrated on honest images from
+/// diffusers in f32 and f16 against this engine's re-runs; see heurist-verify's crate docs).
 ///
-/// The comparison is deliberately simple and sits behind [`ImageTolerance`] so that a
-/// perceptual check (SSIM, a perceptual hash) can replace it: the same seed, steps, size and
-/// sampler on the same checkpoint give the same image up to floating-point noise (thread
-/// counts, kernels, f16 rounding), while a substituted model, another seed or fewer steps give
-/// a different image altogether — on 8-bit pixels, mean differences of tens of levels.
+/// The same seed, steps, size and sampler on the same checkpoint give the same picture up to
+/// floating-point noise (thread counts, kernels, f16 rounding), which leaves SSIM near 1 and
+/// the hashes equal; a substituted model, another seed, fewer steps or a smaller image scaled
+/// up change the picture itself.
 #[cfg(feature = "s3")]
 pub mod image {
     use std::sync::Arc;
 
     use heurist_protocol::{Job, MinerSubmit, SubmitResult};
+    use heurist_verify::image::{ImageThresholds, compare_rgb, rgb_image};
 
     use super::{AuditVerdict, Auditor};
     use crate::config::S3Grant;
@@ -105,67 +109,11 @@ pub mod image {
         pub rgb: Vec<u8>,
     }
 
-    /// Decodes a PNG (any bit depth and colour type the png crate expands) to 8-bit RGB.
+    /// Decodes a PNG (any bit depth and colour type) to 8-bit RGB.
     pub fn decode_png(bytes: &[u8]) -> Result<RgbImage, String> {
-        let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-        decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-        let mut reader = decoder.read_info().map_err(|e| format!("not a PNG: {e}"))?;
-        let size = reader.output_buffer_size().ok_or("PNG too large to decode")?;
-        let mut buf = vec![0; size];
-        let info = reader.next_frame(&mut buf).map_err(|e| format!("PNG frame: {e}"))?;
-        buf.truncate(info.buffer_size());
-        let rgb = match info.color_type {
-            png::ColorType::Rgb => buf,
-            png::ColorType::Rgba => buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
-            png::ColorType::Grayscale => buf.iter().flat_map(|&g| [g, g, g]).collect(),
-            png::ColorType::GrayscaleAlpha => buf.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
-            other => return Err(format!("PNG colour type {other:?} after expansion")),
-        };
-        Ok(RgbImage { width: info.width, height: info.height, rgb })
-    }
-
-    /// How far two same-sized images are apart.
-    #[derive(Clone, Copy, Debug, PartialEq)]
-    pub struct ImageDiff {
-        /// The largest difference of one channel of one pixel, 0 to 255.
-        pub max_abs: u8,
-        /// The mean absolute difference over all channels, 0 to 255.
-        pub mean_abs: f64,
-    }
-
-    impl ImageDiff {
-        /// Compares `a` with `b`; `Err` when their sizes differ.
-        pub fn between(a: &RgbImage, b: &RgbImage) -> Result<Self, String> {
-            if (a.width, a.height) != (b.width, b.height) || a.rgb.len() != b.rgb.len() {
-                return Err(format!("size {}x{} where the job gives {}x{}", a.width, a.height, b.width, b.height));
-            }
-            let (mut max_abs, mut sum) = (0u8, 0u64);
-            for (x, y) in a.rgb.iter().zip(&b.rgb) {
-                let d = x.abs_diff(*y);
-                max_abs = max_abs.max(d);
-                sum += u64::from(d);
-            }
-            Ok(Self { max_abs, mean_abs: sum as f64 / a.rgb.len().max(1) as f64 })
-        }
-    }
-
-    /// What counts as the same image.
-    #[derive(Clone, Copy, Debug, PartialEq)]
-    pub struct ImageTolerance {
-        /// The largest per-channel difference allowed.
-        pub max_abs: u8,
-        /// The largest mean difference allowed.
-        pub mean_abs: f64,
-    }
-
-    impl ImageTolerance {
-        /// Bit-for-bit equality.
-        pub const EXACT: Self = Self { max_abs: 0, mean_abs: 0.0 };
-
-        /// Whether `diff` is within it.
-        pub fn accepts(&self, diff: &ImageDiff) -> bool {
-            diff.max_abs <= self.max_abs && diff.mean_abs <= self.mean_abs
-        }
+        let img = heurist_verify::image::decode_png(bytes).map_err(|e| e.to_string())?;
+        let (width, height) = img.dimensions();
+        Ok(RgbImage { width, height, rgb: img.into_raw() })
     }
 
     /// Re-runs an image job on the model it names, as an honest miner would: the reference
@@ -177,15 +125,16 @@ pub mod image {
 
     /// Audits image results: fetches the submitted object from the grant's bucket (a signed
     /// `GetObject`), re-runs the job with [`ImageRerun`] and fails the result when the two
-    /// differ beyond the tolerance, with the numbers as evidence. Must be called from a
-    /// blocking thread inside a tokio runtime (the sequencer calls auditors so).
+    /// are not the same picture under the thresholds, with the SSIM and hash distance as
+    /// evidence. Must be called from a blocking thread inside a tokio runtime (the sequencer
+    /// calls auditors so).
     pub struct ImageAuditor {
         /// The re-run.
         pub rerun: Arc<dyn ImageRerun>,
         /// Where results are.
         pub grant: S3Grant,
-        /// What counts as the same image.
-        pub tolerance: ImageTolerance,
+        /// What counts as the same picture ([`ImageThresholds::DEFAULT`]: the calibrated bars).
+        pub thresholds: ImageThresholds,
         /// The HTTP client for S3.
         pub http: reqwest::Client,
     }
@@ -233,15 +182,26 @@ pub mod image {
                 Ok(img) => img,
                 Err(e) => return AuditVerdict::Skipped { reason: format!("re-running the job: {e}") },
             };
-            match ImageDiff::between(&claimed, &reference) {
-                Err(e) => AuditVerdict::Fail { evidence: format!("object {key}: {e}") },
-                Ok(diff) if self.tolerance.accepts(&diff) => AuditVerdict::Pass,
-                Ok(diff) => AuditVerdict::Fail {
+            let pixels = |img: RgbImage| rgb_image(img.width, img.height, img.rgb);
+            let (claimed, reference) = match (pixels(claimed), pixels(reference)) {
+                (Ok(c), Ok(r)) => (c, r),
+                (Err(e), _) => return AuditVerdict::Fail { evidence: format!("object {key}: {e}") },
+                (_, Err(e)) => return AuditVerdict::Skipped { reason: format!("re-running the job: {e}") },
+            };
+            let verdict = self.thresholds.judge(compare_rgb(&claimed, &reference));
+            if verdict.holds() {
+                AuditVerdict::Pass
+            } else {
+                AuditVerdict::Fail {
                     evidence: format!(
-                        "object {key} is not the image of job {} on {}: re-run differs by mean {:.2} and max {} levels (tolerance mean {:.2}, max {})",
-                        job.job_id, job.model_id, diff.mean_abs, diff.max_abs, self.tolerance.mean_abs, self.tolerance.max_abs
+                        "object {key} is not the image of job {} on {}: {} (bars: SSIM >= {}, pHash distance <= {})",
+                        job.job_id,
+                        job.model_id,
+                        verdict.explain(),
+                        self.thresholds.min_ssim,
+                        self.thresholds.max_hash_distance
                     ),
-                },
+                }
             }
         }
     }
@@ -252,38 +212,22 @@ pub mod image {
 
         use super::*;
 
-        fn img(w: u32, h: u32, f: impl Fn(usize) -> u8) -> RgbImage {
-            RgbImage { width: w, height: h, rgb: (0..(w * h * 3) as usize).map(f).collect() }
-        }
-
-        #[test]
-        fn diff_and_tolerance() {
-            let a = img(4, 2, |i| (i * 7 % 256) as u8);
-            let mut b = a.clone();
-            assert_eq!(ImageDiff::between(&a, &b).unwrap(), ImageDiff { max_abs: 0, mean_abs: 0.0 });
-            b.rgb[5] = b.rgb[5].wrapping_add(3);
-            let d = ImageDiff::between(&a, &b).unwrap();
-            assert_eq!(d.max_abs, 3);
-            assert!((d.mean_abs - 3.0 / 24.0).abs() < 1e-12);
-            assert!(!ImageTolerance::EXACT.accepts(&d));
-            assert!(ImageTolerance { max_abs: 3, mean_abs: 0.2 }.accepts(&d));
-            assert!(!ImageTolerance { max_abs: 3, mean_abs: 0.1 }.accepts(&d));
-            let e = ImageDiff::between(&a, &img(2, 4, |_| 0)).unwrap_err();
-            assert!(e.contains("2x4") && e.contains("4x2"), "{e}");
-        }
-
-        #[test]
-        fn png_round_trip_and_garbage() {
-            let a = img(3, 2, |i| (i * 40 % 256) as u8);
+        fn png_of(a: &RgbImage) -> Vec<u8> {
             let mut out = Vec::new();
-            let mut enc = png::Encoder::new(&mut out, 3, 2);
+            let mut enc = png::Encoder::new(&mut out, a.width, a.height);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             let mut w = enc.write_header().unwrap();
             w.write_image_data(&a.rgb).unwrap();
             w.finish().unwrap();
-            assert_eq!(decode_png(&out).unwrap(), a);
-            assert!(decode_png(b"not a png").unwrap_err().contains("not a PNG"));
+            out
+        }
+
+        #[test]
+        fn png_round_trip_and_garbage() {
+            let a = RgbImage { width: 3, height: 2, rgb: (0..18).map(|i| (i * 40 % 256) as u8).collect() };
+            assert_eq!(decode_png(&png_of(&a)).unwrap(), a);
+            assert!(decode_png(b"not a png").unwrap_err().contains("PNG"));
         }
     }
 }

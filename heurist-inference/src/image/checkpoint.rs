@@ -194,10 +194,10 @@ impl RenamingBackend {
         let Some(module) = name.strip_suffix(".weight") else {
             return Ok(weight);
         };
-        let kohya = format!("{}{}", hook.prefix, module.replace('.', "_"));
-        if !hook.lora.adapts(&kohya) {
+        let asked = format!("{}{}", hook.prefix, module.replace('.', "_"));
+        let Some(kohya) = hook.lora.resolve(&asked).map(str::to_owned) else {
             return Ok(weight);
-        }
+        };
         let delta = hook.lora.delta(&kohya, weight.dims(), weight.device())?;
         let mut seen = hook
             .seen

@@ -16,7 +16,7 @@
 //! corner, target size) through the UNet's `add_embedding`. SDXL's VAE runs in f32 on every
 //! device, as diffusers upcasts it (it overflows in f16).
 //!
-//! LoRAs ([`Lora`], kohya layout) are merged into the text encoders and UNet with
+//! LoRAs ([`Lora`], kohya or diffusers / peft key style) are merged into the text encoders and UNet with
 //! [`ImageEngine::set_lora`].
 //!
 //! [`ImageEngine::set_vae`] swaps in the registry's VAE override.
@@ -26,8 +26,9 @@
 //! miner's long-prompt-weighting pipelines do (`lpw.rs`, [`ImageEngine::encode_prompts`]); a
 //! caller with its own ids uses [`PromptEncoding::TokenIds`] (cut to 77 positions, no weights).
 //!
-//! Not yet here (issue 7): diffusers-layout LoRAs, the registry's composites (a caller can load
-//! the base and [`ImageEngine::set_lora`] the composite's file at its `default_weight`).
+//! The registry's composites (a LoRA over a named base at its `default_weight`) load in one
+//! call with [`ImageEngine::load_composite`], or switch over one loaded base with
+//! [`super::Composites`].
 
 mod lpw;
 
@@ -442,11 +443,25 @@ impl ImageEngine {
                     .iter()
                     .filter(|m| seen.misfits.contains(**m))
                     .count();
+                // Say which family the LoRA was made for where its tensors tell.
+                let mut hint = String::new();
+                if let Some(width) = lora.context_width()
+                    && width != arch.context_dim
+                {
+                    hint = format!(
+                        "; its cross-attention reads {width}-wide text embeddings, this \
+                         model's {} (SD 1.5: 768, SDXL: 2048)",
+                        arch.context_dim
+                    );
+                }
+                if lora.adapts_second_text_encoder() && arch.clip2.is_none() {
+                    hint.push_str("; it adapts a second text encoder, which SD 1.5 lacks");
+                }
                 return Err(InferenceError::LoraMismatch {
                     path: lora.path().to_owned(),
                     problem: format!(
                         "{} of its {} adapters fit no weight of this {:?} model ({misfit} by \
-                         shape, the others by name), e.g. {}",
+                         shape, the others by name), e.g. {}{hint}",
                         unmatched.len(),
                         lora.modules().count(),
                         arch.family,

@@ -42,6 +42,7 @@
 mod checkpoint;
 mod clip_text;
 pub mod clip_tokenizer;
+mod composite;
 mod detect;
 mod engine;
 mod job;
@@ -54,6 +55,7 @@ mod transformer;
 mod unet;
 
 pub use clip_text::{ClipActivation, ClipDims};
+pub use composite::{CompositeSpec, Composites};
 pub use detect::{AddEmbeddingDims, HEAD_SIZE, SD15_UNET_HEADS, SdArchitecture, SdFamily};
 pub use engine::{
     CLIP_END_TOKEN, ImageEngine, OPEN_CLIP_PAD_TOKEN, PromptEncoding, SD15_VAE_SCALE,

@@ -390,9 +390,86 @@ impl NoiseSource for TorchCpuGenerator {
     }
 }
 
+/// Draws as a miner whose diffusers pipeline runs in another precision does.
+///
+/// A pipeline in f16 (what GPU miners run) draws its initial latents in f16
+/// (`prepare_latents(dtype=prompt_embeds.dtype)`), and torch's f16 draws are other values than
+/// its f32 ones: the same seed gives another image. The schedulers' later draws follow each
+/// scheduler: DPM-Solver++ SDE draws in f32 whatever the model (`dtype=torch.float32`), Euler,
+/// Euler ancestral and DDIM in the model output's dtype. This engine keeps latents and the
+/// scheduler in f32, so to reproduce such a miner (a verifier re-running its job) it draws from
+/// [`DrawnIn::half_precision_miner`]; the f16 values widen to f32 exactly.
+#[derive(Debug, Clone)]
+pub struct DrawnIn<N> {
+    /// The source.
+    pub inner: N,
+    /// The dtype of the first draw (the initial latents); `None`: as asked.
+    pub initial: Option<NoiseDType>,
+    /// The dtype of every later draw (the schedulers'); `None`: as asked.
+    pub steps: Option<NoiseDType>,
+    draws: usize,
+}
+
+impl<N: NoiseSource> DrawnIn<N> {
+    /// Draws the initial latents in `initial` and the rest in `steps` (`None`: as asked).
+    pub fn new(inner: N, initial: Option<NoiseDType>, steps: Option<NoiseDType>) -> Self {
+        Self {
+            inner,
+            initial,
+            steps,
+            draws: 0,
+        }
+    }
+
+    /// The draws of a miner running `sampler` in f16: latents in f16; the scheduler's noise in
+    /// f32 for DPM-Solver++ SDE, else in f16.
+    pub fn half_precision_miner(inner: N, sampler: crate::image::SchedulerKind) -> Self {
+        let steps = match sampler {
+            crate::image::SchedulerKind::DpmSolverSdeKarras => None,
+            _ => Some(NoiseDType::F16),
+        };
+        Self::new(inner, Some(NoiseDType::F16), steps)
+    }
+}
+
+impl<N: NoiseSource> NoiseSource for DrawnIn<N> {
+    fn randn(&mut self, shape: &[usize], asked: NoiseDType) -> Result<Vec<f32>> {
+        let forced = if self.draws == 0 {
+            self.initial
+        } else {
+            self.steps
+        };
+        self.draws += 1;
+        self.inner.randn(shape, forced.unwrap_or(asked))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drawn_in_overrides_the_first_and_later_draws() {
+        let mut miner = DrawnIn::new(TorchCpuGenerator::new(5), Some(NoiseDType::F16), None);
+        let mut plain = TorchCpuGenerator::new(5);
+        let a = miner.randn(&[2, 20], NoiseDType::F32).unwrap();
+        assert_eq!(a, plain.randn(&[2, 20], NoiseDType::F16).unwrap());
+        assert_ne!(a, TorchCpuGenerator::new(5).randn(&[2, 20], NoiseDType::F32).unwrap());
+        // Later draws as asked.
+        let b = miner.randn(&[20], NoiseDType::F32).unwrap();
+        assert_eq!(b, plain.randn(&[20], NoiseDType::F32).unwrap());
+        let mut ancestral = DrawnIn::half_precision_miner(
+            TorchCpuGenerator::new(5),
+            crate::image::SchedulerKind::EulerAncestralDiscrete,
+        );
+        let mut plain = TorchCpuGenerator::new(5);
+        for _ in 0..2 {
+            assert_eq!(
+                ancestral.randn(&[20], NoiseDType::F32).unwrap(),
+                plain.randn(&[20], NoiseDType::F16).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn f16_conversion_round_trips_and_rounds_to_even() {

@@ -12,6 +12,8 @@ mod image_scheduler;
 mod image_sd;
 mod image_sd_bad_input;
 mod image_sd_lora;
+mod image_sd_lora_diffusers;
+mod image_sd_composite;
 mod image_sd_samplers;
 mod image_sdxl;
 mod llama_cpp_parity;

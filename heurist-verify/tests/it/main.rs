@@ -6,7 +6,10 @@
 mod audit;
 mod cache;
 mod checksum;
+#[cfg(feature = "inference")]
 mod greedy_scored;
+#[cfg(all(feature = "image", feature = "inference"))]
+mod image;
 #[cfg(feature = "inference")]
 mod llm;
 mod metrics;

@@ -1,0 +1,361 @@
+//! Image results judged against a re-run of their job (feature `image`; the re-run itself with
+//! `inference` as well).
+//!
+//! An image job is a function of the checkpoint (and LoRA), the prompts, the seed, the steps,
+//! the sampler, the guidance and the size: torch's seeded CPU generator makes the noise the same
+//! everywhere, so an honest miner's image and the verifier's re-run differ only by
+//! floating-point noise (thread counts, kernels, f16 rounding, another engine). A cheat — another
+//! checkpoint, fewer steps, another seed, another LoRA weight, a smaller image scaled up —
+//! changes the trajectory of the whole denoising and so the picture itself.
+//!
+//! Two measures from maintained crates judge "the same picture", and both must agree:
+//! - a structural similarity ([`image_compare`]'s mean SSIM over 8x8 windows, the smallest of
+//!   the three colour channels), which sees the layout and texture at full resolution; and
+//! - a perceptual hash ([`image_hasher`]: the 64-bit DCT mean hash, "pHash"), whose Hamming
+//!   distance sees the low frequencies and shrugs at pixel noise.
+//!
+//! [`ImageThresholds::DEFAULT`] is calibrated on honest images (see the crate docs' image
+//! detection table): honest pairs — 1 vs 2 threads, diffusers in f32 and in f16 against this
+//! engine's re-run — measured SSIM ≥ 0.9999 and a hash distance ≤ 1; another checkpoint, half
+//! the steps, another seed and a smaller image scaled up measured SSIM ≤ 0.94. The bars sit
+//! between with a wide margin on the honest side, since a false accusation costs an honest
+//! miner its stake; [`ImageThresholds::STRICT`] trades some of that margin for smaller cheats.
+//!
+//! [`compare_png`] and [`compare_rgb`] give the [`ImageEvidence`]; [`ImageThresholds::judge`]
+//! turns it into an [`ImageVerdict`]. With `inference`, [`rerun::check_image`] re-runs the job
+//! on a loaded `heurist_inference::image::ImageEngine` and does both.
+
+#[cfg(feature = "inference")]
+pub mod rerun;
+
+use image::RgbImage;
+use image_compare::Algorithm;
+use image_hasher::{HashAlg, HasherConfig};
+
+use crate::error::{Result, VerifyError};
+
+/// How far a claimed image may be from the re-run and still hold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImageThresholds {
+    /// The lowest structural similarity (mean SSIM, worst channel) accepted, -1 to 1.
+    pub min_ssim: f64,
+    /// The largest Hamming distance between the two 64-bit perceptual hashes accepted.
+    pub max_hash_distance: u32,
+}
+
+impl ImageThresholds {
+    /// The bars for any honest miner (see the module docs): far below what honest images
+    /// measured (SSIM ≥ 0.9999, distance ≤ 1 on the tiny model, across threads, diffusers and
+    /// f16), for numerics not measured here (GPU kernels, real models at 512 px and more).
+    pub const DEFAULT: Self = Self {
+        min_ssim: 0.95,
+        max_hash_distance: 6,
+    };
+
+    /// Tighter bars for re-runs whose numerics are known to be close (the same engine, or
+    /// diffusers as measured on the tiny model): catch smaller cheats (one step fewer, a
+    /// LoRA weight changed) at a smaller margin for honest noise.
+    pub const STRICT: Self = Self {
+        min_ssim: 0.995,
+        max_hash_distance: 2,
+    };
+
+    /// Whether the evidence holds under these bars, with the reasons when it does not.
+    pub fn judge(&self, evidence: ImageEvidence) -> ImageVerdict {
+        let mut reasons = Vec::new();
+        if let Some(size) = evidence.size_mismatch {
+            reasons.push(ImageReason::Size {
+                claimed: size.0,
+                expected: size.1,
+            });
+        } else {
+            // NaN (which SSIM of two flat images can give) fails the check rather than pass it.
+            if evidence.ssim.is_nan() || evidence.ssim < self.min_ssim {
+                reasons.push(ImageReason::Ssim {
+                    ssim: evidence.ssim,
+                    min: self.min_ssim,
+                });
+            }
+            if evidence.hash_distance > self.max_hash_distance {
+                reasons.push(ImageReason::HashDistance {
+                    distance: evidence.hash_distance,
+                    max: self.max_hash_distance,
+                });
+            }
+        }
+        if reasons.is_empty() {
+            ImageVerdict::Holds(evidence)
+        } else {
+            ImageVerdict::Rejected { evidence, reasons }
+        }
+    }
+}
+
+impl Default for ImageThresholds {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What the comparison measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImageEvidence {
+    /// Mean SSIM over 8x8 windows, the worst of the three channels (1: identical); NaN-free
+    /// unless both images are flat. 0 when the sizes differ.
+    pub ssim: f64,
+    /// Hamming distance of the 64-bit perceptual hashes, 0 to 64.
+    pub hash_distance: u32,
+    /// The mean absolute difference over all channels, 0 to 255 (for the record).
+    pub mean_abs_diff: f64,
+    /// `((claimed w, h), (expected w, h))` when the sizes differ; nothing else was compared.
+    pub size_mismatch: Option<((u32, u32), (u32, u32))>,
+}
+
+impl std::fmt::Display for ImageEvidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.size_mismatch {
+            Some(((cw, ch), (ew, eh))) => write!(f, "size {cw}x{ch} where the job gives {ew}x{eh}"),
+            None => write!(
+                f,
+                "SSIM {:.4}, pHash distance {}/64, mean difference {:.2} levels",
+                self.ssim, self.hash_distance, self.mean_abs_diff
+            ),
+        }
+    }
+}
+
+/// Why an image was rejected.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ImageReason {
+    /// The image is not of the job's size.
+    Size {
+        /// The claimed image's width and height.
+        claimed: (u32, u32),
+        /// The job's.
+        expected: (u32, u32),
+    },
+    /// The structure differs.
+    Ssim {
+        /// Measured.
+        ssim: f64,
+        /// The bar.
+        min: f64,
+    },
+    /// The perceptual hashes differ.
+    HashDistance {
+        /// Measured.
+        distance: u32,
+        /// The bar.
+        max: u32,
+    },
+}
+
+impl std::fmt::Display for ImageReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Size { claimed, expected } => write!(
+                f,
+                "size {}x{} where the job gives {}x{}",
+                claimed.0, claimed.1, expected.0, expected.1
+            ),
+            Self::Ssim { ssim, min } => write!(f, "SSIM {ssim:.4} below {min}"),
+            Self::HashDistance { distance, max } => {
+                write!(f, "pHash distance {distance} above {max}")
+            }
+        }
+    }
+}
+
+/// The outcome of an image check.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ImageVerdict {
+    /// The claimed image is the job's image.
+    Holds(ImageEvidence),
+    /// It is not; `reasons` are the bars it failed, `evidence` the numbers.
+    Rejected {
+        /// The numbers.
+        evidence: ImageEvidence,
+        /// The bars failed (at least one).
+        reasons: Vec<ImageReason>,
+    },
+}
+
+impl ImageVerdict {
+    /// Whether the result holds.
+    pub fn holds(&self) -> bool {
+        matches!(self, Self::Holds(_))
+    }
+
+    /// The numbers either way.
+    pub fn evidence(&self) -> &ImageEvidence {
+        match self {
+            Self::Holds(e) | Self::Rejected { evidence: e, .. } => e,
+        }
+    }
+
+    /// A one-line account for a slash's evidence.
+    pub fn explain(&self) -> String {
+        match self {
+            Self::Holds(e) => format!("image holds: {e}"),
+            Self::Rejected { evidence, reasons } => {
+                let why: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+                format!("image rejected ({}): {evidence}", why.join("; "))
+            }
+        }
+    }
+}
+
+/// Decodes a PNG (any colour type and depth) to 8-bit RGB.
+///
+/// # Errors
+/// [`VerifyError::ImageDecode`] when the bytes are not a PNG the `image` crate reads.
+pub fn decode_png(bytes: &[u8]) -> Result<RgbImage> {
+    image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
+        .map(|img| img.to_rgb8())
+        .map_err(|e| VerifyError::ImageDecode {
+            problem: e.to_string(),
+        })
+}
+
+/// Wraps 8-bit RGB pixels, row-major.
+///
+/// # Errors
+/// [`VerifyError::ImageBuffer`] when `rgb` is not `width * height * 3` bytes.
+pub fn rgb_image(width: u32, height: u32, rgb: Vec<u8>) -> Result<RgbImage> {
+    let len = rgb.len();
+    RgbImage::from_raw(width, height, rgb).ok_or(VerifyError::ImageBuffer { width, height, len })
+}
+
+/// Compares a claimed PNG with the re-run's pixels.
+///
+/// # Errors
+/// As [`decode_png`].
+pub fn compare_png(claimed_png: &[u8], reference: &RgbImage) -> Result<ImageEvidence> {
+    Ok(compare_rgb(&decode_png(claimed_png)?, reference))
+}
+
+/// Measures how far `claimed` is from `reference` (see the module docs). Images of different
+/// sizes are not compared: the evidence says so and any threshold rejects it.
+pub fn compare_rgb(claimed: &RgbImage, reference: &RgbImage) -> ImageEvidence {
+    if claimed.dimensions() != reference.dimensions() {
+        return ImageEvidence {
+            ssim: 0.0,
+            hash_distance: 64,
+            mean_abs_diff: f64::NAN,
+            size_mismatch: Some((claimed.dimensions(), reference.dimensions())),
+        };
+    }
+    // The sizes are equal, which is all that the SSIM can refuse.
+    let ssim = image_compare::rgb_similarity_structure(&Algorithm::MSSIMSimple, claimed, reference)
+        .map_or(0.0, |s| s.score);
+    let hasher = HasherConfig::new()
+        .hash_size(8, 8)
+        .hash_alg(HashAlg::Mean)
+        .preproc_dct()
+        .to_hasher();
+    let hash_distance = hasher
+        .hash_image(claimed)
+        .dist(&hasher.hash_image(reference));
+    let sum: u64 = claimed
+        .as_raw()
+        .iter()
+        .zip(reference.as_raw())
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    ImageEvidence {
+        ssim,
+        hash_distance,
+        mean_abs_diff: sum as f64 / claimed.as_raw().len().max(1) as f64,
+        size_mismatch: None,
+    }
+}
+
+/// Scales `img` to `width` x `height` with a Lanczos filter: what a miner that made a smaller
+/// image and scaled it up would submit (the detection table's cheat).
+pub fn resize(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    image::imageops::resize(img, width, height, image::imageops::FilterType::Lanczos3)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A smooth picture with structure: gradients and a disc.
+    fn picture(w: u32, h: u32, shift: f64) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (f64::from(x) / f64::from(w), f64::from(y) / f64::from(h));
+            let d = ((fx - 0.5 - shift).powi(2) + (fy - 0.4).powi(2)).sqrt();
+            let disc = if d < 0.25 { 180.0 } else { 40.0 };
+            image::Rgb([
+                (255.0 * fx) as u8,
+                (255.0 * fy) as u8,
+                (disc + 30.0 * (fx * 9.0).sin()) as u8,
+            ])
+        })
+    }
+
+    #[test]
+    fn identical_and_slightly_noisy_images_hold() {
+        let a = picture(64, 64, 0.0);
+        let e = compare_rgb(&a, &a);
+        assert_eq!((e.hash_distance, e.mean_abs_diff), (0, 0.0));
+        assert!((e.ssim - 1.0).abs() < 1e-12, "{e}");
+        // One level of rounding noise on a tenth of the values: what other kernels give.
+        let mut b = a.clone();
+        for (i, v) in b.iter_mut().enumerate() {
+            if i % 10 == 3 {
+                *v = v.saturating_add(1);
+            }
+        }
+        let v = ImageThresholds::DEFAULT.judge(compare_rgb(&b, &a));
+        assert!(v.holds(), "{}", v.explain());
+    }
+
+    #[test]
+    fn another_picture_is_rejected_with_numbers() {
+        let a = picture(64, 64, 0.0);
+        let b = picture(64, 64, 0.3);
+        let v = ImageThresholds::DEFAULT.judge(compare_rgb(&b, &a));
+        let ImageVerdict::Rejected { evidence, reasons } = &v else {
+            panic!("moved disc held: {}", v.explain());
+        };
+        assert!(evidence.ssim < 0.95, "{evidence}");
+        assert!(!reasons.is_empty());
+        assert!(v.explain().contains("SSIM"), "{}", v.explain());
+    }
+
+    #[test]
+    fn size_mismatch_is_rejected_not_compared() {
+        let v = ImageThresholds::DEFAULT.judge(compare_rgb(&picture(32, 64, 0.0), &picture(64, 64, 0.0)));
+        let ImageVerdict::Rejected { evidence, reasons } = &v else {
+            panic!("a smaller image held: {}", v.explain());
+        };
+        assert_eq!(evidence.size_mismatch, Some(((32, 64), (64, 64))));
+        assert_eq!(
+            reasons,
+            &[ImageReason::Size {
+                claimed: (32, 64),
+                expected: (64, 64)
+            }]
+        );
+        assert!(v.explain().contains("32x64"), "{}", v.explain());
+    }
+
+    #[test]
+    fn png_round_trip_and_bad_bytes() {
+        let a = picture(24, 16, 0.1);
+        let mut png = Vec::new();
+        a.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let e = compare_png(&png, &a).unwrap();
+        assert_eq!((e.hash_distance, e.mean_abs_diff), (0, 0.0));
+        assert!(matches!(
+            decode_png(b"GIF89a not a png"),
+            Err(VerifyError::ImageDecode { .. })
+        ));
+        let err = rgb_image(4, 4, vec![0; 47]).unwrap_err();
+        assert!(err.to_string().contains("47"), "{err}");
+    }
+}
