@@ -112,11 +112,11 @@ fn claimed_usage_is_recounted_and_inflation_refused() {
     let evidence = c.evidence();
     assert!(evidence.contains(&format!("claimed usage {} prompt", honest.prompt_tokens + 1)), "{evidence}");
     assert!(evidence.contains(&format!("recounted {} +", honest.prompt_tokens)), "{evidence}");
-    // More answer tokens than the text plus its slack, or than max_tokens, are refused.
+    // More answer tokens than the text plus its slack are refused.
     let c = check_usage(&engine, &request, &out.text, ClaimedUsage { completion_tokens: c.max_completion_tokens + 1, ..honest }, &tolerance).unwrap();
     assert!(!c.holds, "{c:?}");
     let c = check_usage(&engine, &request, "", ClaimedUsage { completion_tokens: 21, ..honest }, &tolerance).unwrap();
-    assert!(!c.holds && c.max_completion_tokens <= 20, "{c:?}");
+    assert!(!c.holds && c.max_completion_tokens <= 3, "{c:?}");
     // Under-claiming costs the miner, not the network.
     let c = check_usage(&engine, &request, &out.text, ClaimedUsage { prompt_tokens: 1, completion_tokens: 0 }, &tolerance).unwrap();
     assert!(c.holds, "{c:?}");
