@@ -20,7 +20,7 @@
 //!
 //! The completion bound is deliberately not capped at the job's `max_tokens`: on the honest
 //! calibration set (llama.cpp answers, `tools/make_llm_calibration.py`) llama.cpp reported
-//! 49 and 50 completion tokens for a 48-token limit on answers full of emoji, whose texts
+//! 49 and 50 completion tokens for a 48-token limit on three answers full of emoji, whose texts
 //! re-encode to exactly as many tokens, and a cap accused them (the detection table's run of
 //! 2026-11-25).
 //!
