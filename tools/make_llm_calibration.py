@@ -10,8 +10,8 @@ a temperature is sampled by vLLM's defaults (top-k, top-p, min-p and penalties o
 reference miner's stop strings, a per-job seed, and llama.cpp's plain CPU kernels.
 
 The detection-table example (heurist-verify/examples/detection_table.rs) reads the prompts
-and answers, rescores each answer on our engine, and counts false accusations; it also uses
-the prompts for its own honest and substitute answers.
+and answers, rescores each answer on our engine, and counts false accusations (its token usage is recounted too); it also uses the prompts
+for its own honest and substitute answers.
 
     python3 tools/fetch_smollm2.py
     tools/.venv-llama/bin/python tools/make_llm_calibration.py [JOBS]
@@ -120,6 +120,7 @@ def main():
             "seed": 1000 + i,
             "text": choice["text"],
             "finish_reason": choice["finish_reason"],
+            "prompt_tokens": out["usage"]["prompt_tokens"],
             "completion_tokens": out["usage"]["completion_tokens"],
         })
         if i % 10 == 0:

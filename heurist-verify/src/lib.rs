@@ -20,33 +20,84 @@
 //!   negative expected value (PoSP-style; the formula is in the module docs), and a failed
 //!   check turned into slash entries of the `heurist-points` ledger with its evidence.
 //! - `llm` (feature `inference`): greedy chat answers re-generated on the claimed model,
-//!   sampled ones rescored for their likelihood under it.
+//!   sampled ones rescored for their likelihood under it, claimed token usage recounted with
+//!   the model's tokenizer.
 //! - `image` (feature `image`; the re-run with `inference` too): an image result against the
 //!   job re-run on the claimed model, by SSIM and a perceptual hash, with a typed verdict
 //!   carrying the numbers.
 //!
-//! ## Detection table: sampled chat answers on SmolLM2
-//! `cargo run --release -p heurist-verify --features inference --example detection_table -- N`
-//! rescores N jobs of `tests/fixtures/llama-cpp/smollm2_sampled.json` (48 tokens at most,
-//! T 0.7 or 1.0) with `llm::check_sampled` at its default bars, on SmolLM2-135M-Instruct
-//! Q4_1 (real weights):
+//! ## Detection table: chat answers on SmolLM2
+//! The example `detection_table` judges jobs of `tests/fixtures/llama-cpp/smollm2_sampled.json`
+//! (500 prompts, 48 tokens at most, T 0.7 or 1.0, llama.cpp's honest answers) on
+//! SmolLM2-135M-Instruct Q4_1 (real weights) with `llm::check_sampled` at its default bars
+//! (`|Z| > 6`, `ε = 1e-14`, `δ = 1e-7`, none tuned on these rows) and `llm::check_usage` on
+//! the claimed token counts; the `greedy job` rows treat the same prompts as greedy jobs and
+//! judge them by exact agreement (`llm::check_greedy`). Substitute models come from
+//! `tools/make_llm_substitutes.py` (gguf-py): every matmul weight with gaussian noise of 5%
+//! of its row's RMS, every Q4_1 weight on 8 levels instead of 16, blocks 10 and 20 of 30
+//! removed. Columns: rejections by an impossible token / the z-score / a premature end / the
+//! usage recount / a greedy mismatch (one answer may fail several).
 //!
-//! | answers (N = 6) | jobs | rejected | rate | z range |
-//! |---|---:|---:|---:|---|
-//! | honest, our engine | 6 | 0 | 0.0% | -1.4 to 1.4 |
-//! | honest, llama.cpp | 6 | 0 | 0.0% | -0.7 to 1.0 |
-//! | cut in half | 6 | 3 | 50.0% | -5.2 to 1.2 |
-//! | random tokens | 6 | 6 | 100.0% | -34.8 to -17.4 |
-//! | hotter (T + 0.5) | 6 | 6 | 100.0% | -18.2 to -7.3 |
-//! | greedy | 6 | 0 | 0.0% | 2.3 to 3.7 |
+//! | answers (run of 2026-11-25) | jobs | rejected | rate | by token / z / end / usage / mismatch | z range |
+//! |---|---:|---:|---:|---|---|
+//! | honest, our engine, 1 thread | 172 | 0 | 0.0% | 0 / 0 / 0 / 0 / 0 | -5.0 to 2.2 |
+//! | honest, llama.cpp (fixture) | 255 | 3 | 1.2% | 0 / 0 / 0 / 3 / 0 | -3.9 to 2.2 |
+//! | perturbed weights (σ 5% of row RMS) | 172 | 0 | 0.0% | 0 / 0 / 0 / 0 / 0 | -5.5 to 1.5 |
+//! | re-quantised to 3 bits | 172 | 93 | 54.1% | 0 / 93 / 4 / 0 / 0 | -19.1 to -1.6 |
+//! | two layers dropped (28 of 30) | 172 | 43 | 25.0% | 5 / 41 / 0 / 0 / 0 | -13.9 to 0.4 |
+//! | another temperature (T + 0.5) | 172 | 170 | 98.8% | 0 / 170 / 0 / 0 / 0 | -24.2 to -3.7 |
+//! | truncated answer (cut in half) | 172 | 55 | 32.0% | 0 / 0 / 55 / 0 / 0 | -5.4 to 1.2 |
+//! | random text | 172 | 172 | 100.0% | 39 / 172 / 0 / 0 / 0 | -40.4 to -12.2 |
+//! | greedy answer for a sampled job | 172 | 0 | 0.0% | 0 / 0 / 0 / 0 / 0 | 1.3 to 5.6 |
+//! | inflated usage (prompt × 1.25) | 172 | 172 | 100.0% | 0 / 0 / 0 / 172 / 0 | -5.0 to 2.2 |
+//! | greedy job, honest, our engine, 1 thread | 172 | 0 | 0.0% | 0 / 0 / 0 / 0 / 0 | – |
+//! | greedy job, perturbed weights (σ 5% of row RMS) | 172 | 169 | 98.3% | 0 / 0 / 0 / 0 / 169 | – |
+//! | greedy job, re-quantised to 3 bits | 172 | 172 | 100.0% | 0 / 0 / 0 / 0 / 172 | – |
+//! | greedy job, two layers dropped (28 of 30) | 172 | 172 | 100.0% | 0 / 0 / 0 / 0 / 172 | – |
+//! | honest, our engine, 2 threads | 83 | 0 | 0.0% | 0 / 0 / 0 / 0 / 0 | -3.4 to 1.9 |
 //!
-//! Measured on the shared 2-core build machine, where one job (three generations and six
-//! scorings) took over two minutes (852 s for 6), so N is far below the issue's bar of 200
-//! jobs per row and 500 honest jobs; rerun it with a larger N on a free machine before relying on the rates. Not
-//! yet in the table: perturbed or re-quantised weights and dropped layers (they need a GGUF
-//! writer pass), honest answers across thread counts and batch mixes, and images. The greedy
-//! answer offered for a sampled job lands at z ≈ 3 over 48 tokens, inside the ±6 bar: the
-//! bar is set for zero false accusations and needs the larger honest calibration to come down.
+//! Run of 2026-11-25 on the shared 2-core build machine under a load of 7 to 10 (other
+//! builds), as three shards: jobs 0..89 and 100..183 with `RAYON_NUM_THREADS=1 --greedy`
+//! (all rows), and jobs 200..283 with `RAYON_NUM_THREADS=2 --honest-only`; the shards were
+//! stopped at the session's deadline, so N falls short of the issue's 200 per substitute
+//! (172); honest answers number 510. About 16 s of CPU per job for all rows (19 generations
+//! and teacher-forced scorings, the scoring fed token by token), 3 s for the honest rows
+//! alone. To rerun:
+//!
+//! ```sh
+//! python3 tools/fetch_smollm2.py
+//! tools/.venv/bin/pip install gguf==0.19.0 && tools/.venv/bin/python tools/make_llm_substitutes.py
+//! cargo build --release -p heurist-verify --features inference --example detection_table
+//! EX=target/release/examples/detection_table
+//! RAYON_NUM_THREADS=1 $EX 0..200 --greedy --json a.json     # all rows
+//! RAYON_NUM_THREADS=2 $EX 200..500 --honest-only --json c.json  # more honest jobs
+//! $EX --merge a.json c.json
+//! ```
+//!
+//! What it shows, against the issue's bar (≥ 99% caught, no honest answer accused):
+//! - **Honest answers**: no false accusation by the likelihood tests over 510 answers (our
+//!   engine at 1 and 2 threads, llama.cpp). The three llama.cpp rejections are the usage
+//!   recount's cap at `max_tokens` in the binary of this run: llama.cpp counts 49 or 50 tokens
+//!   for a 48-token limit on emoji answers (claim = recount). The cap is gone since, derived
+//!   from these honest answers (see `llm::usage`); under the current bound all three hold.
+//!   Honest z reached -5.0 (a normal does once in 3 million): the tail is heavier than the
+//!   normal model of `llm::likelihood`, so the ±6 bar is not as safe as its nominal 2e-9, and
+//!   must not come down without a larger honest set.
+//! - **Caught**: random text and inflated usage (100%), and, judged as greedy jobs, the
+//!   re-quantised and layer-dropped models (100%) and the perturbed one (98.3%: on 3 prompts
+//!   its greedy answer is the claimed model's, so there is nothing to catch). Another
+//!   temperature: 98.8% (two stayed within the bar: z -3.7 at the least extreme).
+//! - **Not caught at 99% in sampled jobs**: perturbed weights (0%: its z stays within the
+//!   honest range), 3-bit re-quantisation (54%), two dropped layers (25%), a truncated answer
+//!   (32%, by the end test only; a cut where the model could have stopped is no evidence) and
+//!   the greedy answer offered for a sampled job (0%: z 1.3 to 5.6 against honest answers'
+//!   2.2 at most, overlapping). The z-statistic moves with `√n` times the per-token gap
+//!   between the substitute and the claimed model, and 48 tokens of a close substitute do not
+//!   move it past a bar set for zero false accusations. Longer answers or greedy audits
+//!   (exact agreement, above) catch them; no threshold was tuned on these rows.
+//! - Not in the table: batch mixes (the engine answers one request at a time here), honest
+//!   greedy answers across thread counts (each shard regenerates at its own thread count).
+//!   Images have their own table below.
 //!
 //! ## Detection table: image results on the tiny SD 1.5
 //! `cargo run --release -p heurist-verify --features inference,image --example

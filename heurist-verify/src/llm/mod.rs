@@ -14,12 +14,16 @@
 //! [`check_greedy_submission`] takes the wire types as they come (a job and the
 //! `miner_submit` answering it), builds the request the way a miner does ([`chat_request`])
 //! and checks the first choice's text; this is what `heurist verify` runs.
+//! [`check_usage_submission`] recounts the token usage the same submission claims ([`usage`]),
+//! without a forward pass.
 
 pub mod greedy_scored;
 pub mod likelihood;
+pub mod usage;
 
 pub use greedy_scored::{ScoredGreedyCheck, check_greedy_scored};
 pub use likelihood::{SampledCheck, SampledThresholds, check_sampled};
+pub use usage::{ClaimedUsage, UsageCheck, UsageTolerance, check_usage, claimed_usage};
 
 use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, Role};
 use heurist_protocol::openai;
@@ -118,18 +122,38 @@ pub fn submitted_answer(submit: &MinerSubmit) -> Result<String> {
 /// A submission for another job is [`VerifyError::NoJob`]; an image result
 /// [`VerifyError::NotChatResult`]; a sampled job [`VerifyError::NotGreedy`].
 pub fn check_greedy_submission(engine: &ChatEngine, job: &Job, submit: &MinerSubmit) -> Result<GreedyCheck> {
+    let request = submission_request(job, submit)?;
+    let claimed = submitted_answer(submit)?;
+    check_greedy(engine, &request, &claimed)
+}
+
+/// Recounts the token usage `submit` claims for the chat job `job` ([`usage`]); `None` when
+/// it claims none. Errors as [`check_greedy_submission`]'s, for any temperature.
+pub fn check_usage_submission(
+    engine: &ChatEngine,
+    job: &Job,
+    submit: &MinerSubmit,
+    tolerance: &UsageTolerance,
+) -> Result<Option<UsageCheck>> {
+    let request = submission_request(job, submit)?;
+    let Some(claimed) = claimed_usage(submit)? else { return Ok(None) };
+    check_usage(engine, &request, &submitted_answer(submit)?, claimed, tolerance).map(Some)
+}
+
+/// The engine request of the chat job `job` that `submit` answers.
+fn submission_request(job: &Job, submit: &MinerSubmit) -> Result<ChatRequest> {
     if submit.job_id != job.job_id {
         return Err(VerifyError::NoJob { job_id: submit.job_id.clone(), miner_id: submit.miner_id.to_string() });
     }
-    // The seed is unused by a greedy job; a fixed one keeps the request deterministic.
+    // The seed does not change the prompt, the limits or a greedy answer; a fixed one keeps
+    // the request deterministic.
     let clamped = MinerLimits::default()
         .clamp(job, || 0)
         .map_err(|e| VerifyError::MalformedJob { job_id: job.job_id.clone(), source: Box::new(e) })?;
     let JobParams::Llm(params) = &clamped.params else {
         return Err(VerifyError::NotChatResult { job_id: job.job_id.clone() });
     };
-    let claimed = submitted_answer(submit)?;
-    check_greedy(engine, &chat_request(params), &claimed)
+    Ok(chat_request(params))
 }
 
 /// Byte offset of the first difference between two texts, `None` when equal.

@@ -65,3 +65,81 @@ fn an_answer_cut_mid_sentence_is_refused() {
     assert!(end < (1e-4f64).ln(), "{c:?} {cut:?}");
     assert!(!c.holds && c.reasons.iter().any(|r| r.contains("cut short")), "{c:?}");
 }
+
+/// A greedy chat job for SmolLM2 and a submission answering it with `answer` and `usage`.
+fn usage_submission(answer: &str, usage: Option<serde_json::Value>) -> (heurist_protocol::Job, heurist_protocol::MinerSubmit) {
+    let job = heurist_protocol::Job::from_slice(
+        br#"{"job_id":"u1","model_id":"smollm2","model_input":{"LLM":{"prompt":"[{\"role\":\"user\",\"content\":\"Name a colour.\"}]","temperature":0,"max_tokens":20,"seed":1}}}"#,
+    )
+    .unwrap();
+    let choices = serde_json::json!([{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]);
+    let mut body = serde_json::json!({
+        "miner_id": "0x3f71f00ad1266be038917addd150943ca7c60f6a-gpu0", "job_id": "u1",
+        "result": {"Text": choices.to_string()}, "request_latency": 0.1, "inference_latency": 1.0,
+        "signature": format!("{}1b", "11".repeat(64)), "identity_address": "0x3f71f00ad1266be038917addd150943ca7c60f6a",
+    });
+    if let Some(u) = usage {
+        body["usage"] = u;
+    }
+    (job, heurist_protocol::MinerSubmit::from_slice(body.to_string().as_bytes()).unwrap())
+}
+
+#[test]
+fn claimed_usage_is_recounted_and_inflation_refused() {
+    use heurist_verify::llm::{ClaimedUsage, UsageTolerance, check_usage, check_usage_submission, claimed_usage};
+    let engine = engine();
+    let tolerance = UsageTolerance::default();
+    let request = ChatRequest::new(vec![ChatMessage::user("Name a colour.")])
+        .with_max_tokens(20)
+        .with_sampling(0.0, None)
+        .with_stop(["<|im_end|>"]);
+    let out = engine.chat(&request).unwrap();
+    let honest = ClaimedUsage {
+        prompt_tokens: out.usage.prompt_tokens as u64,
+        completion_tokens: out.usage.completion_tokens as u64,
+    };
+    // The engine's own counts (the end token included) hold, and the recount of the prompt is
+    // exactly the engine's.
+    let c = check_usage(&engine, &request, &out.text, honest, &tolerance).unwrap();
+    assert!(c.holds, "{c:?}");
+    assert_eq!(c.prompt_tokens, honest.prompt_tokens);
+    assert!(c.completion_tokens <= honest.completion_tokens && honest.completion_tokens <= c.completion_tokens + 1, "{c:?}");
+
+    // One prompt token more than the template gives is refused, and the evidence has the numbers.
+    let inflated = ClaimedUsage { prompt_tokens: honest.prompt_tokens + 1, ..honest };
+    let c = check_usage(&engine, &request, &out.text, inflated, &tolerance).unwrap();
+    assert!(!c.holds);
+    let evidence = c.evidence();
+    assert!(evidence.contains(&format!("claimed usage {} prompt", honest.prompt_tokens + 1)), "{evidence}");
+    assert!(evidence.contains(&format!("recounted {} +", honest.prompt_tokens)), "{evidence}");
+    // More answer tokens than the text plus its slack are refused.
+    let c = check_usage(&engine, &request, &out.text, ClaimedUsage { completion_tokens: c.max_completion_tokens + 1, ..honest }, &tolerance).unwrap();
+    assert!(!c.holds, "{c:?}");
+    let c = check_usage(&engine, &request, "", ClaimedUsage { completion_tokens: 21, ..honest }, &tolerance).unwrap();
+    assert!(!c.holds && c.max_completion_tokens <= 3, "{c:?}");
+    // Under-claiming costs the miner, not the network.
+    let c = check_usage(&engine, &request, &out.text, ClaimedUsage { prompt_tokens: 1, completion_tokens: 0 }, &tolerance).unwrap();
+    assert!(c.holds, "{c:?}");
+    // A nonsensical tolerance is refused by name.
+    let bad = UsageTolerance { completion_ratio: f64::NAN, ..tolerance };
+    assert!(matches!(check_usage(&engine, &request, &out.text, honest, &bad), Err(VerifyError::InvalidClaim { .. })));
+
+    // From the wire: the submission's `usage` beside the result.
+    let usage = serde_json::json!({"prompt_tokens": honest.prompt_tokens, "completion_tokens": honest.completion_tokens});
+    let (job, submit) = usage_submission(&out.text, Some(usage));
+    assert_eq!(claimed_usage(&submit).unwrap(), Some(honest));
+    assert!(check_usage_submission(&engine, &job, &submit, &tolerance).unwrap().unwrap().holds);
+    let usage = serde_json::json!({"prompt_tokens": honest.prompt_tokens * 2, "completion_tokens": honest.completion_tokens});
+    let (job, submit) = usage_submission(&out.text, Some(usage));
+    assert!(!check_usage_submission(&engine, &job, &submit, &tolerance).unwrap().unwrap().holds);
+    let (job, submit) = usage_submission(&out.text, None);
+    assert_eq!(check_usage_submission(&engine, &job, &submit, &tolerance).unwrap(), None);
+    let (_, submit) = usage_submission(&out.text, Some(serde_json::json!({"prompt_tokens": -3, "completion_tokens": "many"})));
+    assert!(matches!(claimed_usage(&submit), Err(VerifyError::InvalidClaim { field: "usage", .. })));
+    let (_, orphan) = usage_submission(&out.text, None);
+    let other = heurist_protocol::Job::from_slice(
+        br#"{"job_id":"u2","model_id":"smollm2","model_input":{"LLM":{"prompt":"[{\"role\":\"user\",\"content\":\"hi\"}]","temperature":0,"max_tokens":20,"seed":1}}}"#,
+    )
+    .unwrap();
+    assert!(matches!(check_usage_submission(&engine, &other, &orphan, &tolerance), Err(VerifyError::NoJob { .. })));
+}
