@@ -2,6 +2,8 @@
 //! assigned per request) and `miner_submit` (signature check, result stored, points
 //! credited), 16 clients at once.
 
+#![allow(missing_docs)] // criterion_group! writes an undocumented function
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -2,10 +2,11 @@
 //!
 //! Reads a job (as `miner_request` answered it) and the `miner_submit` body answering it,
 //! and, for a greedy job, re-generates the answer on the model file given with
-//! `heurist-verify`'s `check_greedy_submission`. Exit 0 when the result holds, 1 when it is
-//! rejected (the evidence on standard output), 2 when it cannot be judged: bad input, a
-//! result for another job, an image job, or a sampled job (only greedy answers are a
-//! function of the prompt).
+//! `heurist-verify`'s `check_greedy_submission` (one teacher-forced pass where that confirms
+//! the answer), then recounts the token usage the submission claims. Exit 0 when the result
+//! holds, 1 when it is rejected (the evidence on standard output), 2 when it cannot be judged:
+//! bad input, a result for another job, an image job, or a sampled job (only greedy answers
+//! are a function of the prompt).
 
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use heurist_inference::{ChatEngine, DeviceSpec};
 use heurist_protocol::{Job, MinerSubmit};
-use heurist_verify::llm::check_greedy_submission;
+use heurist_verify::llm::{UsageTolerance, check_greedy_submission, check_usage_submission};
 
 use crate::Outcome;
 use crate::job::read_input;
@@ -43,6 +44,12 @@ pub(crate) fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
     let check = check_greedy_submission(&engine, &job, &submit)
         .with_context(|| format!("job {} by {}", job.job_id, submit.miner_id))?;
     if check.matches {
+        let usage = check_usage_submission(&engine, &job, &submit, &UsageTolerance::default())
+            .with_context(|| format!("usage of job {} by {}", job.job_id, submit.miner_id))?;
+        if let Some(usage) = usage.filter(|u| !u.holds) {
+            println!("rejected: job {} by {}: {}", job.job_id, submit.miner_id, usage.evidence());
+            return Ok(Outcome::Rejected);
+        }
         println!(
             "holds: job {} by {} is the model's greedy answer ({} tokens)",
             job.job_id, submit.miner_id, check.reference_tokens

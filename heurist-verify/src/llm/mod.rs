@@ -117,14 +117,17 @@ pub fn submitted_answer(submit: &MinerSubmit) -> Result<String> {
     Ok(first.message.text_content())
 }
 
-/// Re-checks the answer `submit` claims for the greedy chat job `job` on `engine`.
+/// Re-checks the answer `submit` claims for the greedy chat job `job` on `engine`, by one
+/// teacher-forced pass where that confirms it ([`check_greedy_scored`]), else by re-generating.
 ///
 /// A submission for another job is [`VerifyError::NoJob`]; an image result
 /// [`VerifyError::NotChatResult`]; a sampled job [`VerifyError::NotGreedy`].
 pub fn check_greedy_submission(engine: &ChatEngine, job: &Job, submit: &MinerSubmit) -> Result<GreedyCheck> {
     let request = submission_request(job, submit)?;
     let claimed = submitted_answer(submit)?;
-    check_greedy(engine, &request, &claimed)
+    // One scoring pass settles an honest answer; anything it cannot confirm is re-generated,
+    // so the verdict is check_greedy's either way.
+    check_greedy_scored(engine, &request, &claimed).map(|scored| scored.check)
 }
 
 /// Recounts the token usage `submit` claims for the chat job `job` ([`usage`]); `None` when
