@@ -11,7 +11,8 @@
 //! Setting `HEURIST_LLM_CPU_BODY=candle` makes the CPU use candle's body too (how the bench
 //! measures the two side by side). Hugging Face safetensors checkpoints run on candle-transformers' llama /
 //! mistral / mixtral bodies (see `hf_config.rs` for what is checked before they load).
-//! Per-request caches for batched decoding join this enum; the engine does not change.
+//! Batched decoding (`ChatServer`) steps the CPU body's clones together (`CpuLlama::decode_batch`);
+//! other bodies step one after another.
 //!
 //! A cheap clone (weights are shared `Arc`s) gives a model with its own cache, which is how each
 //! request gets a fresh one.
