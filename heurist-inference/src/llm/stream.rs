@@ -31,7 +31,12 @@ impl WordPieces {
     /// last space before any tail that could start a stop string.
     pub(crate) fn ready(&mut self, text: &str) -> Vec<String> {
         let from = self.start(text);
-        let safe = text.len() - self.held_tail(&text[from..]);
+        // A stop string already complete in the text cuts it there (whoever calls first, the
+        // stop check or this); else a tail that may still become one waits.
+        let safe = match self.first_stop(&text[from..]) {
+            Some(at) => from + at,
+            None => text.len() - self.held_tail(&text[from..]),
+        };
         let Some(space) = text[from..safe].rfind(' ') else { return Vec::new() };
         let end = from + space + 1;
         self.emitted = end;
@@ -53,6 +58,11 @@ impl WordPieces {
             from -= 1;
         }
         from
+    }
+
+    /// Byte offset of the first complete stop string in `text`.
+    fn first_stop(&self, text: &str) -> Option<usize> {
+        self.stops.iter().filter(|stop| !stop.is_empty()).filter_map(|stop| text.find(stop.as_str())).min()
     }
 
     /// Length in bytes of the longest suffix of `text` that is a proper prefix of a stop string.
