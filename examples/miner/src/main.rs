@@ -7,6 +7,7 @@
 //! engine (`sd::SdRunner`) uploading to `--s3-endpoint`. Ctrl-C finishes the
 //! jobs in flight and submits them; a second Ctrl-C stops at once, the spool intact.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,11 +20,12 @@ use heurist_miner::config::{ReferenceConfig, expand_home, miner_ids_from_env};
 use heurist_miner::spool::Spool;
 use heurist_miner::worker::{LlmWorker, Stats};
 use heurist_miner::download::ModelStore;
-use heurist_miner::signal::{ModelChoice, SignalSetup, signal_loop};
+use heurist_miner::llm::ChatModels;
+use heurist_miner::signal::ModelChoice;
 use heurist_miner::image::ImageWorker;
 use heurist_miner::sd::SdRunner;
 use heurist_miner::upload::Uploader;
-use heurist_protocol::{IdentityWallet, ModelKind, Registry};
+use heurist_protocol::{IdentityWallet, Registry};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
 
 /// A native Heurist miner.
@@ -60,6 +62,12 @@ struct Args {
     /// none: no chat worker (then --sd-checkpoint is needed).
     #[arg(long)]
     llm_model_id: Option<String>,
+    /// Another chat model `miner_signal` may switch to, `MODEL_ID=PATH` to its GGUF or just
+    /// `MODEL_ID` for the registry's file already in <[storage].base_dir>/models (nothing is
+    /// downloaded for it); repeatable. Checked against the registry checksum at start; one
+    /// missing or bad is left out with a warning. Without any, the chat model is pinned.
+    #[arg(long = "llm-alt-model", value_name = "MODEL_ID[=PATH]")]
+    llm_alt_models: Vec<String>,
     /// An image model to serve, `MODEL_ID=PATH` to a single-file SD 1.5 / SDXL checkpoint
     /// (.safetensors, LDM layout); repeatable. The first is asked for first; `miner_signal`
     /// answers may switch among them. Runs one image worker per miner id beside the chat one.
@@ -190,14 +198,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("chat model {}", gguf.display()))?,
     ));
+    let others = alt_chat_models(&args, &llm_model_id, &model_store).await?;
+    let models = Arc::new(if others.is_empty() {
+        ChatModels::single(llm_model_id.clone(), engine)
+    } else {
+        tracing::info!(models = ?others.keys().collect::<Vec<_>>(), "miner_signal may switch the chat model to these");
+        ChatModels::switchable(llm_model_id.clone(), engine, others, args.device)
+    });
     for (id, wallet) in miner_ids.into_iter().zip(wallets) {
         let stats = Arc::new(Stats::default());
         all_stats.push((id.to_string(), stats.clone()));
         let worker = Arc::new(LlmWorker {
             miner_id: id,
             wallet,
-            model_id: llm_model_id.clone(),
-            engine: engine.clone(),
+            models: models.clone(),
             client: client.clone(),
             spool: spool.clone(),
             limits: limits.clone(),
@@ -205,21 +219,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
             hardware: hardware.clone(),
             stats,
         });
-        if limits.signal_interval > 0 {
-            // One chat model is loaded and named on the command line: pinned, reported.
-            let setup = SignalSetup {
-                miner_id: worker.miner_id.clone(),
-                kind: ModelKind::Llm,
-                hardware: hardware.clone(),
-                version: reference.versions.llm_version.clone(),
-                interval: Duration::from_secs(limits.signal_interval),
-            };
-            let choice = Arc::new(ModelChoice::pinned(llm_model_id.clone()));
-            tokio::spawn(signal_loop(client.clone(), setup, choice, stop_rx.clone()));
-        }
         workers.spawn(worker.run(stop_rx.clone()));
     }
     serve(workers, all_stats, args.status_interval, stop_tx, &spool_dir, &base_url).await
+}
+
+/// The `--llm-alt-model` files that are present and match the registry's checksum, by model id.
+async fn alt_chat_models(
+    args: &Args,
+    primary: &str,
+    model_store: &impl Fn() -> anyhow::Result<ModelStore>,
+) -> anyhow::Result<HashMap<String, PathBuf>> {
+    let mut found = HashMap::new();
+    if args.llm_alt_models.is_empty() {
+        return Ok(found);
+    }
+    let (registry, store) = (load_registry(args)?, model_store()?);
+    for spec in &args.llm_alt_models {
+        let (id, given) = match spec.split_once('=') {
+            Some((id, path)) => (id, Some(PathBuf::from(path))),
+            None => (spec.as_str(), None),
+        };
+        if id == primary {
+            continue;
+        }
+        match store.local_checked(&registry, id, given.as_deref()).await {
+            Ok(Some(path)) => {
+                found.insert(id.to_owned(), path);
+            }
+            Ok(None) => tracing::warn!(model = id, "--llm-alt-model: not in the model cache; miner_signal cannot switch to it"),
+            Err(error) => tracing::warn!(model = id, %error, "--llm-alt-model: left out; miner_signal cannot switch to it"),
+        }
+    }
+    Ok(found)
 }
 
 /// The registry model files are found and checked by: `--registry`, or the bundled one.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{
-    HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, Nullable, RequestAnswer,
-    SubmitResult,
+    HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, ModelKind, Nullable,
+    RequestAnswer, SubmitResult,
 };
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::deliver::{Delivery, deliver};
 use crate::error::{MinerError, Result};
+use crate::signal::{SignalSetup, signal_loop};
 use crate::spool::{Finished, Spool};
 use crate::{llm, now_ms, now_s};
 
@@ -110,10 +111,9 @@ pub struct LlmWorker {
     pub miner_id: MinerId,
     /// Its identity.
     pub wallet: Arc<IdentityWallet>,
-    /// The model name it asks jobs for.
-    pub model_id: String,
-    /// The engine.
-    pub engine: Arc<llm::SharedEngine>,
+    /// The chat model it serves (shared with the other chat workers), and those `miner_signal`
+    /// may switch it to.
+    pub models: Arc<llm::ChatModels>,
     /// The sequencer.
     pub client: SequencerClient,
     /// The spool.
@@ -150,15 +150,34 @@ impl LlmWorker {
     }
 
     /// Polls and serves until `stop` turns true, then finishes the jobs in flight (their
-    /// results are delivered, or left in the spool if a second stop comes first).
+    /// results are delivered, or left in the spool if a second stop comes first). Signals
+    /// every `signal_interval` (none when it is 0); when the answer switches the model, the
+    /// jobs in flight are finished on the old engine before the new one is loaded and asked
+    /// jobs for.
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> Result<()> {
         self.drain_spool(&stop).await?;
+        if self.limits.signal_interval > 0 {
+            let setup = SignalSetup {
+                miner_id: self.miner_id.clone(),
+                kind: ModelKind::Llm,
+                hardware: self.hardware.clone(),
+                version: self.version.clone(),
+                interval: Duration::from_secs(self.limits.signal_interval),
+            };
+            tokio::spawn(signal_loop(self.client.clone(), setup, self.models.choice(), stop.clone()));
+        }
         let mut clock = HeartbeatClock::default();
         let slots = Arc::new(Semaphore::new(self.limits.concurrency_soft_limit.max(1) as usize));
         let mut in_flight = JoinSet::new();
         let mut poll = PollPace::new(self.limits.sleep_duration);
         while !*stop.borrow() {
             while in_flight.try_join_next().is_some() {}
+            if self.models.wants_switch() {
+                // Jobs were asked for under the old model: they finish on its engine first.
+                while in_flight.join_next().await.is_some() {}
+                self.models.switch().await;
+                continue;
+            }
             let permit = match slots.clone().acquire_owned().await {
                 Ok(p) => p,
                 Err(_) => break,
@@ -168,9 +187,10 @@ impl LlmWorker {
                 break;
             }
             let heartbeat = clock.due(&self.miner_id, now_s());
+            let (model_id, engine) = self.models.loaded();
             let request = MinerRequest {
                 miner_id: self.miner_id.clone(),
-                model_id: self.model_id.clone(),
+                model_id,
                 min_deadline: None,
                 hardware: heartbeat.then(|| self.hardware.clone()),
                 version: heartbeat.then(|| self.version.clone()),
@@ -184,7 +204,7 @@ impl LlmWorker {
                     let request_latency = asked.elapsed().as_secs_f64();
                     in_flight.spawn(async move {
                         let _permit = permit;
-                        me.serve(*job, request_latency, &stop).await;
+                        me.serve(*job, engine, request_latency, &stop).await;
                     });
                 }
                 Polled::Wait(pause) => {
@@ -198,9 +218,9 @@ impl LlmWorker {
     }
 
     /// Runs one job; whatever happens, the worker goes on.
-    async fn serve(&self, job: Job, request_latency: f64, stop: &watch::Receiver<bool>) {
+    async fn serve(&self, job: Job, engine: Arc<llm::SharedEngine>, request_latency: f64, stop: &watch::Receiver<bool>) {
         let job_id = job.job_id.clone();
-        match self.run_job(job, request_latency).await {
+        match self.run_job(job, engine, request_latency).await {
             Ok(finished) => {
                 let d = deliver(&self.client, &self.wallet, &self.spool, &finished, stop).await;
                 tracing::info!(job_id, outcome = ?d, "job delivered");
@@ -213,7 +233,7 @@ impl LlmWorker {
         }
     }
 
-    async fn run_job(&self, job: Job, request_latency: f64) -> Result<Finished> {
+    async fn run_job(&self, job: Job, engine: Arc<llm::SharedEngine>, request_latency: f64) -> Result<Finished> {
         let received_at_ms = now_ms();
         let clamped = self
             .limits
@@ -224,9 +244,9 @@ impl LlmWorker {
         };
         let started = Instant::now();
         let out = if params.stream {
-            llm::run_and_stream(self.engine.clone(), &self.client, &self.miner_id, &job.job_id, params).await?
+            llm::run_and_stream(engine, &self.client, &self.miner_id, &job.job_id, params).await?
         } else {
-            llm::run(self.engine.clone(), &job.job_id, params).await?
+            llm::run(engine, &job.job_id, params).await?
         };
         let inference_latency = started.elapsed().as_secs_f64();
         self.stats.tokens.fetch_add(out.completion_tokens as u64, Ordering::Relaxed);
