@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,6 +19,7 @@ use heurist_miner::config::{ReferenceConfig, expand_home, miner_ids_from_env};
 use heurist_miner::spool::Spool;
 use heurist_miner::worker::{LlmWorker, Stats};
 use heurist_miner::download::ModelStore;
+use heurist_miner::estimate::Estimator;
 use heurist_miner::llm::ChatModels;
 use heurist_miner::signal::ModelChoice;
 use heurist_miner::image::ImageWorker;
@@ -92,6 +92,10 @@ struct Args {
     /// Sent as `hardware` in heartbeats [default: the device].
     #[arg(long)]
     hardware: Option<String>,
+    /// The reward rules the status lines' points estimate uses: a preset (`seed`, `later`) or
+    /// a rule-set file (TOML or JSON).
+    #[arg(long, default_value = "seed")]
+    points_rules: String,
     /// Seconds between status lines (0: none).
     #[arg(long, default_value_t = 30)]
     status_interval: u64,
@@ -138,6 +142,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "nothing to serve: pass --llm-model-id, --sd-checkpoint MODEL_ID=PATH or --sd-model-id, or both kinds"
     );
     let hardware = args.hardware.clone().unwrap_or_else(|| args.device.to_string());
+    let rules = heurist_points::RuleSet::load(&args.points_rules).with_context(|| format!("--points-rules {}", args.points_rules))?;
+    let estimator = Arc::new(Estimator::new(rules, &load_registry(&args)?));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
     let mut all_stats = Vec::new();
@@ -161,7 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let uploader = Uploader::new(&args.s3_endpoint, &args.s3_region, Duration::from_secs(60))?;
         let models = runner.models();
         for (id, wallet) in miner_ids.iter().zip(&wallets) {
-            let stats = Arc::new(Stats::default());
+            let stats = Arc::new(Stats::estimating(estimator.clone()));
             all_stats.push((format!("{id} (image)"), stats.clone()));
             let worker = Arc::new(ImageWorker {
                 miner_id: id.clone(),
@@ -206,7 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ChatModels::switchable(llm_model_id.clone(), engine, others, args.device)
     });
     for (id, wallet) in miner_ids.into_iter().zip(wallets) {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::estimating(estimator.clone()));
         all_stats.push((id.to_string(), stats.clone()));
         let worker = Arc::new(LlmWorker {
             miner_id: id,
@@ -285,14 +291,7 @@ async fn serve(
         loop {
             tick.tick().await;
             for (id, s) in &all_stats {
-                let (tokens, ms) = (s.tokens.load(Ordering::Relaxed), s.busy_ms.load(Ordering::Relaxed).max(1));
-                let (done, failed) = (s.done.load(Ordering::Relaxed), s.failed.load(Ordering::Relaxed));
-                let rate = if id.ends_with("(image)") {
-                    format!("{:.2} s/image", ms as f64 / 1000.0 / (done + failed).max(1) as f64)
-                } else {
-                    format!("{:.1} tok/s", tokens as f64 * 1000.0 / ms as f64)
-                };
-                eprintln!("{id}: {done} done, {failed} failed, {rate}");
+                eprintln!("{}", s.status_line(id, id.ends_with("(image)")));
             }
         }
     });

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use heurist_points::JobRecord;
 use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{
     HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, ModelKind, Nullable,
@@ -17,6 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::deliver::{Delivery, deliver};
 use crate::error::{MinerError, Result};
+use crate::estimate::Estimator;
 use crate::signal::{SignalSetup, signal_loop};
 use crate::spool::{Finished, Spool};
 use crate::{llm, now_ms, now_s};
@@ -32,6 +34,43 @@ pub struct Stats {
     pub tokens: AtomicU64,
     /// Milliseconds spent generating.
     pub busy_ms: AtomicU64,
+    /// Points of the accepted jobs as `estimator` prices them, in micro-points (Llama for
+    /// chat, Waifu for images).
+    pub points_micro: AtomicU64,
+    /// What prices accepted jobs; none: no points are estimated.
+    pub estimator: Option<Arc<Estimator>>,
+}
+
+impl Stats {
+    /// Counters whose accepted jobs are priced by `estimator`.
+    pub fn estimating(estimator: Arc<Estimator>) -> Self {
+        Self { estimator: Some(estimator), ..Self::default() }
+    }
+
+    /// Adds the estimated points of an accepted job.
+    pub fn credit(&self, record: JobRecord) {
+        if let Some(points) = self.estimator.as_ref().and_then(|e| e.points(record)) {
+            self.points_micro.fetch_add(points.micro(), Ordering::Relaxed);
+        }
+    }
+
+    /// The one-line status of worker `id`: jobs done and failed, speed (tokens per second for
+    /// chat, seconds per image for images) and the estimated points.
+    pub fn status_line(&self, id: &str, image: bool) -> String {
+        let (tokens, ms) = (self.tokens.load(Ordering::Relaxed), self.busy_ms.load(Ordering::Relaxed).max(1));
+        let (done, failed) = (self.done.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed));
+        let (rate, currency) = if image {
+            (format!("{:.2} s/image", ms as f64 / 1000.0 / (done + failed).max(1) as f64), "Waifu")
+        } else {
+            (format!("{:.1} tok/s", tokens as f64 * 1000.0 / ms as f64), "Llama")
+        };
+        let mut line = format!("{id}: {done} done, {failed} failed, {rate}");
+        if self.estimator.is_some() {
+            let points = self.points_micro.load(Ordering::Relaxed) as f64 / 1e6;
+            line.push_str(&format!(", ~{points:.4} {currency} Points"));
+        }
+        line
+    }
 }
 
 /// What one `miner_request` came to, for a worker's loop: a job to run, or a pause before
@@ -221,10 +260,14 @@ impl LlmWorker {
     async fn serve(&self, job: Job, engine: Arc<llm::SharedEngine>, request_latency: f64, stop: &watch::Receiver<bool>) {
         let job_id = job.job_id.clone();
         match self.run_job(job, engine, request_latency).await {
-            Ok(finished) => {
+            Ok((finished, mut record)) => {
                 let d = deliver(&self.client, &self.wallet, &self.spool, &finished, stop).await;
                 tracing::info!(job_id, outcome = ?d, "job delivered");
                 self.count(&d);
+                if matches!(d, Delivery::Accepted) {
+                    record.latency_s = request_latency + (now_ms() - finished.received_at_ms) as f64 / 1000.0;
+                    self.stats.credit(record);
+                }
             }
             Err(e) => {
                 tracing::error!(job_id, error = %e, "job failed");
@@ -233,7 +276,9 @@ impl LlmWorker {
         }
     }
 
-    async fn run_job(&self, job: Job, engine: Arc<llm::SharedEngine>, request_latency: f64) -> Result<Finished> {
+    /// Runs a job to a spooled result, and the record its points are estimated from (its
+    /// latency filled in once the result is accepted).
+    async fn run_job(&self, job: Job, engine: Arc<llm::SharedEngine>, request_latency: f64) -> Result<(Finished, JobRecord)> {
         let received_at_ms = now_ms();
         let clamped = self
             .limits
@@ -270,7 +315,13 @@ impl LlmWorker {
         };
         // On disk before anything is sent: from here on the result cannot be lost.
         self.spool.put(&finished)?;
-        Ok(finished)
+        let record = JobRecord {
+            model_id: job.model_id.clone(),
+            input_tokens: out.prompt_tokens as u64,
+            output_tokens: out.completion_tokens as u64,
+            ..JobRecord::default()
+        };
+        Ok((finished, record))
     }
 }
 
