@@ -154,3 +154,58 @@ async fn an_alternative_chat_model_must_match_the_registry_checksum() {
     let e = store.local_checked(&registry, OTHER, Some(&missing)).await.unwrap_err().to_string();
     assert!(e.contains("nope.gguf"), "{e}");
 }
+
+/// The binary: `--llm-alt-model OTHER=PATH` (checked against the registry checksum) is
+/// switched to when the sequencer's signal answer names it, and its jobs are served; one whose
+/// file does not match its checksum is left out, so its jobs are never asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_switches_to_a_checked_alternative_model() {
+    use sha2::Digest;
+    let gguf = smollm2_path().unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&gguf).unwrap()));
+    let dir = tempfile::tempdir().unwrap();
+    let reg_dir = dir.path().join("registry");
+    std::fs::create_dir_all(&reg_dir).unwrap();
+    let entries = [llm_entry(), entry(OTHER, Some(&digest)), entry(ABSENT, Some(&"0".repeat(64)))];
+    std::fs::write(reg_dir.join("models.json"), serde_json::to_vec(&entries).unwrap()).unwrap();
+    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("seq")).unwrap();
+    config.api_keys = vec![KEY.into()];
+    config.registry = Registry::from_dir(&reg_dir).unwrap();
+    let seq = heurist_sequencer::start(config).await.unwrap();
+    let c = client(&seq.url());
+    c.submit_job(KEY, &job_for(LLM_MODEL, "first-0", "Say hi.")).await.unwrap();
+    for i in 0..2 {
+        c.submit_job(KEY, &job_for(OTHER, &format!("other-{i}"), "Name a colour.")).await.unwrap();
+    }
+    c.submit_job(KEY, &job_for(ABSENT, "absent-0", "Hello?")).await.unwrap();
+
+    let work = dir.path().join("miner");
+    let miner = "0x00000000000000000000000000000000000000c8-cpu0";
+    write_identity(&work.join("keys"), miner);
+    let config = format!(
+        "[service]\nbase_url = \"{}\"\nsignal_url = \"\"\n\n[storage]\nbase_dir = \"{}\"\nkeys_dir = \"{}\"\n\n[system]\nsleep_duration = 1\nsignal_interval = 1\n",
+        seq.url(),
+        work.join("cache").display(),
+        work.join("keys").display()
+    );
+    std::fs::write(work.join("config.toml"), config).unwrap();
+    let (g, reg) = (gguf.display().to_string(), reg_dir.display().to_string());
+    let (other, absent) = (format!("{OTHER}={g}"), format!("{ABSENT}={g}"));
+    let args = ["--config", "config.toml", "--miner-id", miner, "--registry", &reg, "--llm-model-id", LLM_MODEL, "--llm-gguf", &g];
+    let mut child = miner_bin(&work, args.into_iter().chain(["--llm-alt-model", &other, "--llm-alt-model", &absent]));
+    for id in ["first-0", "other-0", "other-1"] {
+        let s = wait_result(&seq.url(), id, Duration::from_secs(120), Some(&mut child)).await;
+        assert_eq!(s["result"]["verdict"]["status"], "accepted", "{s}");
+        assert_eq!(s["result"]["miner_id"], miner, "{s}");
+    }
+    // Signals now name the absent model (the only one with work): it is not taken.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the miner keeps running");
+    kill(child);
+    assert!(job_status(&seq.url(), "absent-0").await["result"].is_null());
+    let p = portal(&seq.url()).await;
+    let me = p["miners"].as_array().unwrap().iter().find(|m| m["miner_id"] == miner).unwrap();
+    assert_eq!(me["jobs_done"], 3, "{p}");
+    assert_eq!(me["model_id"], OTHER, "{p}");
+    seq.shutdown().await.unwrap();
+}
