@@ -349,8 +349,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let worker = Arc::new(LlmWorker {
             miner_id: id,
             wallet: Arc::new(IdentityWallet::generate()?),
-            model_id: MODEL.into(),
-            engine: engine.clone(),
+            models: Arc::new(heurist_miner::llm::ChatModels::single(MODEL, engine.clone())),
             client: client.clone(),
             spool: Spool::open(tmp.path().join(format!("spool-{tag}")))?,
             limits: MinerLimits { concurrency_soft_limit: 1, ..limits.clone() },

@@ -107,6 +107,42 @@ impl ModelStore {
         }
     }
 
+    /// The checked local file of registry model `name`, fetching nothing: `given` if set (an
+    /// operator's file, left alone if it is bad), else the file [`ModelStore::ensure`] leaves
+    /// in the cache (deleted if it is bad, as `ensure` does). `None` when there is no such
+    /// file; an error when it does not match the registry's checksum.
+    pub async fn local_checked(&self, registry: &Registry, name: &str, given: Option<&Path>) -> Result<Option<PathBuf>> {
+        let entry = registry.get(name)?;
+        let expected = entry.checksum.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned);
+        if let Some(path) = given {
+            if !path.is_file() {
+                return Err(err(name, format!("{}: no such file", path.display())));
+            }
+            if let Some(c) = expected {
+                let p = path.to_owned();
+                tokio::task::spawn_blocking(move || heurist_verify::verify_file(&p, &c, None, |_| {}))
+                    .await
+                    .map_err(|e| err(name, format!("checksum task: {e}")))?
+                    .map_err(|e| err(name, format!("{}: {e}", path.display())))?;
+            }
+            return Ok(Some(path.to_owned()));
+        }
+        let file_url = entry.file_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        let cached = match (file_url, &entry.hf_id) {
+            (Some(url), _) if !name.contains(['/', '\\']) && !name.starts_with('.') => {
+                let gguf = url.split(['?', '#']).next().is_some_and(|u| u.to_ascii_lowercase().ends_with(".gguf"));
+                Some(if gguf { self.dir.join(format!("{name}.gguf")) } else { model_file_path(&self.dir, name) })
+            }
+            (None, Some(repo)) => hub_cached_gguf(&self.dir.join("hf"), repo),
+            _ => None,
+        };
+        let Some(path) = cached.filter(|p| p.is_file()) else { return Ok(None) };
+        match self.check(name, &path, expected.as_deref()).await? {
+            Check::Good => Ok(Some(path)),
+            Check::Bad(why) => Err(err(name, format!("cached file deleted: {why}"))),
+        }
+    }
+
     /// Makes `dest` a checked copy of `url`: kept if it is there and matches, otherwise
     /// (re)fetched, resuming a `.part` left by an earlier attempt. Without `expected` the file
     /// is taken as it comes, with a warning.
@@ -253,6 +289,21 @@ impl ModelStore {
         }
         Err(err(name, format!("hub {file}: does not match the registry checksum")))
     }
+}
+
+/// A `.gguf` file of hub repository `repo` in an `hf-hub` cache (`models--{owner}--{name}/
+/// snapshots/{revision}/`), as [`ModelStore::ensure`] leaves it; the first by name if several.
+fn hub_cached_gguf(cache: &Path, repo: &str) -> Option<PathBuf> {
+    let snapshots = cache.join(format!("models--{}", repo.replace('/', "--"))).join("snapshots");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(snapshots)
+        .ok()?
+        .filter_map(|rev| std::fs::read_dir(rev.ok()?.path()).ok())
+        .flatten()
+        .filter_map(|f| Some(f.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")))
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 /// `<file>.part`, where a download grows until it is checked.

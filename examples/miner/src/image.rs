@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use heurist_points::JobRecord;
 use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{
     HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, ModelKind, Nullable, SdParams,
@@ -199,11 +200,15 @@ impl ImageWorker {
 
     async fn serve(&self, job: Job, request_latency: f64, stop: &watch::Receiver<bool>) {
         let job_id = job.job_id.clone();
-        match self.run_job(job, request_latency).await {
-            Ok(finished) => {
+        match self.run_job_priced(job, request_latency).await {
+            Ok((finished, mut record)) => {
                 let d = self.deliver(&finished, stop).await;
                 tracing::info!(job_id, outcome = ?d, "image delivered");
                 self.count(&d);
+                if matches!(d, Delivery::Accepted) {
+                    record.latency_s = request_latency + (now_ms() - finished.received_at_ms) as f64 / 1000.0;
+                    self.stats.credit(record);
+                }
             }
             Err(e) => {
                 tracing::error!(job_id, error = %e, "image job failed");
@@ -214,6 +219,12 @@ impl ImageWorker {
 
     /// Runs one job to a spooled PNG whose upload is pending.
     pub async fn run_job(&self, job: Job, request_latency: f64) -> Result<Finished> {
+        Ok(self.run_job_priced(job, request_latency).await?.0)
+    }
+
+    /// [`ImageWorker::run_job`], and the record the job's points are estimated from (size and
+    /// steps as clamped; the latency filled in once the result is accepted).
+    async fn run_job_priced(&self, job: Job, request_latency: f64) -> Result<(Finished, JobRecord)> {
         let received_at_ms = now_ms();
         let clamped = self
             .limits
@@ -227,6 +238,13 @@ impl ImageWorker {
                 job_id: job.job_id,
                 reason: "image job without temp_credentials: nowhere to upload the result".into(),
             });
+        };
+        let record = JobRecord {
+            model_id: job.model_id.clone(),
+            width: params.width,
+            height: params.height,
+            steps: params.steps,
+            ..JobRecord::default()
         };
         let started = Instant::now();
         let runner = self.runner.clone();
@@ -253,6 +271,6 @@ impl ImageWorker {
         };
         // The PNG, then the record, on disk before the upload starts.
         self.spool.put_with_image(&finished, &png)?;
-        Ok(finished)
+        Ok((finished, record))
     }
 }

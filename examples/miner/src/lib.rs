@@ -10,6 +10,7 @@ pub mod config;
 pub mod deliver;
 pub mod download;
 mod error;
+pub mod estimate;
 pub mod image;
 pub mod llm;
 pub mod sd;

@@ -1,9 +1,11 @@
 //! Chat jobs on a `heurist-inference` engine: the protocol's clamped job in, the
 //! ChatCompletion `choices` array and token usage out.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
-use heurist_inference::{ChatEngine, ChatEvent, ChatMessage, ChatRequest, ChatServer, FinishReason, Role};
+use heurist_inference::{ChatEngine, ChatEvent, ChatMessage, ChatRequest, ChatServer, DeviceSpec, FinishReason, Role};
 use heurist_protocol::openai::{self, Choice};
 use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
 use heurist_protocol::client::SequencerClient;
@@ -11,6 +13,7 @@ use heurist_protocol::{LlmParams, MinerId};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::error::{MinerError, Result};
+use crate::signal::ModelChoice;
 
 /// The most chat jobs one engine decodes together. Each worker keeps up to the reference's
 /// soft limit of 5 in flight; several workers (miner ids) share the engine.
@@ -57,6 +60,105 @@ impl SharedEngine {
         match self.server("") {
             Ok(server) => server.submit(request.clone()).wait(),
             Err(_) => self.engine.chat(request),
+        }
+    }
+}
+
+/// The chat model the workers serve now, and the others `miner_signal` may switch them to.
+///
+/// Workers (one per miner id) share one of these, hence one engine and one [`ModelChoice`]:
+/// when any worker's signal answer names a present model, all of them move. A worker that
+/// sees the choice differ from the loaded model finishes its jobs in flight, then calls
+/// [`ChatModels::switch`]; the first to get there loads the new engine, the others find it
+/// loaded. Each job holds the engine it was requested for, so jobs another worker still has
+/// in flight finish on the old engine, which is freed when the last of them ends.
+pub struct ChatModels {
+    loaded: RwLock<(String, Arc<SharedEngine>)>,
+    /// The GGUF files of the models it may switch to (checked before they were put here).
+    files: HashMap<String, PathBuf>,
+    device: DeviceSpec,
+    choice: Arc<ModelChoice>,
+    loading: tokio::sync::Mutex<()>,
+}
+
+impl ChatModels {
+    /// One model, never switched (the signal says so with `skip_update`).
+    pub fn single(model_id: impl Into<String>, engine: Arc<SharedEngine>) -> Self {
+        let model_id = model_id.into();
+        Self {
+            choice: Arc::new(ModelChoice::pinned(model_id.clone())),
+            loaded: RwLock::new((model_id, engine)),
+            files: HashMap::new(),
+            device: DeviceSpec::Cpu,
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Serves `model_id` on `engine` first; may switch to any model of `others` (model id to
+    /// its checked GGUF file), loaded on `device` when asked for.
+    pub fn switchable(
+        model_id: impl Into<String>,
+        engine: Arc<SharedEngine>,
+        others: HashMap<String, PathBuf>,
+        device: DeviceSpec,
+    ) -> Self {
+        let model_id = model_id.into();
+        let mut present: Vec<String> = others.keys().cloned().collect();
+        present.sort();
+        present.insert(0, model_id.clone());
+        Self {
+            choice: Arc::new(ModelChoice::new(model_id.clone(), present)),
+            loaded: RwLock::new((model_id, engine)),
+            files: others,
+            device,
+            loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The choice the signal loops change.
+    pub fn choice(&self) -> Arc<ModelChoice> {
+        self.choice.clone()
+    }
+
+    /// The loaded model's id and engine: what a job requested now runs on.
+    pub fn loaded(&self) -> (String, Arc<SharedEngine>) {
+        self.loaded.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Whether the signal asked for a model other than the loaded one.
+    pub fn wants_switch(&self) -> bool {
+        self.choice.current() != self.loaded.read().unwrap_or_else(PoisonError::into_inner).0
+    }
+
+    /// Loads the model the choice names, if it is not the loaded one. A model that fails to
+    /// load is logged and the choice goes back to the loaded model, which keeps serving.
+    pub async fn switch(&self) {
+        let _one_at_a_time = self.loading.lock().await;
+        let wanted = self.choice.current();
+        let from = self.loaded().0;
+        if wanted == from {
+            return;
+        }
+        let loaded = match self.files.get(&wanted) {
+            Some(path) => {
+                tracing::info!(from, to = wanted, file = %path.display(), "loading the chat model the signal asked for");
+                let (path, device) = (path.clone(), self.device);
+                tokio::task::spawn_blocking(move || ChatEngine::load_gguf(&path, device))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            None => Err("no file for it".to_owned()),
+        };
+        match loaded {
+            Ok(engine) => {
+                *self.loaded.write().unwrap_or_else(PoisonError::into_inner) = (wanted.clone(), Arc::new(SharedEngine::new(engine)));
+                tracing::info!(model = wanted, "now serving");
+            }
+            Err(error) => {
+                tracing::error!(model = wanted, error, "the chat model could not be loaded; staying on {from}");
+                self.choice.fall_back(&from, &wanted);
+            }
         }
     }
 }

@@ -7,9 +7,9 @@
 //! engine (`sd::SdRunner`) uploading to `--s3-endpoint`. Ctrl-C finishes the
 //! jobs in flight and submits them; a second Ctrl-C stops at once, the spool intact.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,11 +19,13 @@ use heurist_miner::config::{ReferenceConfig, expand_home, miner_ids_from_env};
 use heurist_miner::spool::Spool;
 use heurist_miner::worker::{LlmWorker, Stats};
 use heurist_miner::download::ModelStore;
-use heurist_miner::signal::{ModelChoice, SignalSetup, signal_loop};
+use heurist_miner::estimate::Estimator;
+use heurist_miner::llm::ChatModels;
+use heurist_miner::signal::ModelChoice;
 use heurist_miner::image::ImageWorker;
 use heurist_miner::sd::SdRunner;
 use heurist_miner::upload::Uploader;
-use heurist_protocol::{IdentityWallet, ModelKind, Registry};
+use heurist_protocol::{IdentityWallet, Registry};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
 
 /// A native Heurist miner.
@@ -60,6 +62,12 @@ struct Args {
     /// none: no chat worker (then --sd-checkpoint is needed).
     #[arg(long)]
     llm_model_id: Option<String>,
+    /// Another chat model `miner_signal` may switch to, `MODEL_ID=PATH` to its GGUF or just
+    /// `MODEL_ID` for the registry's file already in <[storage].base_dir>/models (nothing is
+    /// downloaded for it); repeatable. Checked against the registry checksum at start; one
+    /// missing or bad is left out with a warning. Without any, the chat model is pinned.
+    #[arg(long = "llm-alt-model", value_name = "MODEL_ID[=PATH]")]
+    llm_alt_models: Vec<String>,
     /// An image model to serve, `MODEL_ID=PATH` to a single-file SD 1.5 / SDXL checkpoint
     /// (.safetensors, LDM layout); repeatable. The first is asked for first; `miner_signal`
     /// answers may switch among them. Runs one image worker per miner id beside the chat one.
@@ -84,6 +92,10 @@ struct Args {
     /// Sent as `hardware` in heartbeats [default: the device].
     #[arg(long)]
     hardware: Option<String>,
+    /// The reward rules the status lines' points estimate uses: a preset (`seed`, `later`) or
+    /// a rule-set file (TOML or JSON).
+    #[arg(long, default_value = "seed")]
+    points_rules: String,
     /// Seconds between status lines (0: none).
     #[arg(long, default_value_t = 30)]
     status_interval: u64,
@@ -130,6 +142,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "nothing to serve: pass --llm-model-id, --sd-checkpoint MODEL_ID=PATH or --sd-model-id, or both kinds"
     );
     let hardware = args.hardware.clone().unwrap_or_else(|| args.device.to_string());
+    let rules = heurist_points::RuleSet::load(&args.points_rules).with_context(|| format!("--points-rules {}", args.points_rules))?;
+    let estimator = Arc::new(Estimator::new(rules, &load_registry(&args)?));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
     let mut all_stats = Vec::new();
@@ -153,7 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let uploader = Uploader::new(&args.s3_endpoint, &args.s3_region, Duration::from_secs(60))?;
         let models = runner.models();
         for (id, wallet) in miner_ids.iter().zip(&wallets) {
-            let stats = Arc::new(Stats::default());
+            let stats = Arc::new(Stats::estimating(estimator.clone()));
             all_stats.push((format!("{id} (image)"), stats.clone()));
             let worker = Arc::new(ImageWorker {
                 miner_id: id.clone(),
@@ -190,14 +204,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("chat model {}", gguf.display()))?,
     ));
+    let others = alt_chat_models(&args, &llm_model_id, &model_store).await?;
+    let models = Arc::new(if others.is_empty() {
+        ChatModels::single(llm_model_id.clone(), engine)
+    } else {
+        tracing::info!(models = ?others.keys().collect::<Vec<_>>(), "miner_signal may switch the chat model to these");
+        ChatModels::switchable(llm_model_id.clone(), engine, others, args.device)
+    });
     for (id, wallet) in miner_ids.into_iter().zip(wallets) {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::estimating(estimator.clone()));
         all_stats.push((id.to_string(), stats.clone()));
         let worker = Arc::new(LlmWorker {
             miner_id: id,
             wallet,
-            model_id: llm_model_id.clone(),
-            engine: engine.clone(),
+            models: models.clone(),
             client: client.clone(),
             spool: spool.clone(),
             limits: limits.clone(),
@@ -205,21 +225,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
             hardware: hardware.clone(),
             stats,
         });
-        if limits.signal_interval > 0 {
-            // One chat model is loaded and named on the command line: pinned, reported.
-            let setup = SignalSetup {
-                miner_id: worker.miner_id.clone(),
-                kind: ModelKind::Llm,
-                hardware: hardware.clone(),
-                version: reference.versions.llm_version.clone(),
-                interval: Duration::from_secs(limits.signal_interval),
-            };
-            let choice = Arc::new(ModelChoice::pinned(llm_model_id.clone()));
-            tokio::spawn(signal_loop(client.clone(), setup, choice, stop_rx.clone()));
-        }
         workers.spawn(worker.run(stop_rx.clone()));
     }
     serve(workers, all_stats, args.status_interval, stop_tx, &spool_dir, &base_url).await
+}
+
+/// The `--llm-alt-model` files that are present and match the registry's checksum, by model id.
+async fn alt_chat_models(
+    args: &Args,
+    primary: &str,
+    model_store: &impl Fn() -> anyhow::Result<ModelStore>,
+) -> anyhow::Result<HashMap<String, PathBuf>> {
+    let mut found = HashMap::new();
+    if args.llm_alt_models.is_empty() {
+        return Ok(found);
+    }
+    let (registry, store) = (load_registry(args)?, model_store()?);
+    for spec in &args.llm_alt_models {
+        let (id, given) = match spec.split_once('=') {
+            Some((id, path)) => (id, Some(PathBuf::from(path))),
+            None => (spec.as_str(), None),
+        };
+        if id == primary {
+            continue;
+        }
+        match store.local_checked(&registry, id, given.as_deref()).await {
+            Ok(Some(path)) => {
+                found.insert(id.to_owned(), path);
+            }
+            Ok(None) => tracing::warn!(model = id, "--llm-alt-model: not in the model cache; miner_signal cannot switch to it"),
+            Err(error) => tracing::warn!(model = id, %error, "--llm-alt-model: left out; miner_signal cannot switch to it"),
+        }
+    }
+    Ok(found)
 }
 
 /// The registry model files are found and checked by: `--registry`, or the bundled one.
@@ -253,14 +291,7 @@ async fn serve(
         loop {
             tick.tick().await;
             for (id, s) in &all_stats {
-                let (tokens, ms) = (s.tokens.load(Ordering::Relaxed), s.busy_ms.load(Ordering::Relaxed).max(1));
-                let (done, failed) = (s.done.load(Ordering::Relaxed), s.failed.load(Ordering::Relaxed));
-                let rate = if id.ends_with("(image)") {
-                    format!("{:.2} s/image", ms as f64 / 1000.0 / (done + failed).max(1) as f64)
-                } else {
-                    format!("{:.1} tok/s", tokens as f64 * 1000.0 / ms as f64)
-                };
-                eprintln!("{id}: {done} done, {failed} failed, {rate}");
+                eprintln!("{}", s.status_line(id, id.ends_with("(image)")));
             }
         }
     });

@@ -17,21 +17,21 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct ModelChoice {
     current: RwLock<String>,
-    present: Vec<String>,
+    present: RwLock<Vec<String>>,
     pinned: bool,
 }
 
 impl ModelChoice {
     /// Starts on `current`; may switch to any of `present` (which should include it).
     pub fn new(current: impl Into<String>, present: Vec<String>) -> Self {
-        Self { current: RwLock::new(current.into()), present, pinned: false }
+        Self { current: RwLock::new(current.into()), present: RwLock::new(present), pinned: false }
     }
 
     /// Never switches, and tells the signal service so (`skip_update`), as the reference does
     /// when the operator names a model.
     pub fn pinned(model: impl Into<String>) -> Self {
         let model = model.into();
-        Self { current: RwLock::new(model.clone()), present: vec![model], pinned: true }
+        Self { current: RwLock::new(model.clone()), present: RwLock::new(vec![model]), pinned: true }
     }
 
     /// The model to ask jobs for.
@@ -40,13 +40,20 @@ impl ModelChoice {
     }
 
     /// The models it may switch to.
-    pub fn present(&self) -> &[String] {
-        &self.present
+    pub fn present(&self) -> Vec<String> {
+        self.present.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Goes back to `loaded` after a switch to `failed` could not be completed, and takes
+    /// `failed` off the present models so that the next signal does not try it again.
+    pub fn fall_back(&self, loaded: &str, failed: &str) {
+        self.present.write().unwrap_or_else(PoisonError::into_inner).retain(|m| m != failed);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded.to_owned();
     }
 
     /// Switches to `model` if it is present and not the current one; says whether it did.
     pub fn switch_to(&self, model: &str) -> bool {
-        if self.pinned || !self.present.iter().any(|m| m == model) {
+        if self.pinned || !self.present.read().unwrap_or_else(PoisonError::into_inner).iter().any(|m| m == model) {
             return false;
         }
         let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
@@ -122,6 +129,10 @@ mod tests {
         assert_eq!(c.current(), "A");
         assert!(c.switch_to("B"));
         assert_eq!(c.current(), "B");
+        c.fall_back("A", "B");
+        assert_eq!(c.current(), "A");
+        assert!(!c.switch_to("B"), "a model that failed to load is not tried again");
+        assert_eq!(c.present(), ["A"]);
         let p = ModelChoice::pinned("A");
         assert!(!p.switch_to("A"));
         assert_eq!(p.current(), "A");

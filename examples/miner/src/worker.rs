@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use heurist_points::JobRecord;
 use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{
-    HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, Nullable, RequestAnswer,
-    SubmitResult,
+    HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, ModelKind, Nullable,
+    RequestAnswer, SubmitResult,
 };
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
@@ -17,6 +18,8 @@ use tokio::task::JoinSet;
 
 use crate::deliver::{Delivery, deliver};
 use crate::error::{MinerError, Result};
+use crate::estimate::Estimator;
+use crate::signal::{SignalSetup, signal_loop};
 use crate::spool::{Finished, Spool};
 use crate::{llm, now_ms, now_s};
 
@@ -31,6 +34,43 @@ pub struct Stats {
     pub tokens: AtomicU64,
     /// Milliseconds spent generating.
     pub busy_ms: AtomicU64,
+    /// Points of the accepted jobs as `estimator` prices them, in micro-points (Llama for
+    /// chat, Waifu for images).
+    pub points_micro: AtomicU64,
+    /// What prices accepted jobs; none: no points are estimated.
+    pub estimator: Option<Arc<Estimator>>,
+}
+
+impl Stats {
+    /// Counters whose accepted jobs are priced by `estimator`.
+    pub fn estimating(estimator: Arc<Estimator>) -> Self {
+        Self { estimator: Some(estimator), ..Self::default() }
+    }
+
+    /// Adds the estimated points of an accepted job.
+    pub fn credit(&self, record: JobRecord) {
+        if let Some(points) = self.estimator.as_ref().and_then(|e| e.points(record)) {
+            self.points_micro.fetch_add(points.micro(), Ordering::Relaxed);
+        }
+    }
+
+    /// The one-line status of worker `id`: jobs done and failed, speed (tokens per second for
+    /// chat, seconds per image for images) and the estimated points.
+    pub fn status_line(&self, id: &str, image: bool) -> String {
+        let (tokens, ms) = (self.tokens.load(Ordering::Relaxed), self.busy_ms.load(Ordering::Relaxed).max(1));
+        let (done, failed) = (self.done.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed));
+        let (rate, currency) = if image {
+            (format!("{:.2} s/image", ms as f64 / 1000.0 / (done + failed).max(1) as f64), "Waifu")
+        } else {
+            (format!("{:.1} tok/s", tokens as f64 * 1000.0 / ms as f64), "Llama")
+        };
+        let mut line = format!("{id}: {done} done, {failed} failed, {rate}");
+        if self.estimator.is_some() {
+            let points = self.points_micro.load(Ordering::Relaxed) as f64 / 1e6;
+            line.push_str(&format!(", ~{points:.4} {currency} Points"));
+        }
+        line
+    }
 }
 
 /// What one `miner_request` came to, for a worker's loop: a job to run, or a pause before
@@ -110,10 +150,9 @@ pub struct LlmWorker {
     pub miner_id: MinerId,
     /// Its identity.
     pub wallet: Arc<IdentityWallet>,
-    /// The model name it asks jobs for.
-    pub model_id: String,
-    /// The engine.
-    pub engine: Arc<llm::SharedEngine>,
+    /// The chat model it serves (shared with the other chat workers), and those `miner_signal`
+    /// may switch it to.
+    pub models: Arc<llm::ChatModels>,
     /// The sequencer.
     pub client: SequencerClient,
     /// The spool.
@@ -150,15 +189,34 @@ impl LlmWorker {
     }
 
     /// Polls and serves until `stop` turns true, then finishes the jobs in flight (their
-    /// results are delivered, or left in the spool if a second stop comes first).
+    /// results are delivered, or left in the spool if a second stop comes first). Signals
+    /// every `signal_interval` (none when it is 0); when the answer switches the model, the
+    /// jobs in flight are finished on the old engine before the new one is loaded and asked
+    /// jobs for.
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> Result<()> {
         self.drain_spool(&stop).await?;
+        if self.limits.signal_interval > 0 {
+            let setup = SignalSetup {
+                miner_id: self.miner_id.clone(),
+                kind: ModelKind::Llm,
+                hardware: self.hardware.clone(),
+                version: self.version.clone(),
+                interval: Duration::from_secs(self.limits.signal_interval),
+            };
+            tokio::spawn(signal_loop(self.client.clone(), setup, self.models.choice(), stop.clone()));
+        }
         let mut clock = HeartbeatClock::default();
         let slots = Arc::new(Semaphore::new(self.limits.concurrency_soft_limit.max(1) as usize));
         let mut in_flight = JoinSet::new();
         let mut poll = PollPace::new(self.limits.sleep_duration);
         while !*stop.borrow() {
             while in_flight.try_join_next().is_some() {}
+            if self.models.wants_switch() {
+                // Jobs were asked for under the old model: they finish on its engine first.
+                while in_flight.join_next().await.is_some() {}
+                self.models.switch().await;
+                continue;
+            }
             let permit = match slots.clone().acquire_owned().await {
                 Ok(p) => p,
                 Err(_) => break,
@@ -168,9 +226,10 @@ impl LlmWorker {
                 break;
             }
             let heartbeat = clock.due(&self.miner_id, now_s());
+            let (model_id, engine) = self.models.loaded();
             let request = MinerRequest {
                 miner_id: self.miner_id.clone(),
-                model_id: self.model_id.clone(),
+                model_id,
                 min_deadline: None,
                 hardware: heartbeat.then(|| self.hardware.clone()),
                 version: heartbeat.then(|| self.version.clone()),
@@ -184,7 +243,7 @@ impl LlmWorker {
                     let request_latency = asked.elapsed().as_secs_f64();
                     in_flight.spawn(async move {
                         let _permit = permit;
-                        me.serve(*job, request_latency, &stop).await;
+                        me.serve(*job, engine, request_latency, &stop).await;
                     });
                 }
                 Polled::Wait(pause) => {
@@ -198,13 +257,17 @@ impl LlmWorker {
     }
 
     /// Runs one job; whatever happens, the worker goes on.
-    async fn serve(&self, job: Job, request_latency: f64, stop: &watch::Receiver<bool>) {
+    async fn serve(&self, job: Job, engine: Arc<llm::SharedEngine>, request_latency: f64, stop: &watch::Receiver<bool>) {
         let job_id = job.job_id.clone();
-        match self.run_job(job, request_latency).await {
-            Ok(finished) => {
+        match self.run_job(job, engine, request_latency).await {
+            Ok((finished, mut record)) => {
                 let d = deliver(&self.client, &self.wallet, &self.spool, &finished, stop).await;
                 tracing::info!(job_id, outcome = ?d, "job delivered");
                 self.count(&d);
+                if matches!(d, Delivery::Accepted) {
+                    record.latency_s = request_latency + (now_ms() - finished.received_at_ms) as f64 / 1000.0;
+                    self.stats.credit(record);
+                }
             }
             Err(e) => {
                 tracing::error!(job_id, error = %e, "job failed");
@@ -213,7 +276,9 @@ impl LlmWorker {
         }
     }
 
-    async fn run_job(&self, job: Job, request_latency: f64) -> Result<Finished> {
+    /// Runs a job to a spooled result, and the record its points are estimated from (its
+    /// latency filled in once the result is accepted).
+    async fn run_job(&self, job: Job, engine: Arc<llm::SharedEngine>, request_latency: f64) -> Result<(Finished, JobRecord)> {
         let received_at_ms = now_ms();
         let clamped = self
             .limits
@@ -224,9 +289,9 @@ impl LlmWorker {
         };
         let started = Instant::now();
         let out = if params.stream {
-            llm::run_and_stream(self.engine.clone(), &self.client, &self.miner_id, &job.job_id, params).await?
+            llm::run_and_stream(engine, &self.client, &self.miner_id, &job.job_id, params).await?
         } else {
-            llm::run(self.engine.clone(), &job.job_id, params).await?
+            llm::run(engine, &job.job_id, params).await?
         };
         let inference_latency = started.elapsed().as_secs_f64();
         self.stats.tokens.fetch_add(out.completion_tokens as u64, Ordering::Relaxed);
@@ -250,7 +315,13 @@ impl LlmWorker {
         };
         // On disk before anything is sent: from here on the result cannot be lost.
         self.spool.put(&finished)?;
-        Ok(finished)
+        let record = JobRecord {
+            model_id: job.model_id.clone(),
+            input_tokens: out.prompt_tokens as u64,
+            output_tokens: out.completion_tokens as u64,
+            ..JobRecord::default()
+        };
+        Ok((finished, record))
     }
 }
 

@@ -102,7 +102,7 @@ fn bad_settings_are_named_and_help_lists_every_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (code, help) = run(dir.path(), &["--help"]);
     assert_eq!(code, 0);
-    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval", "--sd-checkpoint", "--sd-model-id", "--s3-endpoint", "--s3-region"] {
+    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval", "--sd-checkpoint", "--sd-model-id", "--s3-endpoint", "--s3-region", "--llm-alt-model", "--points-rules"] {
         assert!(help.contains(flag), "--help documents {flag}");
     }
 

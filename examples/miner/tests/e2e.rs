@@ -82,8 +82,7 @@ async fn chat_jobs_end_to_end_with_a_spooled_result_from_before() {
     let worker = Arc::new(LlmWorker {
         miner_id: miner.clone(),
         wallet,
-        model_id: MODEL.into(),
-        engine,
+        models: Arc::new(heurist_miner::llm::ChatModels::single(MODEL, engine)),
         client: client.clone(),
         spool: spool.clone(),
         limits,

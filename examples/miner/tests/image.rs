@@ -85,3 +85,38 @@ async fn signal_switches_to_a_present_model_with_work() {
     assert_eq!(me["jobs_done"], 2, "{p}");
     seq.shutdown().await.unwrap();
 }
+
+/// The status line's points: each accepted image priced with `heurist-points` (seed rules,
+/// the bundled registry's type for the model) comes to what the sequencer's ledger credits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_status_line_estimates_the_points_the_sequencer_credits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s3, seq) = image_sequencer(dir.path(), &[]).await;
+    let c = client(&seq.url());
+    c.submit_job(KEY, &sd_job("pts-1", 512, 512, 21)).await.unwrap();
+    c.submit_job(KEY, &sd_job("pts-2", 256, 128, 22)).await.unwrap();
+
+    let miner = "0x00000000000000000000000000000000000000d3-gpu0";
+    let spool = Spool::open(dir.path().join("spool")).unwrap();
+    let (mut worker, _) = image_worker(miner, &seq.url(), &s3.endpoint(), &spool, Arc::new(GradientRunner::default()));
+    let rules = heurist_points::RuleSet::load("seed").unwrap();
+    let estimator = heurist_miner::estimate::Estimator::new(rules, &heurist_protocol::Registry::bundled().unwrap());
+    let stats = Arc::new(heurist_miner::worker::Stats::estimating(Arc::new(estimator)));
+    worker.stats = stats.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(Arc::new(worker).run(stop_rx));
+    wait_until(Duration::from_secs(60), "two images", || stats.done.load(Ordering::Relaxed) >= 2).await;
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+
+    let micro = stats.points_micro.load(Ordering::Relaxed);
+    assert!(micro > 0, "an SDXL model earns Waifu Points");
+    let p = portal(&seq.url()).await;
+    let me = p["miners"].as_array().unwrap().iter().find(|m| m["miner_id"] == miner).unwrap();
+    let credited = (me["waifu_points"].as_f64().unwrap() * 1e6).round() as u64;
+    assert_eq!(micro, credited, "{p}");
+    let line = stats.status_line("miner (image)", true);
+    let shown = format!("~{:.4} Waifu Points", micro as f64 / 1e6);
+    assert!(line.starts_with("miner (image): 2 done, 0 failed, ") && line.ends_with(&shown), "{line}");
+    seq.shutdown().await.unwrap();
+}

@@ -54,8 +54,7 @@ async fn a_streamed_chat_job_arrives_whole_and_is_still_submitted() {
     let worker = Arc::new(LlmWorker {
         miner_id: miner.clone(),
         wallet: Arc::new(IdentityWallet::generate().unwrap()),
-        model_id: MODEL.into(),
-        engine: Arc::new(heurist_miner::llm::SharedEngine::new(engine)),
+        models: Arc::new(heurist_miner::llm::ChatModels::single(MODEL, Arc::new(heurist_miner::llm::SharedEngine::new(engine)))),
         client: client.clone(),
         spool: spool.clone(),
         limits: MinerLimits { sleep_duration: 0, ..MinerLimits::default() },
