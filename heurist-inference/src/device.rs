@@ -52,6 +52,40 @@ fn open_cuda(ordinal: usize) -> Result<candle_core::Device> {
     Err(InferenceError::CudaNotCompiled { ordinal })
 }
 
+/// How many CUDA GPUs answer on this machine: what a miner sizes its per-GPU workers by.
+///
+/// Always 0 in a build without the `cuda` feature. With it, the driver's count; a missing
+/// driver or any driver error is also 0 (logged at debug level), never a panic, so a CUDA
+/// build still runs its CPU fallback on a machine without a GPU.
+///
+/// ```
+/// let gpus = heurist_inference::cuda_device_count();
+/// # #[cfg(not(feature = "cuda"))]
+/// assert_eq!(gpus, 0);
+/// ```
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::CudaContext;
+        // cudarc panics when it cannot load the driver library; that is "no GPU" here.
+        match std::panic::catch_unwind(CudaContext::device_count) {
+            Ok(Ok(n)) => usize::try_from(n).unwrap_or(0),
+            Ok(Err(err)) => {
+                tracing::debug!(%err, "CUDA device count failed; counting no GPU");
+                0
+            }
+            Err(_) => {
+                tracing::debug!("CUDA driver not loadable; counting no GPU");
+                0
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}
+
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -113,5 +147,11 @@ mod tests {
             Err(InferenceError::CudaNotCompiled { ordinal: 1 })
         ));
         assert!(matches!(DeviceSpec::Auto.open(), Ok(candle_core::Device::Cpu)));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn no_gpu_is_counted_without_the_feature() {
+        assert_eq!(cuda_device_count(), 0);
     }
 }

@@ -56,7 +56,7 @@ mod llm;
 mod model_cache;
 mod weights;
 
-pub use device::{DeviceSpec, ParseDeviceError};
+pub use device::{DeviceSpec, ParseDeviceError, cuda_device_count};
 pub use error::{InferenceError, Result};
 pub use llm::batch::{ChatEvent, ChatHandle, ChatServer};
 pub use llm::engine::{ChatEngine, ScoreOutput};

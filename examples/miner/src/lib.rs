@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod deliver;
+pub mod devices;
 pub mod download;
 mod error;
 pub mod estimate;

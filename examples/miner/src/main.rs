@@ -4,7 +4,8 @@
 //! `~/.heurist-keys`, fetches and checks the chat model file unless one is given, and runs per
 //! miner id a worker on the chat engine and, when `--sd-checkpoint` or `--sd-model-id` names
 //! image models (the latter fetched from the registry and checked), an image worker on the SD
-//! engine (`sd::SdRunner`) uploading to `--s3-endpoint`. Ctrl-C finishes the
+//! engine (`sd::SdRunner`) uploading to `--s3-endpoint`. With `--device auto` miner id `i`
+//! runs on CUDA GPU `i` (`devices::assign`), one engine per device. Ctrl-C finishes the
 //! jobs in flight and submits them; a second Ctrl-C stops at once, the spool intact.
 
 use std::collections::HashMap;
@@ -86,8 +87,10 @@ struct Args {
     /// The S3 region requests are signed for.
     #[arg(long, default_value = heurist_miner::upload::DEFAULT_REGION)]
     s3_region: String,
-    /// Where to run: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// Where to run: auto (one worker per CUDA GPU found at start, MINER_ID_i on GPU i;
+    /// CPU workers sharing one engine where no GPU answers; more ids than GPUs is an error),
+    /// cpu, or cuda / cuda:N (every worker on that one device).
+    #[arg(long, default_value = "auto")]
     device: DeviceSpec,
     /// Sent as `hardware` in heartbeats [default: the device].
     #[arg(long)]
@@ -141,7 +144,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.llm_model_id.is_some() || !args.sd_checkpoints.is_empty() || !args.sd_model_ids.is_empty(),
         "nothing to serve: pass --llm-model-id, --sd-checkpoint MODEL_ID=PATH or --sd-model-id, or both kinds"
     );
-    let hardware = args.hardware.clone().unwrap_or_else(|| args.device.to_string());
     let rules = heurist_points::RuleSet::load(&args.points_rules).with_context(|| format!("--points-rules {}", args.points_rules))?;
     let estimator = Arc::new(Estimator::new(rules, &load_registry(&args)?));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -151,6 +153,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|id| IdentityWallet::load_for(&keys_dir, id).map(Arc::new).with_context(|| format!("identity for {id}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let gpus = heurist_inference::cuda_device_count();
+    let devices = heurist_miner::devices::assign(miner_ids.len(), gpus, args.device)?;
+    tracing::info!(gpus, flag = %args.device, devices = ?devices.iter().map(ToString::to_string).collect::<Vec<_>>(), "one worker per miner id on these devices");
+    let hardware = |device: DeviceSpec| args.hardware.clone().unwrap_or_else(|| device.to_string());
     let model_store = || -> anyhow::Result<ModelStore> {
         Ok(ModelStore::new(expand_home(&reference.storage.base_dir).join("models"))?.with_progress(true))
     };
@@ -161,26 +167,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if !specs.is_empty() {
         let first = specs[0].model_id.clone();
-        let device = args.device;
-        tracing::info!(models = ?specs.iter().map(|s| &s.model_id).collect::<Vec<_>>(), device = %device, "loading the image models");
-        let runner = Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, device)).await??);
+        let mut runners = Vec::new();
+        for device in distinct(&devices) {
+            tracing::info!(models = ?specs.iter().map(|s| &s.model_id).collect::<Vec<_>>(), device = %device, "loading the image models");
+            let specs = specs.clone();
+            runners.push((device, Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, device)).await??)));
+        }
         let uploader = Uploader::new(&args.s3_endpoint, &args.s3_region, Duration::from_secs(60))?;
-        let models = runner.models();
-        for (id, wallet) in miner_ids.iter().zip(&wallets) {
+        for ((id, wallet), device) in miner_ids.iter().zip(&wallets).zip(&devices) {
+            let runner = on_device(&runners, *device)?.clone();
+            let models = runner.models();
             let stats = Arc::new(Stats::estimating(estimator.clone()));
             all_stats.push((format!("{id} (image)"), stats.clone()));
             let worker = Arc::new(ImageWorker {
                 miner_id: id.clone(),
                 wallet: wallet.clone(),
                 model: Arc::new(ModelChoice::new(first.clone(), models.clone())),
-                runner: runner.clone(),
+                runner,
                 uploader: uploader.clone(),
                 bucket: reference.storage.s3_bucket.clone(),
                 client: client.clone(),
                 spool: spool.clone(),
                 limits: limits.clone(),
                 version: reference.versions.sd_version.clone(),
-                hardware: hardware.clone(),
+                hardware: hardware(*device),
                 stats,
             });
             workers.spawn(worker.run(stop_rx.clone()));
@@ -196,38 +206,61 @@ async fn run(args: Args) -> anyhow::Result<()> {
             model_store()?.ensure(&registry, &llm_model_id).await.with_context(|| format!("--llm-model-id {llm_model_id}"))?
         }
     };
-    tracing::info!(model = %gguf.display(), device = %args.device, "loading the chat model");
-    let path = gguf.clone();
-    let device = args.device;
-    let engine = Arc::new(heurist_miner::llm::SharedEngine::new(
-        tokio::task::spawn_blocking(move || ChatEngine::load_gguf(&path, device))
-            .await?
-            .with_context(|| format!("chat model {}", gguf.display()))?,
-    ));
     let others = alt_chat_models(&args, &llm_model_id, &model_store).await?;
-    let models = Arc::new(if others.is_empty() {
-        ChatModels::single(llm_model_id.clone(), engine)
-    } else {
+    if !others.is_empty() {
         tracing::info!(models = ?others.keys().collect::<Vec<_>>(), "miner_signal may switch the chat model to these");
-        ChatModels::switchable(llm_model_id.clone(), engine, others, args.device)
-    });
-    for (id, wallet) in miner_ids.into_iter().zip(wallets) {
+    }
+    let mut chat = Vec::new();
+    for device in distinct(&devices) {
+        tracing::info!(model = %gguf.display(), device = %device, "loading the chat model");
+        let path = gguf.clone();
+        let engine = Arc::new(heurist_miner::llm::SharedEngine::new(
+            tokio::task::spawn_blocking(move || ChatEngine::load_gguf(&path, device))
+                .await?
+                .with_context(|| format!("chat model {} on {device}", gguf.display()))?,
+        ));
+        let models = if others.is_empty() {
+            ChatModels::single(llm_model_id.clone(), engine)
+        } else {
+            ChatModels::switchable(llm_model_id.clone(), engine, others.clone(), device)
+        };
+        chat.push((device, Arc::new(models)));
+    }
+    for ((id, wallet), device) in miner_ids.into_iter().zip(wallets).zip(devices) {
+        let models = on_device(&chat, device)?.clone();
         let stats = Arc::new(Stats::estimating(estimator.clone()));
         all_stats.push((id.to_string(), stats.clone()));
         let worker = Arc::new(LlmWorker {
             miner_id: id,
             wallet,
-            models: models.clone(),
+            models,
             client: client.clone(),
             spool: spool.clone(),
             limits: limits.clone(),
             version: reference.versions.llm_version.clone(),
-            hardware: hardware.clone(),
+            hardware: hardware(device),
             stats,
         });
         workers.spawn(worker.run(stop_rx.clone()));
     }
     serve(workers, all_stats, args.status_interval, stop_tx, &spool_dir, &base_url).await
+}
+
+/// The distinct devices among the workers', in first-seen order: one engine is loaded on each,
+/// so CPU workers (or workers pinned to one GPU) share it.
+fn distinct(devices: &[DeviceSpec]) -> Vec<DeviceSpec> {
+    let mut seen = Vec::new();
+    for d in devices {
+        if !seen.contains(d) {
+            seen.push(*d);
+        }
+    }
+    seen
+}
+
+/// The engine loaded on `device` (every worker's device had one loaded by `distinct`).
+fn on_device<T>(loaded: &[(DeviceSpec, T)], device: DeviceSpec) -> anyhow::Result<&T> {
+    loaded.iter().find(|(d, _)| *d == device).map(|(_, t)| t).with_context(|| format!("no engine loaded on {device}"))
 }
 
 /// The `--llm-alt-model` files that are present and match the registry's checksum, by model id.
