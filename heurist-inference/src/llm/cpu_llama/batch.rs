@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{CpuLlama, ForwardError, KvCache, Scratch, add, ops};
+use super::{CpuLlama, ForwardError, KvCache, Scratch, ops};
 
 impl CpuLlama {
     /// Feeds `tokens[i]` to `seqs[i]` at `positions[i]` (its cache keeps the positions before,
@@ -79,9 +79,7 @@ fn run_batch(
         w.embedding.dequantize_row(t as usize, x);
     }
     for (l, layer) in w.layers.iter().enumerate() {
-        ops::rms_norm(&s.x, &layer.attn_norm, w.eps, &mut s.normed);
-        s.q8.quantize(&s.normed, hidden);
-        layer.qkv.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+        super::project_qkv(w, isa, layer, s);
 
         s.q.resize(n * q_dim, 0.0);
         for (i, row) in s.wide.chunks_exact(q_dim + 2 * kv_dim).enumerate() {
@@ -105,17 +103,7 @@ fn run_batch(
             Vec::new,
             |scores, ((out, q), &(k, v, position))| ops::attend(heads, q, k, v, position, scores, out),
         );
-        s.q8.quantize(&s.attn, q_dim);
-        layer.wo.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
-        add(&mut s.x, &s.wide);
-
-        ops::rms_norm(&s.x, &layer.ffn_norm, w.eps, &mut s.normed);
-        s.q8.quantize(&s.normed, hidden);
-        layer.gate_up.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
-        ops::swiglu(&s.wide, w.ff, &mut s.act);
-        s.q8.quantize(&s.act, w.ff);
-        layer.down.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
-        add(&mut s.x, &s.wide);
+        super::finish_layer(w, isa, layer, s);
     }
     for (cache, &position) in caches.iter_mut().zip(positions) {
         cache.len = position + 1;

@@ -184,9 +184,7 @@ impl CpuLlama {
             w.embedding.dequantize_row(t as usize, x);
         }
         for (l, layer) in w.layers.iter().enumerate() {
-            ops::rms_norm(&s.x, &layer.attn_norm, w.eps, &mut s.normed);
-            s.q8.quantize(&s.normed, hidden);
-            layer.qkv.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+            project_qkv(w, isa, layer, s);
 
             let (k_cache, v_cache) = (&mut cache.k[l], &mut cache.v[l]);
             k_cache.truncate(position * kv_dim);
@@ -217,17 +215,7 @@ impl CpuLlama {
                     |scores, (t, (out, q))| ops::attend(heads, q, k, v, position + t, scores, out),
                 );
             }
-            s.q8.quantize(&s.attn, q_dim);
-            layer.wo.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
-            add(&mut s.x, &s.wide);
-
-            ops::rms_norm(&s.x, &layer.ffn_norm, w.eps, &mut s.normed);
-            s.q8.quantize(&s.normed, hidden);
-            layer.gate_up.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
-            ops::swiglu(&s.wide, w.ff, &mut s.act);
-            s.q8.quantize(&s.act, w.ff);
-            layer.down.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
-            add(&mut s.x, &s.wide);
+            finish_layer(w, isa, layer, s);
         }
         cache.len = position + n_tok;
 
@@ -235,6 +223,30 @@ impl CpuLlama {
             project(w, isa, s, n_tok - logit_rows..n_tok);
         }
     }
+}
+
+/// A layer's first half up to attention: `s.wide` = the Q/K/V projection of the normed `s.x`.
+/// One body for prompt passes, decode steps and batched steps, so they stay bitwise alike.
+fn project_qkv(w: &Weights, isa: Isa, layer: &Layer, s: &mut Scratch) {
+    ops::rms_norm(&s.x, &layer.attn_norm, w.eps, &mut s.normed);
+    s.q8.quantize(&s.normed, w.hidden);
+    layer.qkv.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+}
+
+/// A layer's second half from the attention output `s.attn`: output projection and residual,
+/// then the SwiGLU feed-forward and its residual, into `s.x`.
+fn finish_layer(w: &Weights, isa: Isa, layer: &Layer, s: &mut Scratch) {
+    s.q8.quantize(&s.attn, w.heads.q_dim());
+    layer.wo.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+    add(&mut s.x, &s.wide);
+
+    ops::rms_norm(&s.x, &layer.ffn_norm, w.eps, &mut s.normed);
+    s.q8.quantize(&s.normed, w.hidden);
+    layer.gate_up.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+    ops::swiglu(&s.wide, w.ff, &mut s.act);
+    s.q8.quantize(&s.act, w.ff);
+    layer.down.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+    add(&mut s.x, &s.wide);
 }
 
 /// The final norm and the vocabulary projection of the hidden states of `tokens` (indices into
