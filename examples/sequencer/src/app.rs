@@ -15,7 +15,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use heurist_points::{JobRecord, RuleSet};
-use heurist_protocol::openai::{ChatMessage, Choice, FinishReason, Role};
 use heurist_protocol::stream::{HEADER_JOB_ID, HEADER_MINER_ID, StreamedText};
 use heurist_protocol::{
     Address, Job, JobParams, MinerId, MinerRequest, MinerSignal, MinerSubmit, ModelInput, ModelKind, SignalAnswer,
@@ -36,7 +35,9 @@ pub(crate) struct AppState {
     pub(crate) ledger: Mutex<LedgerHandle>,
     pub(crate) rules: RuleSet,
     bindings: Mutex<HashMap<Address, Address>>,
-    streams: Mutex<HashMap<String, StreamedText>>,
+    /// The latest `miner_submit_stream` of each job, for the client to read while the miner
+    /// generates, and for the signed `miner_submit` to be checked against.
+    streams: Mutex<HashMap<String, LiveStream>>,
     #[cfg(feature = "s3")]
     http: reqwest::Client,
 }
@@ -58,6 +59,16 @@ impl AppState {
 }
 
 pub(crate) type Shared = Arc<AppState>;
+
+/// A streamed answer as it stands, and the miner id its headers named (the job's assignee
+/// when it arrived). A stream carries no signature, so it is never credited itself: it is
+/// what the job's client sees early, and what the assignee's signed `miner_submit` must agree
+/// with.
+#[derive(Clone, Debug)]
+struct LiveStream {
+    miner_id: String,
+    text: StreamedText,
+}
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -162,7 +173,7 @@ async fn job_status(State(state): State<Shared>, headers: HeaderMap, Path(job_id
     Ok(Json(json!({
         "job": job,
         "result": result,
-        "stream": stream.map(|s| json!({"text": s.text, "complete": s.complete})),
+        "stream": stream.map(|s| json!({"text": s.text.text, "complete": s.text.complete, "miner_id": s.miner_id})),
     })))
 }
 
@@ -232,6 +243,7 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
     {
         check_object(&state, key).await?;
     }
+    check_against_stream(&state, &submit)?;
     let submission = serde_json::to_value(&submit).map_err(|e| SequencerError::BadInput { what: "body", reason: e.to_string() })?;
     let job_id = submit.job_id.clone();
     let audited = submit.clone();
@@ -249,6 +261,43 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
         });
     }
     Ok(Json(json!({"status": "accepted", "job_id": job_id, "points": outcome.points, "currency": outcome.currency})))
+}
+
+/// Refuses a chat result that contradicts what was streamed for the job under the same miner
+/// id: a complete stream must be the submitted answer (up to the trailing space the pieces
+/// end with), a stream cut short a beginning of it. The client read the stream; the signed
+/// submission is what is credited and audited, so the two must be one answer. A job nobody
+/// streamed, or streamed under another miner id (an earlier assignee), is not constrained.
+fn check_against_stream(state: &AppState, submit: &MinerSubmit) -> Result<()> {
+    let Some(live) = lock(&state.streams).get(&submit.job_id).cloned() else { return Ok(()) };
+    if live.miner_id != submit.miner_id.to_string() {
+        return Ok(());
+    }
+    let submitted = match submit.result.choices() {
+        Some(Ok(choices)) => choices.first().map(|c| c.message.text_content()).unwrap_or_default(),
+        // An image key, or choices that do not decode (refused later with their own error).
+        _ => return Ok(()),
+    };
+    let streamed = live.text.text.trim_end();
+    let agrees = if live.text.complete { submitted.trim_end() == streamed } else { submitted.starts_with(streamed) };
+    if agrees {
+        return Ok(());
+    }
+    Err(SequencerError::StreamMismatch {
+        job_id: submit.job_id.clone(),
+        complete: live.text.complete,
+        streamed: excerpt(streamed),
+        submitted: excerpt(&submitted),
+    })
+}
+
+/// The first 120 characters of `s`, for an error message.
+fn excerpt(s: &str) -> String {
+    let mut out: String = s.chars().take(120).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// Refuses an image result whose PNG is not in the bucket; a silent S3 is a 503 (retry).
@@ -272,9 +321,8 @@ struct Accepted {
     currency: Option<String>,
 }
 
-/// A result as the ledger and the reward rules see it, whichever endpoint brought it: a
-/// signed `miner_submit`, or a complete `miner_submit_stream` from the miner the job is
-/// assigned to (the stream is the answer; no separate submission follows it).
+/// A result as the ledger and the reward rules see it: a signed `miner_submit` (a stream is
+/// never one: it carries no signature).
 pub(crate) struct Answer<'a> {
     pub(crate) miner_id: &'a MinerId,
     pub(crate) job_id: &'a str,
@@ -424,6 +472,12 @@ pub(crate) fn job_record(state: &AppState, job: &JobRow, submit: &Answer<'_>, st
     Ok(record)
 }
 
+/// `miner_submit_stream`: the answer of an LLM job while it is generated, from the miner the
+/// job is assigned to. It is kept for the client (`GET /job/{id}` shows it as it grows) and
+/// nothing is credited for it: the stream carries no signature, so anyone who knows the job
+/// id and the assignee's miner id could send one. The job is credited, and audited, when the
+/// assignee's signed `miner_submit` arrives, and only if that agrees with the stream (see
+/// `check_against_stream`). A job that has its result already takes no stream.
 async fn miner_submit_stream(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Json<Value>> {
     let header_str = |name: &'static str| -> Result<String> {
         headers
@@ -435,13 +489,31 @@ async fn miner_submit_stream(State(state): State<Shared>, headers: HeaderMap, bo
     let job_id = header_str(HEADER_JOB_ID)?;
     let miner: MinerId = header_str(HEADER_MINER_ID)?.parse()?;
     let id = job_id.clone();
-    let job = blocking(&state, move |s| lock(&s.store).job(&id)).await?.ok_or(SequencerError::UnknownJob { job_id: job_id.clone() })?;
-    if job.miner_id.as_deref() != Some(miner.to_string().as_str()) {
-        return Err(SequencerError::NotAssigned { job_id, miner_id: miner.to_string(), assigned_to: job.miner_id });
+    let (job, result) = blocking(&state, move |s| {
+        let store = lock(&s.store);
+        Ok((store.job(&id)?, store.result(&id)?))
+    })
+    .await?;
+    let job = job.ok_or(SequencerError::UnknownJob { job_id: job_id.clone() })?;
+    if result.is_some() {
+        return Err(SequencerError::AlreadySubmitted { job_id });
+    }
+    let miner_id = miner.to_string();
+    if job.miner_id.as_deref() != Some(miner_id.as_str()) {
+        return Err(SequencerError::NotAssigned { job_id, miner_id, assigned_to: job.miner_id });
+    }
+    if job.kind != "LLM" {
+        return Err(SequencerError::Refused { reason: format!("job {job_id:?} is a {} job: only chat answers stream", job.kind) });
     }
     let limit = state.config.max_body_bytes;
     let mut text = Vec::new();
     let mut stream = body.into_data_stream();
+    let show = |text: &[u8]| {
+        let live = LiveStream { miner_id: miner_id.clone(), text: StreamedText::parse(&String::from_utf8_lossy(text)) };
+        let complete = live.text.complete;
+        lock(&state.streams).insert(job_id.clone(), live);
+        complete
+    };
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| SequencerError::BadInput { what: "body", reason: e.to_string() })?;
         if text.len() + chunk.len() > limit {
@@ -449,42 +521,12 @@ async fn miner_submit_stream(State(state): State<Shared>, headers: HeaderMap, bo
         }
         text.extend_from_slice(&chunk);
         // Keep what has arrived visible to the client while the miner generates.
-        lock(&state.streams).insert(job_id.clone(), StreamedText::parse(&String::from_utf8_lossy(&text)));
+        show(&text);
     }
-    let parsed = StreamedText::parse(&String::from_utf8_lossy(&text));
-    let complete = parsed.complete;
-    let answer = parsed.text.clone();
-    lock(&state.streams).insert(job_id.clone(), parsed);
-    if !complete {
-        // Cut short: no result. The job stays assigned and is re-queued at its deadline.
-        return Ok(Json(json!({"job_id": job_id, "complete": false})));
-    }
-    // A complete stream is the job's answer: stored and credited as the same text submitted
-    // as `Text` would be (one assistant choice, stopped).
-    let choices = [Choice {
-        index: 0,
-        message: ChatMessage::text(Role::Assistant, answer),
-        finish_reason: Some(FinishReason::Stop),
-        extra: Default::default(),
-    }];
-    let result = SubmitResult::from_choices(&choices)?;
-    let submission = json!({"miner_id": miner, "job_id": job_id, "result": result, "via": "miner_submit_stream"});
-    let now = now_ms();
-    let (id, m) = (job_id.clone(), miner.clone());
-    let outcome = blocking(&state, move |s| {
-        let extra = serde_json::Map::new();
-        accept(s, &Answer { miner_id: &m, job_id: &id, result: &result, extra: &extra }, &submission, now)
-    })
-    .await;
-    match outcome {
-        Ok(a) => {
-            tracing::info!(job_id, %miner, points = a.points, "accepted a streamed answer");
-            Ok(Json(json!({"job_id": job_id, "complete": true, "status": "accepted", "points": a.points, "currency": a.currency})))
-        }
-        // The same miner also submitted it with `miner_submit`: the first one counts.
-        Err(SequencerError::AlreadySubmitted { .. }) => Ok(Json(json!({"job_id": job_id, "complete": true, "status": "already_submitted"}))),
-        Err(e) => Err(e),
-    }
+    let complete = show(&text);
+    tracing::info!(job_id, miner = miner_id, complete, "answer streamed; credited once the signed miner_submit agrees");
+    // The job stays assigned: the signed submission completes it, or its deadline re-queues it.
+    Ok(Json(json!({"job_id": job_id, "complete": complete, "status": "streamed"})))
 }
 
 async fn miner_signal(State(state): State<Shared>, body: Bytes) -> Result<Json<SignalAnswer>> {
