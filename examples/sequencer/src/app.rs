@@ -4,11 +4,12 @@
 //! does its storage work on a blocking thread, and changes nothing when it refuses.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +39,9 @@ pub(crate) struct AppState {
     /// The latest `miner_submit_stream` of each job, for the client to read while the miner
     /// generates, and for the signed `miner_submit` to be checked against.
     streams: Mutex<HashMap<String, LiveStream>>,
+    /// The address of the `miner_request` each job was handed to (since this process
+    /// started): its stream must come from there.
+    handed_to: Mutex<HashMap<String, IpAddr>>,
     #[cfg(feature = "s3")]
     http: reqwest::Client,
 }
@@ -52,6 +56,7 @@ impl AppState {
             rules,
             bindings,
             streams: Mutex::new(HashMap::new()),
+            handed_to: Mutex::new(HashMap::new()),
             #[cfg(feature = "s3")]
             http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap_or_default(),
         }
@@ -177,7 +182,7 @@ async fn job_status(State(state): State<Shared>, headers: HeaderMap, Path(job_id
     })))
 }
 
-async fn miner_request(State(state): State<Shared>, body: Bytes) -> Result<Response> {
+async fn miner_request(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes) -> Result<Response> {
     let req = MinerRequest::from_slice(&body)?;
     let miner = req.miner_id.to_string();
     let model = req.model_id.clone();
@@ -189,7 +194,10 @@ async fn miner_request(State(state): State<Shared>, body: Bytes) -> Result<Respo
     .await?;
     match row {
         None => Ok(Json(Value::Null).into_response()),
-        Some(row) => Ok(Json(job_for_miner(&state, &row)?).into_response()),
+        Some(row) => {
+            lock(&state.handed_to).insert(row.job_id.clone(), peer.ip());
+            Ok(Json(job_for_miner(&state, &row)?).into_response())
+        }
     }
 }
 
@@ -248,6 +256,7 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
     let job_id = submit.job_id.clone();
     let audited = submit.clone();
     let outcome = blocking(&state, move |s| accept(s, &Answer::from(&submit), &submission, now)).await?;
+    lock(&state.handed_to).remove(&job_id);
     tracing::info!(job_id, miner, points = outcome.points, "accepted");
     if let Some(policy) = state.config.audit.clone()
         && rand::random::<f64>() < policy.rate
@@ -477,8 +486,16 @@ pub(crate) fn job_record(state: &AppState, job: &JobRow, submit: &Answer<'_>, st
 /// nothing is credited for it: the stream carries no signature, so anyone who knows the job
 /// id and the assignee's miner id could send one. The job is credited, and audited, when the
 /// assignee's signed `miner_submit` arrives, and only if that agrees with the stream (see
-/// `check_against_stream`). A job that has its result already takes no stream.
-async fn miner_submit_stream(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Json<Value>> {
+/// `check_against_stream`). A job that has its result already takes no stream, and a stream
+/// from another address than the `miner_request` the job was handed to is refused: a third
+/// party cannot put words in an honest miner's stream (and so have its signed answer refused)
+/// without sending from the miner's own address.
+async fn miner_submit_stream(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>> {
     let header_str = |name: &'static str| -> Result<String> {
         headers
             .get(name)
@@ -504,6 +521,12 @@ async fn miner_submit_stream(State(state): State<Shared>, headers: HeaderMap, bo
     }
     if job.kind != "LLM" {
         return Err(SequencerError::Refused { reason: format!("job {job_id:?} is a {} job: only chat answers stream", job.kind) });
+    }
+    let handed_to = lock(&state.handed_to).get(&job_id).copied();
+    if let Some(ip) = handed_to.filter(|ip| *ip != peer.ip()) {
+        return Err(SequencerError::Refused {
+            reason: format!("a stream for job {job_id:?} from {}, but the job was handed to a request from {ip}", peer.ip()),
+        });
     }
     let limit = state.config.max_body_bytes;
     let mut text = Vec::new();

@@ -2,7 +2,8 @@
 //! signature, so one sent under the assignee's miner id by anybody earns nothing; the honest
 //! stream followed by the assignee's signed submission of the same answer is credited exactly
 //! once, and audited like any `Text` result; a signed submission that contradicts the stream
-//! is refused with a 422 and changes nothing; a stream after the result is a conflict.
+//! is refused with a 422 and changes nothing; a stream after the result is a conflict, and
+//! one from another address than the job was handed to is refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -43,6 +44,12 @@ async fn stream(url: &str, job_id: &str, miner: &MinerId, complete: bool) -> (u1
 }
 
 async fn stream_text(url: &str, job_id: &str, miner: &MinerId, text: &str, complete: bool) -> (u16, Value) {
+    stream_from(url, job_id, miner, text, complete, None).await
+}
+
+/// [`stream_text`] sent from `local` (another loopback address: another host, to the
+/// sequencer).
+async fn stream_from(url: &str, job_id: &str, miner: &MinerId, text: &str, complete: bool, local: Option<std::net::IpAddr>) -> (u16, Value) {
     let mut pieces: Vec<String> = text.split(' ').map(|w| format!("{w} ")).collect();
     if let Some(last) = pieces.last_mut() {
         *last = last.trim_end().to_owned();
@@ -51,7 +58,10 @@ async fn stream_text(url: &str, job_id: &str, miner: &MinerId, text: &str, compl
         pieces.push("[DONE]".into());
     }
     let body = futures_util::stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(p.into_bytes())));
-    let r = reqwest::Client::new()
+    let r = reqwest::Client::builder()
+        .local_address(local)
+        .build()
+        .unwrap()
         .post(format!("{url}/miner_submit_stream"))
         .header(HEADER_JOB_ID, job_id)
         .header(HEADER_MINER_ID, miner.to_string())
@@ -134,6 +144,13 @@ async fn a_stream_is_credited_only_through_the_signed_submission_that_agrees_wit
     let forged = take(&c, &miner).await;
     assert_eq!(forged.job_id, "forged");
     assert_eq!(stream(&url, "forged", &other, true).await.0, 403, "only the assignee's id may stream");
+    // Under the assignee's id but from another address than the job was handed to: refused,
+    // and not shown to the client.
+    let elsewhere = Some("127.0.0.2".parse().unwrap());
+    let (code, body) = stream_from(&url, "forged", &miner, "Lies. ", true, elsewhere).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("127.0.0.2"), "{body}");
+    assert!(status(&url, "forged").await["stream"].is_null());
     let (code, ack) = stream(&url, "forged", &miner, true).await;
     assert_eq!((code, ack["status"].clone(), ack["complete"].clone()), (200, json!("streamed"), json!(true)), "{ack}");
     let st = status(&url, "forged").await;
