@@ -127,19 +127,27 @@ impl ModelStore {
             }
             return Ok(Some(path.to_owned()));
         }
+        let Some(path) = self.cached_file(registry, name).filter(|p| p.is_file()) else { return Ok(None) };
+        match self.check(name, &path, expected.as_deref()).await? {
+            Check::Good => Ok(Some(path)),
+            Check::Bad(why) => Err(err(name, format!("cached file deleted: {why}"))),
+        }
+    }
+
+    /// Where [`ModelStore::ensure`] keeps registry model `name` in this cache (a `file_url`
+    /// model: `<name>.safetensors`, or `<name>.gguf` for a GGUF URL; a hub model: the `.gguf`
+    /// file the hub client left), whether or not the file is there; `None` for a name the
+    /// registry lacks or one that cannot be a file name. Nothing is checked or fetched.
+    pub fn cached_file(&self, registry: &Registry, name: &str) -> Option<PathBuf> {
+        let entry = registry.get(name).ok()?;
         let file_url = entry.file_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
-        let cached = match (file_url, &entry.hf_id) {
-            (Some(url), _) if !name.contains(['/', '\\']) && !name.starts_with('.') => {
+        match (file_url, &entry.hf_id) {
+            (Some(url), _) if !name.is_empty() && !name.contains(['/', '\\']) && !name.starts_with('.') => {
                 let gguf = url.split(['?', '#']).next().is_some_and(|u| u.to_ascii_lowercase().ends_with(".gguf"));
                 Some(if gguf { self.dir.join(format!("{name}.gguf")) } else { model_file_path(&self.dir, name) })
             }
             (None, Some(repo)) => hub_cached_gguf(&self.dir.join("hf"), repo),
             _ => None,
-        };
-        let Some(path) = cached.filter(|p| p.is_file()) else { return Ok(None) };
-        match self.check(name, &path, expected.as_deref()).await? {
-            Check::Good => Ok(Some(path)),
-            Check::Bad(why) => Err(err(name, format!("cached file deleted: {why}"))),
         }
     }
 

@@ -106,6 +106,18 @@ pub enum ImageError {
 pub trait ImageRunner: Send + Sync {
     /// Generates the image of `params` (already clamped: size, steps, seed) on `model_id`.
     fn generate(&self, model_id: &str, params: &SdParams) -> std::result::Result<Image, ImageError>;
+
+    /// Whether `model_id` is loaded. The default says yes to all: a runner that cannot load
+    /// models later serves what it was built with, and the worker only switches among those.
+    fn serves(&self, _model_id: &str) -> bool {
+        true
+    }
+
+    /// Loads `model_id` from the checked single-file `checkpoint` (a model `miner_signal`
+    /// switched to that was found in the cache). The default cannot.
+    fn load(&self, model_id: &str, _checkpoint: &std::path::Path) -> std::result::Result<(), ImageError> {
+        Err(ImageError::UnknownModel(model_id.to_owned()))
+    }
 }
 
 /// What an image worker needs.
@@ -179,11 +191,31 @@ impl ImageWorker {
         }
         let mut clock = HeartbeatClock::default();
         let mut poll = PollPace::new(self.limits.sleep_duration);
+        // The model it starts on was loaded at start and is never unloaded: where a failed
+        // switch goes back to.
+        let home = self.model.current();
+        let mut serving = home.clone();
         while !*stop.borrow() {
+            let model_id = self.model.current();
+            // Switched by a signal (between jobs: this worker runs one at a time), or unloaded
+            // by another worker on the same runner that switched elsewhere.
+            if !self.runner.serves(&model_id) && !self.ensure_loaded(&model_id).await {
+                if model_id == home {
+                    // Nothing else to go back to: ask for it anyway; its jobs fail alone.
+                    tracing::error!(miner = %self.miner_id, model = model_id, "the image model this worker started on is not loaded");
+                } else {
+                    self.model.fall_back(&home, &model_id);
+                    continue;
+                }
+            }
+            if model_id != serving {
+                tracing::info!(miner = %self.miner_id, from = serving, to = model_id, "now serving");
+                serving = model_id.clone();
+            }
             let heartbeat = clock.due(&self.miner_id, now_s());
             let request = MinerRequest {
                 miner_id: self.miner_id.clone(),
-                model_id: self.model.current(),
+                model_id,
                 min_deadline: Some(self.limits.min_deadline),
                 hardware: heartbeat.then(|| self.hardware.clone()),
                 version: heartbeat.then(|| self.version.clone()),
@@ -196,6 +228,31 @@ impl ImageWorker {
             }
         }
         Ok(())
+    }
+
+    /// Makes the runner serve `model`: loaded already, or loaded now from the file the choice
+    /// found for it (on a blocking thread). Says whether it serves it.
+    async fn ensure_loaded(&self, model: &str) -> bool {
+        if self.runner.serves(model) {
+            return true;
+        }
+        let Some(path) = self.model.file(model) else {
+            tracing::error!(miner = %self.miner_id, model, "switched to an image model with no file to load");
+            return false;
+        };
+        tracing::info!(miner = %self.miner_id, model, file = %path.display(), "loading the image model the signal asked for");
+        let (runner, id) = (self.runner.clone(), model.to_owned());
+        match tokio::task::spawn_blocking(move || runner.load(&id, &path)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::error!(miner = %self.miner_id, model, %error, "the image model could not be loaded; staying on the one loaded");
+                false
+            }
+            Err(error) => {
+                tracing::error!(miner = %self.miner_id, model, %error, "the load task died");
+                false
+            }
+        }
     }
 
     async fn serve(&self, job: Job, request_latency: f64, stop: &watch::Receiver<bool>) {

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod deliver;
 pub mod devices;
+pub mod discover;
 pub mod download;
 mod error;
 pub mod estimate;

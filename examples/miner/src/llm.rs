@@ -13,6 +13,7 @@ use heurist_protocol::{LlmParams, MinerId};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::error::{MinerError, Result};
+use crate::discover::CacheFinder;
 use crate::signal::ModelChoice;
 
 /// The most chat jobs one engine decodes together. Each worker keeps up to the reference's
@@ -74,9 +75,8 @@ impl SharedEngine {
 /// in flight finish on the old engine, which is freed when the last of them ends.
 pub struct ChatModels {
     loaded: RwLock<(String, Arc<SharedEngine>)>,
-    /// The GGUF files of the models it may switch to (checked before they were put here).
-    files: HashMap<String, PathBuf>,
     device: DeviceSpec,
+    /// What it may switch to, with the models' checked files (see [`ModelChoice::file`]).
     choice: Arc<ModelChoice>,
     loading: tokio::sync::Mutex<()>,
 }
@@ -85,13 +85,7 @@ impl ChatModels {
     /// One model, never switched (the signal says so with `skip_update`).
     pub fn single(model_id: impl Into<String>, engine: Arc<SharedEngine>) -> Self {
         let model_id = model_id.into();
-        Self {
-            choice: Arc::new(ModelChoice::pinned(model_id.clone())),
-            loaded: RwLock::new((model_id, engine)),
-            files: HashMap::new(),
-            device: DeviceSpec::Cpu,
-            loading: tokio::sync::Mutex::new(()),
-        }
+        Self::with_choice(model_id.clone(), engine, ModelChoice::pinned(model_id), DeviceSpec::Cpu)
     }
 
     /// Serves `model_id` on `engine` first; may switch to any model of `others` (model id to
@@ -103,13 +97,29 @@ impl ChatModels {
         device: DeviceSpec,
     ) -> Self {
         let model_id = model_id.into();
-        let mut present: Vec<String> = others.keys().cloned().collect();
-        present.sort();
-        present.insert(0, model_id.clone());
+        Self::with_choice(model_id.clone(), engine, ModelChoice::new(model_id.clone(), vec![model_id]).with_files(others), device)
+    }
+
+    /// [`ChatModels::switchable`], and also to any chat model `finder` finds in the model
+    /// cache (checked against the registry) when a signal names it.
+    pub fn discovering(
+        model_id: impl Into<String>,
+        engine: Arc<SharedEngine>,
+        others: HashMap<String, PathBuf>,
+        device: DeviceSpec,
+        finder: Arc<CacheFinder>,
+    ) -> Self {
+        let model_id = model_id.into();
+        let choice = ModelChoice::new(model_id.clone(), vec![model_id.clone()]).with_files(others).with_finder(finder);
+        Self::with_choice(model_id, engine, choice, device)
+    }
+
+    /// Serves `model_id` on `engine`, switching as `choice` says; the choice's files load on
+    /// `device`.
+    pub fn with_choice(model_id: impl Into<String>, engine: Arc<SharedEngine>, choice: ModelChoice, device: DeviceSpec) -> Self {
         Self {
-            choice: Arc::new(ModelChoice::new(model_id.clone(), present)),
-            loaded: RwLock::new((model_id, engine)),
-            files: others,
+            choice: Arc::new(choice),
+            loaded: RwLock::new((model_id.into(), engine)),
             device,
             loading: tokio::sync::Mutex::new(()),
         }
@@ -139,10 +149,10 @@ impl ChatModels {
         if wanted == from {
             return;
         }
-        let loaded = match self.files.get(&wanted) {
+        let loaded = match self.choice.file(&wanted) {
             Some(path) => {
                 tracing::info!(from, to = wanted, file = %path.display(), "loading the chat model the signal asked for");
-                let (path, device) = (path.clone(), self.device);
+                let device = self.device;
                 tokio::task::spawn_blocking(move || ChatEngine::load_gguf(&path, device))
                     .await
                     .map_err(|e| e.to_string())

@@ -19,6 +19,7 @@ use heurist_inference::{ChatEngine, DeviceSpec};
 use heurist_miner::config::{ReferenceConfig, expand_home, miner_ids_from_env};
 use heurist_miner::spool::Spool;
 use heurist_miner::worker::{LlmWorker, Stats};
+use heurist_miner::discover::{CacheFinder, Family};
 use heurist_miner::download::ModelStore;
 use heurist_miner::estimate::Estimator;
 use heurist_miner::llm::ChatModels;
@@ -66,7 +67,8 @@ struct Args {
     /// Another chat model `miner_signal` may switch to, `MODEL_ID=PATH` to its GGUF or just
     /// `MODEL_ID` for the registry's file already in <[storage].base_dir>/models (nothing is
     /// downloaded for it); repeatable. Checked against the registry checksum at start; one
-    /// missing or bad is left out with a warning. Without any, the chat model is pinned.
+    /// missing or bad is left out with a warning. Models in <[storage].base_dir>/models are
+    /// found without it (see --pin-models).
     #[arg(long = "llm-alt-model", value_name = "MODEL_ID[=PATH]")]
     llm_alt_models: Vec<String>,
     /// An image model to serve, `MODEL_ID=PATH` to a single-file SD 1.5 / SDXL checkpoint
@@ -80,6 +82,13 @@ struct Args {
     /// checksum; a bad file is deleted, never loaded). Served after the --sd-checkpoint ones.
     #[arg(long = "sd-model-id", value_name = "MODEL_ID")]
     sd_model_ids: Vec<String>,
+    /// Switch only among the models named on the command line (a lone chat model is then
+    /// pinned: its signals carry `skip_update`). Without it, a signal naming a model that is in
+    /// <[storage].base_dir>/models (where downloads go), listed by the registry with a
+    /// checksum the file matches, switches to it (chat: a GGUF; image: an SD 1.5 / SDXL
+    /// single-file checkpoint); nothing is downloaded for a signal.
+    #[arg(long)]
+    pin_models: bool,
     /// The S3 endpoint image results are uploaded to (path-style), e.g. a local sequencer's
     /// embedded server `http://127.0.0.1:9000`.
     #[arg(long, default_value = "https://s3.amazonaws.com")]
@@ -160,6 +169,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let model_store = || -> anyhow::Result<ModelStore> {
         Ok(ModelStore::new(expand_home(&reference.storage.base_dir).join("models"))?.with_progress(true))
     };
+    let registry = Arc::new(load_registry(&args)?);
+    let finder = |family: Family| -> anyhow::Result<Option<Arc<CacheFinder>>> {
+        if args.pin_models {
+            return Ok(None);
+        }
+        let f = CacheFinder::new(model_store()?.with_progress(false), registry.clone(), family);
+        let cached = f.cached();
+        if !cached.is_empty() {
+            tracing::info!(family = ?family, models = ?cached, "in the model cache: miner_signal may switch to these (checked when asked)");
+        }
+        Ok(Some(Arc::new(f)))
+    };
     let specs = if args.sd_model_ids.is_empty() {
         args.sd_checkpoints.clone()
     } else {
@@ -174,6 +195,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             runners.push((device, Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, device)).await??)));
         }
         let uploader = Uploader::new(&args.s3_endpoint, &args.s3_region, Duration::from_secs(60))?;
+        let image_finder = finder(Family::Image)?;
         for ((id, wallet), device) in miner_ids.iter().zip(&wallets).zip(&devices) {
             let runner = on_device(&runners, *device)?.clone();
             let models = runner.models();
@@ -182,7 +204,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let worker = Arc::new(ImageWorker {
                 miner_id: id.clone(),
                 wallet: wallet.clone(),
-                model: Arc::new(ModelChoice::new(first.clone(), models.clone())),
+                model: Arc::new(match &image_finder {
+                    Some(f) => ModelChoice::new(first.clone(), models.clone()).with_finder(f.clone()),
+                    None => ModelChoice::new(first.clone(), models.clone()),
+                }),
                 runner,
                 uploader: uploader.clone(),
                 bucket: reference.storage.s3_bucket.clone(),
@@ -210,6 +235,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !others.is_empty() {
         tracing::info!(models = ?others.keys().collect::<Vec<_>>(), "miner_signal may switch the chat model to these");
     }
+    let chat_finder = finder(Family::Chat)?;
     let mut chat = Vec::new();
     for device in distinct(&devices) {
         tracing::info!(model = %gguf.display(), device = %device, "loading the chat model");
@@ -219,10 +245,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await?
                 .with_context(|| format!("chat model {} on {device}", gguf.display()))?,
         ));
-        let models = if others.is_empty() {
-            ChatModels::single(llm_model_id.clone(), engine)
-        } else {
-            ChatModels::switchable(llm_model_id.clone(), engine, others.clone(), device)
+        let models = match &chat_finder {
+            Some(f) => ChatModels::discovering(llm_model_id.clone(), engine, others.clone(), device, f.clone()),
+            None if others.is_empty() => ChatModels::single(llm_model_id.clone(), engine),
+            None => ChatModels::switchable(llm_model_id.clone(), engine, others.clone(), device),
         };
         chat.push((device, Arc::new(models)));
     }

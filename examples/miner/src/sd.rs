@@ -9,8 +9,9 @@
 //! command line as `MODEL_ID=PATH` ([`CheckpointSpec`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use heurist_inference::image::{ImageEngine, ImageJob, SchedulerKind};
 use heurist_inference::DeviceSpec;
@@ -73,14 +74,20 @@ pub async fn checkpoints_for(store: &ModelStore, registry: &Registry, models: &[
     Ok(out)
 }
 
-/// SD checkpoints on one device, by model id.
+/// SD checkpoints on one device, by model id: those named at start, and at most one more
+/// loaded later ([`ImageRunner::load`], when `miner_signal` switches to a model found in the
+/// cache), which the next such load replaces (a job still running on it keeps it until it
+/// ends), as the protocol's "unload the current model and load that one" asks.
 pub struct SdRunner {
-    engines: BTreeMap<String, ImageEngine>,
+    engines: RwLock<BTreeMap<String, Arc<ImageEngine>>>,
+    device: DeviceSpec,
+    /// The model loaded after start, if any.
+    extra: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for SdRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SdRunner").field("models", &self.engines.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+        f.debug_struct("SdRunner").field("models", &self.models()).field("device", &self.device).finish_non_exhaustive()
     }
 }
 
@@ -94,19 +101,19 @@ impl SdRunner {
                 setting: format!("--sd-checkpoint {}={}", spec.model_id, spec.path.display()),
                 reason: e.to_string(),
             })?;
-            if engines.insert(spec.model_id.clone(), engine).is_some() {
+            if engines.insert(spec.model_id.clone(), Arc::new(engine)).is_some() {
                 return Err(MinerError::Config {
                     setting: format!("--sd-checkpoint {}", spec.model_id),
                     reason: "model id given twice".into(),
                 });
             }
         }
-        Ok(Self { engines })
+        Ok(Self { engines: RwLock::new(engines), device, extra: Mutex::new(None) })
     }
 
-    /// The model ids served, sorted.
+    /// The model ids served now, sorted.
     pub fn models(&self) -> Vec<String> {
-        self.engines.keys().cloned().collect()
+        self.engines.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
     }
 }
 
@@ -131,9 +138,37 @@ pub fn image_job(params: &SdParams) -> std::result::Result<ImageJob, ImageError>
 
 impl ImageRunner for SdRunner {
     fn generate(&self, model_id: &str, params: &SdParams) -> std::result::Result<Image, ImageError> {
-        let engine = self.engines.get(model_id).ok_or_else(|| ImageError::UnknownModel(model_id.to_owned()))?;
+        // Cloned out of the lock: a load beside this job neither waits for it nor pulls the
+        // engine from under it.
+        let engine = self
+            .engines
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(model_id)
+            .cloned()
+            .ok_or_else(|| ImageError::UnknownModel(model_id.to_owned()))?;
         let out = engine.generate(&image_job(params)?)?;
         Image::new(out.width, out.height, out.rgb)
+    }
+
+    fn serves(&self, model_id: &str) -> bool {
+        self.engines.read().unwrap_or_else(PoisonError::into_inner).contains_key(model_id)
+    }
+
+    fn load(&self, model_id: &str, checkpoint: &Path) -> std::result::Result<(), ImageError> {
+        // One load at a time; the models named at start are never replaced.
+        let mut extra = self.extra.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.serves(model_id) {
+            return Ok(());
+        }
+        let engine = Arc::new(ImageEngine::load_checkpoint(checkpoint, self.device)?);
+        let mut engines = self.engines.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = extra.replace(model_id.to_owned()) {
+            tracing::info!(unloaded = old, loaded = model_id, "image model replaced");
+            engines.remove(&old);
+        }
+        engines.insert(model_id.to_owned(), engine);
+        Ok(())
     }
 }
 

@@ -1,11 +1,14 @@
 //! `miner_signal`: every `signal_interval` a worker tells the signal service which model it
 //! has loaded; the answer may name another model with more work waiting. A worker switches
-//! when that model is one it has present (loaded or on disk and checked), and says so in the
-//! log when it is not.
+//! when that model is one it has present: loaded, named on the command line and checked, or
+//! found in the model cache with a matching checksum ([`CacheFinder`]); it says so in the log
+//! when it is not.
 //!
 //! [`ModelChoice`] is the model a worker asks jobs for, shared between its poll loop (which
 //! reads it before each `miner_request`) and [`signal_loop`] (which may change it).
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -13,25 +16,81 @@ use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{MinerId, MinerSignal, ModelKind};
 use tokio::sync::watch;
 
+use crate::discover::CacheFinder;
+
 /// The model a worker serves now, and those it could switch to.
 #[derive(Debug)]
 pub struct ModelChoice {
     current: RwLock<String>,
     present: RwLock<Vec<String>>,
+    /// The checked files of present models that are not loaded yet.
+    files: RwLock<HashMap<String, PathBuf>>,
+    finder: Option<Arc<CacheFinder>>,
+    /// Models that failed to load: never switched to again.
+    failed: RwLock<Vec<String>>,
     pinned: bool,
 }
 
 impl ModelChoice {
     /// Starts on `current`; may switch to any of `present` (which should include it).
     pub fn new(current: impl Into<String>, present: Vec<String>) -> Self {
-        Self { current: RwLock::new(current.into()), present: RwLock::new(present), pinned: false }
+        Self {
+            current: RwLock::new(current.into()),
+            present: RwLock::new(present),
+            files: RwLock::new(HashMap::new()),
+            finder: None,
+            failed: RwLock::new(Vec::new()),
+            pinned: false,
+        }
     }
 
     /// Never switches, and tells the signal service so (`skip_update`), as the reference does
     /// when the operator names a model.
     pub fn pinned(model: impl Into<String>) -> Self {
         let model = model.into();
-        Self { current: RwLock::new(model.clone()), present: RwLock::new(vec![model]), pinned: true }
+        Self { pinned: true, ..Self::new(model.clone(), vec![model]) }
+    }
+
+    /// Also present: these models, each with its checked file (loaded when switched to).
+    pub fn with_files(self, files: HashMap<String, PathBuf>) -> Self {
+        {
+            let mut present = self.present.write().unwrap_or_else(PoisonError::into_inner);
+            let mut names: Vec<&String> = files.keys().filter(|m| !present.contains(m)).collect();
+            names.sort();
+            present.extend(names.into_iter().cloned());
+        }
+        *self.files.write().unwrap_or_else(PoisonError::into_inner) = files;
+        self
+    }
+
+    /// Also present: whatever `finder` finds in the model cache when a signal names it.
+    pub fn with_finder(mut self, finder: Arc<CacheFinder>) -> Self {
+        self.finder = Some(finder);
+        self
+    }
+
+    /// The checked file of present model `model`, when it has one (a model named with its
+    /// file, or found in the cache).
+    pub fn file(&self, model: &str) -> Option<PathBuf> {
+        self.files.read().unwrap_or_else(PoisonError::into_inner).get(model).cloned()
+    }
+
+    /// Switches to `model` if it is present, or (with a finder) found in the model cache and
+    /// checked now, and is not the current one; says whether it did.
+    pub async fn offer(&self, model: &str) -> bool {
+        if self.pinned || self.failed.read().unwrap_or_else(PoisonError::into_inner).iter().any(|m| m == model) {
+            return false;
+        }
+        let known = self.present.read().unwrap_or_else(PoisonError::into_inner).iter().any(|m| m == model);
+        if !known && let Some(finder) = &self.finder {
+            let Some(path) = finder.find(model).await else { return false };
+            self.files.write().unwrap_or_else(PoisonError::into_inner).insert(model.to_owned(), path);
+            let mut present = self.present.write().unwrap_or_else(PoisonError::into_inner);
+            if !present.iter().any(|m| m == model) {
+                present.push(model.to_owned());
+            }
+        }
+        self.switch_to(model)
     }
 
     /// The model to ask jobs for.
@@ -48,6 +107,8 @@ impl ModelChoice {
     /// `failed` off the present models so that the next signal does not try it again.
     pub fn fall_back(&self, loaded: &str, failed: &str) {
         self.present.write().unwrap_or_else(PoisonError::into_inner).retain(|m| m != failed);
+        self.files.write().unwrap_or_else(PoisonError::into_inner).remove(failed);
+        self.failed.write().unwrap_or_else(PoisonError::into_inner).push(failed.to_owned());
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded.to_owned();
     }
 
@@ -100,7 +161,7 @@ pub async fn signal_loop(client: SequencerClient, setup: SignalSetup, choice: Ar
         match client.signal(&signal).await {
             Ok(answer) => match answer.model_id.as_deref() {
                 Some(wanted) if wanted != loaded => {
-                    if choice.switch_to(wanted) {
+                    if choice.offer(wanted).await {
                         tracing::info!(miner = %setup.miner_id, from = loaded, to = wanted, "switching model: the signal service has more work for it");
                     } else {
                         tracing::info!(miner = %setup.miner_id, wanted, "the signal service suggests a model this worker does not have");

@@ -97,13 +97,35 @@ fn run(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
+/// Every long flag `src/main.rs` declares (`#[arg(long)]` on a field, or `long = "..."`),
+/// read from the source so that a new flag cannot be left out of the check.
+fn declared_flags() -> Vec<String> {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/main.rs")).unwrap();
+    let body = &src[src.find("struct Args {").unwrap()..];
+    let body = &body[..body.find("\n}\n").unwrap()];
+    let mut flags = Vec::new();
+    let mut long: Option<Option<String>> = None;
+    for line in body.lines().map(str::trim) {
+        if line.starts_with("#[arg(") && line.contains("long") {
+            let named = line.split("long = \"").nth(1).and_then(|r| r.split('"').next()).map(str::to_owned);
+            long = Some(named);
+        } else if let Some(named) = long.take_if(|_| line.contains(':') && !line.starts_with("///") && !line.starts_with("#[")) {
+            let field = line.trim_start_matches("pub ").split(':').next().unwrap().trim();
+            flags.push(format!("--{}", named.unwrap_or_else(|| field.replace('_', "-"))));
+        }
+    }
+    flags
+}
+
 #[test]
 fn bad_settings_are_named_and_help_lists_every_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (code, help) = run(dir.path(), &["--help"]);
     assert_eq!(code, 0);
-    for flag in ["--config", "--env-file", "--miner-id", "--base-url", "--keys-dir", "--spool-dir", "--llm-gguf", "--registry", "--llm-model-id", "--device", "--hardware", "--status-interval", "--sd-checkpoint", "--sd-model-id", "--s3-endpoint", "--s3-region", "--llm-alt-model", "--points-rules"] {
-        assert!(help.contains(flag), "--help documents {flag}");
+    let flags = declared_flags();
+    assert!(flags.len() >= 19 && flags.contains(&"--pin-models".to_owned()), "{flags:?}");
+    for flag in &flags {
+        assert!(help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")), "--help documents {flag}");
     }
 
     let (code, out) = run(dir.path(), &["--miner-id", "0x0000000000000000000000000000000000000001-gpu0", "--sd-checkpoint", "no-path-given"]);

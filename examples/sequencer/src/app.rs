@@ -4,18 +4,18 @@
 //! does its storage work on a blocking thread, and changes nothing when it refuses.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use heurist_points::{JobRecord, RuleSet};
-use heurist_protocol::openai::{ChatMessage, Choice, FinishReason, Role};
 use heurist_protocol::stream::{HEADER_JOB_ID, HEADER_MINER_ID, StreamedText};
 use heurist_protocol::{
     Address, Job, JobParams, MinerId, MinerRequest, MinerSignal, MinerSubmit, ModelInput, ModelKind, SignalAnswer,
@@ -36,7 +36,12 @@ pub(crate) struct AppState {
     pub(crate) ledger: Mutex<LedgerHandle>,
     pub(crate) rules: RuleSet,
     bindings: Mutex<HashMap<Address, Address>>,
-    streams: Mutex<HashMap<String, StreamedText>>,
+    /// The latest `miner_submit_stream` of each job, for the client to read while the miner
+    /// generates, and for the signed `miner_submit` to be checked against.
+    streams: Mutex<HashMap<String, LiveStream>>,
+    /// The address of the `miner_request` each job was handed to (since this process
+    /// started): its stream must come from there.
+    handed_to: Mutex<HashMap<String, IpAddr>>,
     #[cfg(feature = "s3")]
     http: reqwest::Client,
 }
@@ -51,6 +56,7 @@ impl AppState {
             rules,
             bindings,
             streams: Mutex::new(HashMap::new()),
+            handed_to: Mutex::new(HashMap::new()),
             #[cfg(feature = "s3")]
             http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build().unwrap_or_default(),
         }
@@ -58,6 +64,16 @@ impl AppState {
 }
 
 pub(crate) type Shared = Arc<AppState>;
+
+/// A streamed answer as it stands, and the miner id its headers named (the job's assignee
+/// when it arrived). A stream carries no signature, so it is never credited itself: it is
+/// what the job's client sees early, and what the assignee's signed `miner_submit` must agree
+/// with.
+#[derive(Clone, Debug)]
+struct LiveStream {
+    miner_id: String,
+    text: StreamedText,
+}
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -162,11 +178,11 @@ async fn job_status(State(state): State<Shared>, headers: HeaderMap, Path(job_id
     Ok(Json(json!({
         "job": job,
         "result": result,
-        "stream": stream.map(|s| json!({"text": s.text, "complete": s.complete})),
+        "stream": stream.map(|s| json!({"text": s.text.text, "complete": s.text.complete, "miner_id": s.miner_id})),
     })))
 }
 
-async fn miner_request(State(state): State<Shared>, body: Bytes) -> Result<Response> {
+async fn miner_request(State(state): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes) -> Result<Response> {
     let req = MinerRequest::from_slice(&body)?;
     let miner = req.miner_id.to_string();
     let model = req.model_id.clone();
@@ -178,7 +194,10 @@ async fn miner_request(State(state): State<Shared>, body: Bytes) -> Result<Respo
     .await?;
     match row {
         None => Ok(Json(Value::Null).into_response()),
-        Some(row) => Ok(Json(job_for_miner(&state, &row)?).into_response()),
+        Some(row) => {
+            lock(&state.handed_to).insert(row.job_id.clone(), peer.ip());
+            Ok(Json(job_for_miner(&state, &row)?).into_response())
+        }
     }
 }
 
@@ -232,10 +251,12 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
     {
         check_object(&state, key).await?;
     }
+    check_against_stream(&state, &submit)?;
     let submission = serde_json::to_value(&submit).map_err(|e| SequencerError::BadInput { what: "body", reason: e.to_string() })?;
     let job_id = submit.job_id.clone();
     let audited = submit.clone();
     let outcome = blocking(&state, move |s| accept(s, &Answer::from(&submit), &submission, now)).await?;
+    lock(&state.handed_to).remove(&job_id);
     tracing::info!(job_id, miner, points = outcome.points, "accepted");
     if let Some(policy) = state.config.audit.clone()
         && rand::random::<f64>() < policy.rate
@@ -249,6 +270,43 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
         });
     }
     Ok(Json(json!({"status": "accepted", "job_id": job_id, "points": outcome.points, "currency": outcome.currency})))
+}
+
+/// Refuses a chat result that contradicts what was streamed for the job under the same miner
+/// id: a complete stream must be the submitted answer (up to the trailing space the pieces
+/// end with), a stream cut short a beginning of it. The client read the stream; the signed
+/// submission is what is credited and audited, so the two must be one answer. A job nobody
+/// streamed, or streamed under another miner id (an earlier assignee), is not constrained.
+fn check_against_stream(state: &AppState, submit: &MinerSubmit) -> Result<()> {
+    let Some(live) = lock(&state.streams).get(&submit.job_id).cloned() else { return Ok(()) };
+    if live.miner_id != submit.miner_id.to_string() {
+        return Ok(());
+    }
+    let submitted = match submit.result.choices() {
+        Some(Ok(choices)) => choices.first().map(|c| c.message.text_content()).unwrap_or_default(),
+        // An image key, or choices that do not decode (refused later with their own error).
+        _ => return Ok(()),
+    };
+    let streamed = live.text.text.trim_end();
+    let agrees = if live.text.complete { submitted.trim_end() == streamed } else { submitted.starts_with(streamed) };
+    if agrees {
+        return Ok(());
+    }
+    Err(SequencerError::StreamMismatch {
+        job_id: submit.job_id.clone(),
+        complete: live.text.complete,
+        streamed: excerpt(streamed),
+        submitted: excerpt(&submitted),
+    })
+}
+
+/// The first 120 characters of `s`, for an error message.
+fn excerpt(s: &str) -> String {
+    let mut out: String = s.chars().take(120).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// Refuses an image result whose PNG is not in the bucket; a silent S3 is a 503 (retry).
@@ -272,9 +330,8 @@ struct Accepted {
     currency: Option<String>,
 }
 
-/// A result as the ledger and the reward rules see it, whichever endpoint brought it: a
-/// signed `miner_submit`, or a complete `miner_submit_stream` from the miner the job is
-/// assigned to (the stream is the answer; no separate submission follows it).
+/// A result as the ledger and the reward rules see it: a signed `miner_submit` (a stream is
+/// never one: it carries no signature).
 pub(crate) struct Answer<'a> {
     pub(crate) miner_id: &'a MinerId,
     pub(crate) job_id: &'a str,
@@ -424,7 +481,21 @@ pub(crate) fn job_record(state: &AppState, job: &JobRow, submit: &Answer<'_>, st
     Ok(record)
 }
 
-async fn miner_submit_stream(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Result<Json<Value>> {
+/// `miner_submit_stream`: the answer of an LLM job while it is generated, from the miner the
+/// job is assigned to. It is kept for the client (`GET /job/{id}` shows it as it grows) and
+/// nothing is credited for it: the stream carries no signature, so anyone who knows the job
+/// id and the assignee's miner id could send one. The job is credited, and audited, when the
+/// assignee's signed `miner_submit` arrives, and only if that agrees with the stream (see
+/// `check_against_stream`). A job that has its result already takes no stream, and a stream
+/// from another address than the `miner_request` the job was handed to is refused: a third
+/// party cannot put words in an honest miner's stream (and so have its signed answer refused)
+/// without sending from the miner's own address.
+async fn miner_submit_stream(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>> {
     let header_str = |name: &'static str| -> Result<String> {
         headers
             .get(name)
@@ -435,13 +506,37 @@ async fn miner_submit_stream(State(state): State<Shared>, headers: HeaderMap, bo
     let job_id = header_str(HEADER_JOB_ID)?;
     let miner: MinerId = header_str(HEADER_MINER_ID)?.parse()?;
     let id = job_id.clone();
-    let job = blocking(&state, move |s| lock(&s.store).job(&id)).await?.ok_or(SequencerError::UnknownJob { job_id: job_id.clone() })?;
-    if job.miner_id.as_deref() != Some(miner.to_string().as_str()) {
-        return Err(SequencerError::NotAssigned { job_id, miner_id: miner.to_string(), assigned_to: job.miner_id });
+    let (job, result) = blocking(&state, move |s| {
+        let store = lock(&s.store);
+        Ok((store.job(&id)?, store.result(&id)?))
+    })
+    .await?;
+    let job = job.ok_or(SequencerError::UnknownJob { job_id: job_id.clone() })?;
+    if result.is_some() {
+        return Err(SequencerError::AlreadySubmitted { job_id });
+    }
+    let miner_id = miner.to_string();
+    if job.miner_id.as_deref() != Some(miner_id.as_str()) {
+        return Err(SequencerError::NotAssigned { job_id, miner_id, assigned_to: job.miner_id });
+    }
+    if job.kind != "LLM" {
+        return Err(SequencerError::Refused { reason: format!("job {job_id:?} is a {} job: only chat answers stream", job.kind) });
+    }
+    let handed_to = lock(&state.handed_to).get(&job_id).copied();
+    if let Some(ip) = handed_to.filter(|ip| *ip != peer.ip()) {
+        return Err(SequencerError::Refused {
+            reason: format!("a stream for job {job_id:?} from {}, but the job was handed to a request from {ip}", peer.ip()),
+        });
     }
     let limit = state.config.max_body_bytes;
     let mut text = Vec::new();
     let mut stream = body.into_data_stream();
+    let show = |text: &[u8]| {
+        let live = LiveStream { miner_id: miner_id.clone(), text: StreamedText::parse(&String::from_utf8_lossy(text)) };
+        let complete = live.text.complete;
+        lock(&state.streams).insert(job_id.clone(), live);
+        complete
+    };
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| SequencerError::BadInput { what: "body", reason: e.to_string() })?;
         if text.len() + chunk.len() > limit {
@@ -449,42 +544,12 @@ async fn miner_submit_stream(State(state): State<Shared>, headers: HeaderMap, bo
         }
         text.extend_from_slice(&chunk);
         // Keep what has arrived visible to the client while the miner generates.
-        lock(&state.streams).insert(job_id.clone(), StreamedText::parse(&String::from_utf8_lossy(&text)));
+        show(&text);
     }
-    let parsed = StreamedText::parse(&String::from_utf8_lossy(&text));
-    let complete = parsed.complete;
-    let answer = parsed.text.clone();
-    lock(&state.streams).insert(job_id.clone(), parsed);
-    if !complete {
-        // Cut short: no result. The job stays assigned and is re-queued at its deadline.
-        return Ok(Json(json!({"job_id": job_id, "complete": false})));
-    }
-    // A complete stream is the job's answer: stored and credited as the same text submitted
-    // as `Text` would be (one assistant choice, stopped).
-    let choices = [Choice {
-        index: 0,
-        message: ChatMessage::text(Role::Assistant, answer),
-        finish_reason: Some(FinishReason::Stop),
-        extra: Default::default(),
-    }];
-    let result = SubmitResult::from_choices(&choices)?;
-    let submission = json!({"miner_id": miner, "job_id": job_id, "result": result, "via": "miner_submit_stream"});
-    let now = now_ms();
-    let (id, m) = (job_id.clone(), miner.clone());
-    let outcome = blocking(&state, move |s| {
-        let extra = serde_json::Map::new();
-        accept(s, &Answer { miner_id: &m, job_id: &id, result: &result, extra: &extra }, &submission, now)
-    })
-    .await;
-    match outcome {
-        Ok(a) => {
-            tracing::info!(job_id, %miner, points = a.points, "accepted a streamed answer");
-            Ok(Json(json!({"job_id": job_id, "complete": true, "status": "accepted", "points": a.points, "currency": a.currency})))
-        }
-        // The same miner also submitted it with `miner_submit`: the first one counts.
-        Err(SequencerError::AlreadySubmitted { .. }) => Ok(Json(json!({"job_id": job_id, "complete": true, "status": "already_submitted"}))),
-        Err(e) => Err(e),
-    }
+    let complete = show(&text);
+    tracing::info!(job_id, miner = miner_id, complete, "answer streamed; credited once the signed miner_submit agrees");
+    // The job stays assigned: the signed submission completes it, or its deadline re-queues it.
+    Ok(Json(json!({"job_id": job_id, "complete": complete, "status": "streamed"})))
 }
 
 async fn miner_signal(State(state): State<Shared>, body: Bytes) -> Result<Json<SignalAnswer>> {

@@ -68,6 +68,18 @@ pub enum SequencerError {
         /// The job.
         job_id: String,
     },
+    /// A chat result that contradicts what was streamed for the job under the same miner id.
+    #[error("job {job_id:?}: the submitted answer {submitted:?} is not the one streamed{} ({streamed:?})", if *complete { "" } else { " (a beginning of it was streamed)" })]
+    StreamMismatch {
+        /// The job.
+        job_id: String,
+        /// Whether the stream had ended with `[DONE]`.
+        complete: bool,
+        /// The streamed text (its beginning).
+        streamed: String,
+        /// The submitted answer's text (its beginning).
+        submitted: String,
+    },
     /// The signature, identity or result does not hold.
     #[error("submission refused: {reason}")]
     Refused {
@@ -121,6 +133,8 @@ impl SequencerError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::DuplicateJob { .. } | Self::AlreadySubmitted { .. } => StatusCode::CONFLICT,
             Self::UnknownJob { .. } => StatusCode::NOT_FOUND,
+            // Not 409: a miner takes that as "the sequencer has this result already".
+            Self::StreamMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotAssigned { .. } | Self::Refused { .. } => StatusCode::FORBIDDEN,
             Self::Store { .. } | Self::Corrupt { .. } | Self::Ledger(_) | Self::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

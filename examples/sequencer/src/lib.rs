@@ -106,7 +106,8 @@ pub async fn start(config: SequencerConfig) -> Result<RunningSequencer> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let router = app::router(state);
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
+        // The peer address: a job's stream must come from where the job was handed out.
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async {
                 let _ = rx.await;
             })

@@ -1,10 +1,13 @@
-//! Stream-only answers: an LLM job answered through `miner_submit_stream` alone is stored
-//! and credited exactly as the same text submitted as `Text` through `miner_submit`; a stream
-//! cut short earns nothing and leaves the job assigned; a later `miner_submit` of a streamed
-//! job is a conflict, and a stream after a submission changes nothing.
+//! Streamed answers are credited only through the signed `miner_submit`: a stream carries no
+//! signature, so one sent under the assignee's miner id by anybody earns nothing; the honest
+//! stream followed by the assignee's signed submission of the same answer is credited exactly
+//! once, and audited like any `Text` result; a signed submission that contradicts the stream
+//! is refused with a 422 and changes nothing; a stream after the result is a conflict, and
+//! one from another address than the job was handed to is refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heurist_points::LedgerStore;
@@ -14,6 +17,7 @@ use heurist_protocol::openai::{ChatMessage, Choice, FinishReason, Role};
 use heurist_protocol::stream::{HEADER_JOB_ID, HEADER_MINER_ID};
 use heurist_protocol::{IdentityWallet, Job, MinerId, MinerRequest, MinerSubmit, Nullable, ProtocolError, RequestAnswer, SubmitJob, SubmitResult};
 use heurist_sequencer::SequencerConfig;
+use heurist_sequencer::audit::{AuditPolicy, AuditVerdict, Auditor};
 use serde_json::{Value, json};
 
 const KEY: &str = "stream-key";
@@ -36,7 +40,17 @@ async fn take(c: &SequencerClient, miner: &MinerId) -> Job {
 
 /// The stream body in word-sized pieces, as a miner sends it, with or without the end marker.
 async fn stream(url: &str, job_id: &str, miner: &MinerId, complete: bool) -> (u16, Value) {
-    let mut pieces: Vec<String> = ANSWER.split(' ').map(|w| format!("{w} ")).collect();
+    stream_text(url, job_id, miner, ANSWER, complete).await
+}
+
+async fn stream_text(url: &str, job_id: &str, miner: &MinerId, text: &str, complete: bool) -> (u16, Value) {
+    stream_from(url, job_id, miner, text, complete, None).await
+}
+
+/// [`stream_text`] sent from `local` (another loopback address: another host, to the
+/// sequencer).
+async fn stream_from(url: &str, job_id: &str, miner: &MinerId, text: &str, complete: bool, local: Option<std::net::IpAddr>) -> (u16, Value) {
+    let mut pieces: Vec<String> = text.split(' ').map(|w| format!("{w} ")).collect();
     if let Some(last) = pieces.last_mut() {
         *last = last.trim_end().to_owned();
     }
@@ -44,7 +58,10 @@ async fn stream(url: &str, job_id: &str, miner: &MinerId, complete: bool) -> (u1
         pieces.push("[DONE]".into());
     }
     let body = futures_util::stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(p.into_bytes())));
-    let r = reqwest::Client::new()
+    let r = reqwest::Client::builder()
+        .local_address(local)
+        .build()
+        .unwrap()
         .post(format!("{url}/miner_submit_stream"))
         .header(HEADER_JOB_ID, job_id)
         .header(HEADER_MINER_ID, miner.to_string())
@@ -58,7 +75,11 @@ async fn stream(url: &str, job_id: &str, miner: &MinerId, complete: bool) -> (u1
 }
 
 fn text_submit(job: &Job, miner: &MinerId, wallet: &IdentityWallet) -> MinerSubmit {
-    let choices = [Choice { index: 0, message: ChatMessage::text(Role::Assistant, ANSWER), finish_reason: Some(FinishReason::Stop), extra: Default::default() }];
+    answer_submit(job, miner, wallet, ANSWER)
+}
+
+fn answer_submit(job: &Job, miner: &MinerId, wallet: &IdentityWallet, answer: &str) -> MinerSubmit {
+    let choices = [Choice { index: 0, message: ChatMessage::text(Role::Assistant, answer), finish_reason: Some(FinishReason::Stop), extra: Default::default() }];
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     MinerSubmit {
         miner_id: miner.clone(),
@@ -78,64 +99,146 @@ async fn status(url: &str, id: &str) -> Value {
     reqwest::Client::new().get(format!("{url}/job/{id}")).bearer_auth(KEY).send().await.unwrap().json().await.unwrap()
 }
 
+/// Fails every job it is shown, and remembers which: proves audits reach a result.
+#[derive(Default)]
+struct FailAll(Mutex<Vec<String>>);
+
+impl Auditor for FailAll {
+    fn audit(&self, job: &Job, _submit: &MinerSubmit) -> AuditVerdict {
+        self.0.lock().unwrap().push(job.job_id.clone());
+        AuditVerdict::Fail { evidence: format!("test auditor: {} re-checked and refused", job.job_id) }
+    }
+}
+
+fn credits(dir: &std::path::Path) -> Vec<(String, i64)> {
+    let mut ledger = SqliteLedger::open(dir.join("ledger.sqlite")).unwrap();
+    let mut out: Vec<_> = ledger
+        .entries(&EntryQuery::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Credit)
+        .map(|e| (e.job_id.clone().unwrap(), e.amount_micro))
+        .collect();
+    out.sort();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamed_answer_is_credited_like_the_same_text_submitted() {
+async fn a_stream_is_credited_only_through_the_signed_submission_that_agrees_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf()).unwrap();
     config.api_keys = vec![KEY.into()];
     let seq = heurist_sequencer::start(config).await.unwrap();
     let url = seq.url();
     let c = SequencerClient::new(ClientConfig { base_url: url.clone(), timeout: Duration::from_secs(10), ..ClientConfig::default() }).unwrap();
-    for id in ["streamed", "submitted", "cut", "both"] {
+    for id in ["forged", "honest", "plain", "mismatch", "cut", "cut-bad"] {
         c.submit_job(KEY, &llm_job(id)).await.unwrap();
     }
     let wallet = IdentityWallet::generate().unwrap();
     let miner = MinerId::new("0x00000000000000000000000000000000000005ea", Some("stream")).unwrap();
     let other = MinerId::new("0x00000000000000000000000000000000000005eb", Some("other")).unwrap();
 
-    let streamed = take(&c, &miner).await;
-    assert_eq!(streamed.job_id, "streamed");
-    // Only the miner the job went to may stream its answer.
-    assert_eq!(stream(&url, "streamed", &other, true).await.0, 403);
-    let (code, ack) = stream(&url, "streamed", &miner, true).await;
-    assert_eq!(code, 200, "{ack}");
-    assert_eq!(ack["status"], "accepted", "{ack}");
+    // A complete stream under the assignee's id, with no signed submission: the client sees
+    // the text, nothing is stored or credited, the job stays assigned (its deadline re-queues
+    // it).
+    let forged = take(&c, &miner).await;
+    assert_eq!(forged.job_id, "forged");
+    assert_eq!(stream(&url, "forged", &other, true).await.0, 403, "only the assignee's id may stream");
+    // Under the assignee's id but from another address than the job was handed to: refused,
+    // and not shown to the client.
+    let elsewhere = Some("127.0.0.2".parse().unwrap());
+    let (code, body) = stream_from(&url, "forged", &miner, "Lies. ", true, elsewhere).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("127.0.0.2"), "{body}");
+    assert!(status(&url, "forged").await["stream"].is_null());
+    let (code, ack) = stream(&url, "forged", &miner, true).await;
+    assert_eq!((code, ack["status"].clone(), ack["complete"].clone()), (200, json!("streamed"), json!(true)), "{ack}");
+    let st = status(&url, "forged").await;
+    assert!(st["result"].is_null(), "a stream alone is no result: {st}");
+    assert_eq!(st["job"]["status"], "assigned", "{st}");
+    assert_eq!(st["stream"]["text"], ANSWER, "{st}");
 
-    let submitted = take(&c, &miner).await;
-    c.submit(&text_submit(&submitted, &miner, &wallet)).await.unwrap();
+    // The honest miner: the stream, then the signed submission of the same answer (the
+    // pieces' trailing space does not matter). Credited once; a replay and a late stream are
+    // conflicts.
+    let honest = take(&c, &miner).await;
+    let (code, ack) = stream_text(&url, &honest.job_id, &miner, &format!("{ANSWER} "), true).await;
+    assert_eq!((code, ack["status"].clone()), (200, json!("streamed")), "{ack}");
+    assert!(status(&url, "honest").await["result"].is_null(), "nothing before the signed submission");
+    c.submit(&text_submit(&honest, &miner, &wallet)).await.unwrap();
+    let replay = c.submit(&text_submit(&honest, &miner, &wallet)).await.unwrap_err();
+    assert!(matches!(replay, ProtocolError::Status { status: 409, .. }), "{replay}");
+    assert_eq!(stream(&url, "honest", &miner, true).await.0, 409, "a stream after the result changes nothing");
+    // The same answer submitted without a stream earns the same.
+    let plain = take(&c, &miner).await;
+    c.submit(&text_submit(&plain, &miner, &wallet)).await.unwrap();
+    let (h, p) = (status(&url, "honest").await, status(&url, "plain").await);
+    assert_eq!(h["result"]["verdict"]["status"], "accepted", "{h}");
+    assert_eq!(h["result"]["miner_id"], miner.to_string());
+    assert_eq!(h["result"]["submission"]["result"], p["result"]["submission"]["result"], "the same Text result");
+    assert!(h["result"]["verdict"]["points"].as_f64().unwrap() > 0.0, "{h}");
+    assert_eq!(h["result"]["verdict"]["points"], p["result"]["verdict"]["points"], "{h} {p}");
 
-    let s = status(&url, "streamed").await;
-    let t = status(&url, "submitted").await;
-    assert_eq!(s["result"]["verdict"]["status"], "accepted", "{s}");
-    assert_eq!(s["result"]["miner_id"], miner.to_string());
-    assert_eq!(s["result"]["submission"]["result"], t["result"]["submission"]["result"], "the same Text result");
-    assert_eq!(s["result"]["verdict"]["points"], t["result"]["verdict"]["points"], "the same points: {s} {t}");
-    assert_eq!(s["result"]["verdict"]["currency"], "llama", "{s}");
-    assert!(s["result"]["verdict"]["points"].as_f64().unwrap() > 0.0, "{s}");
-    assert_eq!(s["stream"]["text"], ANSWER);
+    // A signed answer that is not the one streamed: 422 naming the job, nothing stored.
+    let mismatch = take(&c, &miner).await;
+    assert_eq!(stream(&url, &mismatch.job_id, &miner, true).await.0, 200);
+    let refused = c.submit(&answer_submit(&mismatch, &miner, &wallet, "Lyon is the capital of France.")).await.unwrap_err();
+    match &refused {
+        ProtocolError::Status { status: 422, body, .. } => {
+            assert!(body.contains("mismatch") && body.contains("not the one streamed"), "{body}");
+        }
+        other => panic!("expected a 422, got {other}"),
+    }
+    assert!(status(&url, "mismatch").await["result"].is_null());
 
-    // Cut short: nothing stored, nothing credited, still assigned.
+    // A stream cut short (the miner's stream failed): the signed answer must begin with what
+    // was streamed.
     let cut = take(&c, &miner).await;
-    let (code, ack) = stream(&url, &cut.job_id, &miner, false).await;
+    let (code, ack) = stream_text(&url, &cut.job_id, &miner, "Paris is", false).await;
     assert_eq!((code, ack["complete"].clone()), (200, json!(false)), "{ack}");
-    let st = status(&url, "cut").await;
-    assert!(st["result"].is_null(), "{st}");
-    assert_eq!(st["job"]["status"], "assigned");
-
-    // Streamed, then submitted as well: the stream counted; the submission is a conflict.
-    let both = take(&c, &miner).await;
-    assert_eq!(stream(&url, &both.job_id, &miner, true).await.0, 200);
-    let again = c.submit(&text_submit(&both, &miner, &wallet)).await.unwrap_err();
-    assert!(matches!(again, ProtocolError::Status { status: 409, .. }), "{again}");
-    let (code, ack) = stream(&url, &both.job_id, &miner, true).await;
-    assert_eq!((code, ack["status"].clone()), (200, json!("already_submitted")), "{ack}");
+    c.submit(&text_submit(&cut, &miner, &wallet)).await.unwrap();
+    let cut_bad = take(&c, &miner).await;
+    assert_eq!(stream_text(&url, &cut_bad.job_id, &miner, "Berlin is", false).await.0, 200);
+    let refused = c.submit(&text_submit(&cut_bad, &miner, &wallet)).await.unwrap_err();
+    assert!(matches!(refused, ProtocolError::Status { status: 422, .. }), "{refused}");
     seq.shutdown().await.unwrap();
 
-    let mut ledger = SqliteLedger::open(dir.path().join("ledger.sqlite")).unwrap();
-    let credits: Vec<_> = ledger.entries(&EntryQuery::default()).unwrap().into_iter().filter(|e| e.kind == EntryKind::Credit).collect();
-    let mut jobs: Vec<_> = credits.iter().filter_map(|e| e.job_id.clone()).collect();
-    jobs.sort();
-    assert_eq!(jobs, ["both", "streamed", "submitted"], "one credit each; none for the cut stream");
-    let amount = |id: &str| credits.iter().find(|e| e.job_id.as_deref() == Some(id)).unwrap().amount_micro;
-    assert_eq!(amount("streamed"), amount("submitted"));
+    let got = credits(dir.path());
+    let jobs: Vec<_> = got.iter().map(|(j, _)| j.as_str()).collect();
+    assert_eq!(jobs, ["cut", "honest", "plain"], "one credit each; none for the forged stream or the refused answers");
+    assert_eq!(got[1].1, got[2].1, "streamed and plain answers earn the same");
+}
+
+/// The signed submission of a streamed answer is audited like any `Text` result: a failed
+/// audit slashes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_is_audited_like_a_text_submission() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf()).unwrap();
+    config.api_keys = vec![KEY.into()];
+    let auditor = Arc::new(FailAll::default());
+    config.audit = Some(AuditPolicy { auditor: auditor.clone(), rate: 1.0 });
+    let seq = heurist_sequencer::start(config).await.unwrap();
+    let url = seq.url();
+    let c = SequencerClient::new(ClientConfig { base_url: url.clone(), timeout: Duration::from_secs(10), ..ClientConfig::default() }).unwrap();
+    c.submit_job(KEY, &llm_job("streamed")).await.unwrap();
+    let wallet = IdentityWallet::generate().unwrap();
+    let miner = MinerId::new("0x00000000000000000000000000000000000005ec", Some("stream")).unwrap();
+    let job = take(&c, &miner).await;
+    assert_eq!(stream(&url, "streamed", &miner, true).await.0, 200);
+    c.submit(&text_submit(&job, &miner, &wallet)).await.unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let s = status(&url, "streamed").await;
+        if s["result"]["verdict"]["status"] == "slashed" {
+            assert_eq!(s["result"]["verdict"]["audit"]["status"], "fail", "{s}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "never audited: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(*auditor.0.lock().unwrap(), ["streamed"]);
+    let p: Value = reqwest::get(format!("{url}/api/portal")).await.unwrap().json().await.unwrap();
+    assert_eq!(p["slashes"].as_array().map(Vec::len), Some(1), "{p}");
+    seq.shutdown().await.unwrap();
 }
