@@ -22,11 +22,15 @@ It writes:
               ChatML template (OpenHermes-Mixtral);
     plus llama3-bf16/ and llama3-f16/, the llama3 model cast to bfloat16 and float16;
   - models.json: per model and prompt, the rendered prompt, its token ids (apply_chat_template,
-    tokenize=True), 16 greedy tokens (argmax of the logits, no end-of-sequence stop), and the
-    full logits after the prompt and after each greedy token (eager attention, float32);
+    tokenize=True), 16 greedy tokens (argmax of the logits, no end-of-sequence stop), the
+    full logits after the prompt and after each greedy token (eager attention, float32), and
+    output_hidden_states at every layer index (0 = embeddings ... num_hidden_layers = after the
+    final norm) for the positions those logits come from; plus "mistral-window8": the mistral
+    weights run with sliding_window 8 (config_overrides), so that prompts pass the window;
   - templates.json: five real chat templates rendered by apply_chat_template on ten
     conversations each, with and without the generation prompt (or the error the template
-    raised);
+    raised); tool_templates.json: Hermes 2 Pro's tool_use template over conversations with
+    OpenAI tools, assistant tool_calls and tool results;
   - sampling.json: fixed random logits and token histories run through transformers' logits
     processors in vLLM's order (see SAMPLING_ORDER), with the resulting distributions.
 """
@@ -99,6 +103,74 @@ MISTRAL_INST = (
     "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
     "{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant "
     "roles are supported!') }}{% endif %}{% endfor %}"
+)
+
+# NousResearch/Hermes-2-Pro-Mistral-7B (network model openhermes-2-pro-mistral-7b), the
+# "tool_use" entry of its chat_template list, which transformers (and vLLM through it) picks
+# whenever a request passes `tools`; the same text ships as Hermes-3-Llama-3.1-8B's tool_use
+# template. Copied from public copies of those tokenizer_config.json files (no hub access here).
+HERMES_2_PRO_TOOL_USE = (
+    "{%- macro json_to_python_type(json_spec) %}\n{%- set basic_type_map = {\n    \"string\": \"str\",\n"
+    "    \"number\": \"float\",\n    \"integer\": \"int\",\n    \"boolean\": \"bool\"\n} %}\n\n"
+    "{%- if basic_type_map[json_spec.type] is defined %}\n    {{- basic_type_map[json_spec.type] }}\n"
+    "{%- elif json_spec.type == \"array\" %}\n    {{- \"list[\" +  json_to_python_type(json_spec|items) + \"]\"}}\n"
+    "{%- elif json_spec.type == \"object\" %}\n    {%- if json_spec.additionalProperties is defined %}\n"
+    "        {{- \"dict[str, \" + json_to_python_type(json_spec.additionalProperties) + ']'}}\n"
+    "    {%- else %}\n        {{- \"dict\" }}\n    {%- endif %}\n"
+    "{%- elif json_spec.type is iterable %}\n    {{- \"Union[\" }}\n    {%- for t in json_spec.type %}\n"
+    "      {{- json_to_python_type({\"type\": t}) }}\n      {%- if not loop.last %}\n        {{- \",\" }} \n"
+    "    {%- endif %}\n    {%- endfor %}\n    {{- \"]\" }}\n{%- else %}\n    {{- \"Any\" }}\n{%- endif %}\n"
+    "{%- endmacro %}\n\n\n{{- bos_token }}\n{{- '<|im_start|>system\\n' }}\n"
+    "{{- \"You are a function calling AI model. You are provided with function signatures within "
+    "<tools></tools> XML tags. You may call one or more functions to assist with the user query. "
+    "Don't make assumptions about what values to plug into functions. Here are the available tools: "
+    "<tools> \" }}\n{%- for tool in tools %}\n    {%- if tool.function is defined %}\n"
+    "        {%- set tool = tool.function %}\n    {%- endif %}\n"
+    "    {{- '{\"type\": \"function\", \"function\": ' }}\n    {{- '{\"name\": \"' + tool.name + '\", ' }}\n"
+    "    {{- '\"description\": \"' + tool.name + '(' }}\n"
+    "    {%- for param_name, param_fields in tool.parameters.properties|items %}\n"
+    "        {{- param_name + \": \" + json_to_python_type(param_fields) }}\n        {%- if not loop.last %}\n"
+    "            {{- \", \" }}\n        {%- endif %}\n    {%- endfor %}\n    {{- \")\" }}\n"
+    "    {%- if tool.return is defined %}\n        {{- \" -> \" + json_to_python_type(tool.return) }}\n"
+    "    {%- endif %}\n    {{- \" - \" + tool.description + \"\\n\\n\" }}\n"
+    "    {%- for param_name, param_fields in tool.parameters.properties|items %}\n        {%- if loop.first %}\n"
+    "            {{- \"    Args:\\n\" }}\n        {%- endif %}\n"
+    "        {{- \"        \" + param_name + \"(\" + json_to_python_type(param_fields) + \"): \" + "
+    "param_fields.description|trim }}\n    {%- endfor %}\n"
+    "    {%- if tool.return is defined and tool.return.description is defined %}\n"
+    "        {{- \"\\n    Returns:\\n        \" + tool.return.description }}\n    {%- endif %}\n"
+    "    {{- '\"' }}\n    {{- ', \"parameters\": ' }}\n    {%- if tool.parameters.properties | length == 0 %}\n"
+    "        {{- \"{}\" }}\n    {%- else %}\n        {{- tool.parameters|tojson }}\n    {%- endif %}\n"
+    "    {{- \"}\" }}\n    {%- if not loop.last %}\n        {{- \"\\n\" }}\n    {%- endif %}\n{%- endfor %}\n"
+    "{{- \" </tools>\" }}\n"
+    "{{- 'Use the following pydantic model json schema for each tool call you will make: "
+    "{\"properties\": {\"name\": {\"title\": \"Name\", \"type\": \"string\"}, \"arguments\": "
+    "{\"title\": \"Arguments\", \"type\": \"object\"}}, \"required\": [\"name\", \"arguments\"], "
+    "\"title\": \"FunctionCall\", \"type\": \"object\"}}\\n' }}\n"
+    "{{- \"For each function call return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags as follows:\\n\" }}\n{{- \"<tool_call>\\n\" }}\n"
+    "{{- '{\"name\": <function-name>, \"arguments\": <args-dict>}\\n' }}\n{{- '</tool_call><|im_end|>\\n' }}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if message.role == \"user\" or message.role == \"system\" or (message.role == \"assistant\" "
+    "and message.tool_calls is not defined) %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n"
+    "    {%- for tool_call in message.tool_calls %}\n       {{- '\\n<tool_call>\\n' }}"
+    "           {%- if tool_call.function is defined %}\n                {%- set tool_call = tool_call.function %}\n"
+    "            {%- endif %}\n            {{- '{' }}\n            {{- '\"name\": \"' }}\n"
+    "            {{- tool_call.name }}\n            {{- '\"' }}\n            {{- ', '}}\n"
+    "            {%- if tool_call.arguments is defined %}\n                {{- '\"arguments\": ' }}\n"
+    "                {%- if tool_call.arguments is string %}\n                    {{- tool_call.arguments }}\n"
+    "                {%- else %}\n                    {{- tool_call.arguments|tojson }}\n"
+    "                {%- endif %}\n            {%- endif %}\n             {{- '}' }}\n"
+    "            {{- '\\n</tool_call>' }}\n    {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n"
+    "    {%- elif message.role == \"tool\" %}\n        {%- if loop.previtem and loop.previtem.role != \"tool\" %}\n"
+    "            {{- '<|im_start|>tool\\n' }}\n        {%- endif %}\n        {{- '<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n        {%- if not loop.last %}\n            {{- '\\n</tool_response>\\n' }}\n"
+    "        {%- else %}\n            {{- '\\n</tool_response>' }}\n        {%- endif %}\n"
+    "        {%- if not loop.last and loop.nextitem.role != \"tool\" %}\n            {{- '<|im_end|>' }}\n"
+    "        {%- elif loop.last %}\n            {{- '<|im_end|>' }}\n        {%- endif %}\n    {%- endif %}\n"
+    "{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
 )
 
 TEMPLATES = [
@@ -306,6 +378,19 @@ def build_models():
 
 
 @torch.no_grad()
+def hidden_states(model, ids, greedy):
+    """output_hidden_states of one pass over the prompt and the greedy tokens but the last:
+    per greedy step (the position whose logits chose it), every layer index's state."""
+    seq = list(ids) + greedy[:-1]
+    out = model(torch.tensor([seq]), output_hidden_states=True)
+    first = len(ids) - 1
+    return [
+        [[round(float(v), 6) for v in layer[0, first + step]] for layer in out.hidden_states]
+        for step in range(len(greedy))
+    ]
+
+
+@torch.no_grad()
 def run(model, ids):
     """Logits after the prompt and after each of GREEDY_TOKENS argmax tokens (no cache)."""
     seq = list(ids)
@@ -342,26 +427,49 @@ def save_model(name, model, tok, template, shard):
     return path
 
 
+def cases_for(model, tok):
+    cases = []
+    for messages in PROMPTS:
+        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        greedy, steps, margin = run(model, ids)
+        cases.append(
+            {
+                "messages": messages,
+                "rendered_prompt": rendered,
+                "prompt_token_ids": ids,
+                "greedy_token_ids": greedy,
+                "greedy_min_top2_margin": margin,
+                "logits": [[round(float(v), 7) for v in s] for s in steps],
+                "hidden_states": hidden_states(model, ids, greedy),
+            }
+        )
+    return cases
+
+
+# Mistral's window, small enough that every prompt passes it (transformers reads
+# config.sliding_window at each forward, so the saved weights run unchanged).
+SMALL_WINDOW = 8
+
+
 def model_fixtures():
     out = {}
     for name, model, tok, template, shard in build_models():
         model.eval()
         save_model(name, model, tok, template, shard)
-        cases = []
-        for messages in PROMPTS:
-            rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-            greedy, steps, margin = run(model, ids)
-            cases.append(
-                {
-                    "messages": messages,
-                    "rendered_prompt": rendered,
-                    "prompt_token_ids": ids,
-                    "greedy_token_ids": greedy,
-                    "greedy_min_top2_margin": margin,
-                    "logits": [[round(float(v), 7) for v in s] for s in steps],
-                }
-            )
+        cases = cases_for(model, tok)
+        if name == "mistral":
+            window = model.config.sliding_window
+            model.config.sliding_window = SMALL_WINDOW
+            windowed = cases_for(model, tok)
+            assert all(len(c["prompt_token_ids"]) > SMALL_WINDOW for c in windowed)
+            assert windowed[0]["logits"][-1] != cases[0]["logits"][-1], "the window changed nothing"
+            out["mistral-window8"] = {
+                "dtype": "float32",
+                "config_overrides": {"sliding_window": SMALL_WINDOW},
+                "cases": windowed,
+            }
+            model.config.sliding_window = window
         encodings = []
         for text in ["Hello world!", "The capital of France is Paris.", " spaced  out\nnew line", "café ∑ 🚀"]:
             ids = tok.encode(text, add_special_tokens=False)
@@ -405,6 +513,128 @@ def template_fixtures():
                     )
         out.append({"name": name, "template": source, "bos_token": bos, "eos_token": eos, "renders": renders})
     return out
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_current_weather",
+            "description": "Get the current weather in a given location",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "location": {"type": "string", "description": "The city and country, e.g. Paris, France"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "description": "The unit to use"},
+                },
+                "required": ["location"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "search_flights",
+            "description": "Search flights between two airports",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "origin": {"type": "string", "description": "IATA code of the origin"},
+                    "stops": {"type": "integer", "description": "  Most stops allowed  "},
+                    "days": {"type": "array", "items": {"type": "string"}, "description": "Dates, ISO 8601"},
+                    "flexible": {"type": "boolean", "description": "Whether nearby dates will do"},
+                    "budget": {"type": ["number", "integer"], "description": "Most to pay, in €"},
+                    "filters": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "Limits"},
+                },
+                "required": ["origin"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {"name": "get_time", "description": "The current time in UTC", "parameters": {"type": "object", "properties": {}}},
+    },
+]
+
+WEATHER_CALL = {
+    "id": "call_0",
+    "type": "function",
+    "function": {"name": "get_current_weather", "arguments": '{"location": "Paris, France", "unit": "celsius"}'},
+}
+
+TOOL_CONVERSATIONS = [
+    [{"role": "user", "content": "What is the weather in Paris?"}],
+    [
+        {"role": "system", "content": "You are a travel assistant."},
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [WEATHER_CALL]},
+        {"role": "tool", "tool_call_id": "call_0", "name": "get_current_weather", "content": '{"temperature": 18, "unit": "celsius"}'},
+        {"role": "assistant", "content": "It is 18 °C in Paris."},
+        {"role": "user", "content": "And flights from CDG to Zürich?"},
+    ],
+    [
+        {"role": "user", "content": "Weather in Paris, and the time?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                WEATHER_CALL,
+                {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "name": "get_current_weather", "content": "18 C, sunny"},
+        {"role": "tool", "tool_call_id": "call_1", "name": "get_time", "content": "12:00"},
+    ],
+    [
+        {"role": "user", "content": "Find flights from CDG."},
+        {
+            "role": "assistant",
+            "content": None,
+            # Arguments as an object rather than OpenAI's JSON string: some clients send them so.
+            "tool_calls": [
+                {
+                    "id": "call_0",
+                    "type": "function",
+                    "function": {"name": "search_flights", "arguments": {"origin": "CDG", "days": ["2024-08-01"], "stops": 1}},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_0", "name": "search_flights", "content": "[]"},
+        {"role": "user", "content": "Nothing? Try again tomorrow."},
+    ],
+]
+
+
+def tool_template_fixtures():
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), bos_token="<s>", eos_token="<|im_end|>")
+    renders = []
+    for conv in TOOL_CONVERSATIONS:
+        for gen in (True, False):
+            text = tok.apply_chat_template(
+                conv, tools=TOOLS, chat_template=HERMES_2_PRO_TOOL_USE, tokenize=False, add_generation_prompt=gen
+            )
+            # As JSON text: the keys' order reaches the template, and a reader that sorts
+            # keys would change what transformers saw.
+            renders.append({"messages_json": json.dumps(conv, ensure_ascii=False), "add_generation_prompt": gen, "rendered": text})
+    # The same conversations through the default (ChatML) template with the tool_use one beside
+    # it, as transformers picks between them: tool_use with tools, default without.
+    named = [{"name": "default", "template": HERMES_2_PRO_MISTRAL}, {"name": "tool_use", "template": HERMES_2_PRO_TOOL_USE}]
+    tok.chat_template = {t["name"]: t["template"] for t in named}
+    picked = []
+    for conv in (TOOL_CONVERSATIONS[0], CONVERSATIONS[1]):
+        for tools in (None, TOOLS):
+            text = tok.apply_chat_template(conv, tools=tools, tokenize=False, add_generation_prompt=True)
+            picked.append({"messages_json": json.dumps(conv, ensure_ascii=False), "with_tools": tools is not None, "rendered": text})
+    return {
+        "name": "hermes-2-pro-tool-use",
+        "template": HERMES_2_PRO_TOOL_USE,
+        "named_templates": named,
+        "bos_token": "<s>",
+        "eos_token": "<|im_end|>",
+        "tools_json": json.dumps(TOOLS, ensure_ascii=False),
+        "renders": renders,
+        "picked": picked,
+    }
 
 
 # vLLM's order (vllm/model_executor/layers/sampler.py, Sampler.forward, v0.5-v0.6): penalties
@@ -497,6 +727,8 @@ def main():
         json.dump(model_fixtures(), f, ensure_ascii=False, separators=(",", ":"))
     with open(os.path.join(OUT, "templates.json"), "w") as f:
         json.dump(template_fixtures(), f, ensure_ascii=False, indent=1)
+    with open(os.path.join(OUT, "tool_templates.json"), "w") as f:
+        json.dump(tool_template_fixtures(), f, ensure_ascii=False, indent=1)
     with open(os.path.join(OUT, "sampling.json"), "w") as f:
         json.dump(sampling_fixtures(), f, ensure_ascii=False, indent=1)
     print("transformers", transformers.__version__, "torch", torch.__version__)

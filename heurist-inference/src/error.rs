@@ -227,6 +227,34 @@ pub enum InferenceError {
         source: candle_core::Error,
     },
 
+    /// An observer asked for hidden states from a model body that hides its layers.
+    #[error(
+        "hidden states were asked for, but {body} does not report them; load a Q4_1 / Q8_0 GGUF \
+         on the CPU or a safetensors checkpoint, or ask for none"
+    )]
+    HiddenStatesUnsupported {
+        /// The body that was asked.
+        body: &'static str,
+    },
+
+    /// An observer asked for hidden states at a layer the model does not have.
+    #[error("hidden states asked for at layer {layer}, but the model has {layers} layers (expected 0 to {layers})")]
+    InvalidHiddenLayer {
+        /// The layer asked for.
+        layer: usize,
+        /// The model's decoder layers (index `layers` is the final-norm output).
+        layers: usize,
+    },
+
+    /// A message of a request is well-formed JSON but not a valid message.
+    #[error("message {index}: {problem}")]
+    InvalidMessage {
+        /// The message's place in the list.
+        index: usize,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+
     /// A chat server asked to run batches of no requests.
     #[error("a chat server's batch size must be at least 1, got {max_batch}")]
     InvalidBatchSize {

@@ -14,14 +14,19 @@
 //!   completion; with OpenAI `tools` in the request, Hermes `<tool_call>` blocks in the answer
 //!   become [`ToolCall`]s (finish reason `tool_calls`);
 //! - the output carries token ids, counts, the finish reason and timings; an observer sees
-//!   every token's logits and log-probability; [`ChatEngine::score`] scores a given completion
-//!   (teacher forcing) for verifiers.
+//!   every token's logits and log-probability, and on request ([`WithHiddenStates`],
+//!   [`TokenObserver::hidden_layers`]) the hidden states at chosen layers, numbered as
+//!   transformers' `output_hidden_states`; [`ChatEngine::score`] scores a given completion
+//!   (teacher forcing) for verifiers, with the same events;
+//! - assistant messages may carry OpenAI `tool_calls` and tool messages their `tool_call_id`
+//!   and `name`; a model's `tool_use` chat template renders when a request has tools;
+//! - [`ChatServer`] serves many requests with continuous batching, each with its own observer
+//!   if it brings one.
 //!
 //! Not here: the network's wire types and job handling (`heurist-protocol`, the miner in
 //! `examples/miner`), judging results (`heurist-verify`, which watches generation through
 //! [`TokenObserver`]), rewards (`heurist-points`). This crate uses none of its siblings;
-//! `heurist-verify` (behind a feature) and the example binaries use it. Still to come (issue 4):
-//! streaming, batched concurrent decoding. The image engine,
+//! `heurist-verify` (behind a feature) and the example binaries use it. The image engine,
 //! [`image::ImageEngine`], runs Stable Diffusion 1.5 and SDXL from the network's single-file
 //! checkpoints (with kohya LoRAs and VAE overrides) on torch-exact seeded noise and diffusers'
 //! schedulers; see [`image`].
@@ -30,7 +35,28 @@
 //! SIMD kernels picked at run time (AVX2, AVX-VNNI or AVX-512 VNNI; a scalar fallback
 //! elsewhere), so no `-C target-cpu=native` is needed; other files and CUDA use
 //! candle-transformers' quantized llama. `HEURIST_LLM_CPU_BODY=candle` forces candle's body on
-//! the CPU too.
+//! the CPU too. Safetensors checkpoints run on this crate's candle decoder (Llama, Mistral with
+//! its sliding window, Mixtral), on the CPU or CUDA.
+//!
+//! Hidden states for a verifier, from one teacher-forced pass:
+//!
+//! ```no_run
+//! use heurist_inference::{ChatEngine, ChatMessage, DeviceSpec, TokenEvent, WithHiddenStates, smollm2_path};
+//!
+//! # fn main() -> heurist_inference::Result<()> {
+//! let engine = ChatEngine::load_gguf(smollm2_path()?, DeviceSpec::Cpu)?;
+//! let messages = vec![ChatMessage::user("Hi!")];
+//! let answer = engine.tokenizer().encode("Hello! How can I help?")?;
+//! // 0 = the embeddings, 15 = the output of layer 14, 30 = after SmolLM2's final norm.
+//! let mut states = Vec::new();
+//! let mut observer = WithHiddenStates::new([0, 15, 30], |e: &TokenEvent<'_>| {
+//!     states.push(e.hidden_states.iter().map(|(layer, h)| (layer, h.to_vec())).collect::<Vec<_>>());
+//! });
+//! let scored = engine.score(&messages, &answer, &mut observer)?;
+//! assert_eq!(states.len(), scored.log_probs.len());
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ```no_run
 //! use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, smollm2_path};
@@ -60,7 +86,7 @@ pub use device::{DeviceSpec, ParseDeviceError, cuda_device_count};
 pub use error::{InferenceError, Result};
 pub use llm::batch::{ChatEvent, ChatHandle, ChatServer};
 pub use llm::engine::{ChatEngine, ScoreOutput};
-pub use llm::observer::{NoObserver, TokenEvent, TokenObserver};
+pub use llm::observer::{HiddenStates, NoObserver, TokenEvent, TokenObserver, WithHiddenStates};
 pub use llm::sampler::SamplingParams;
 pub use llm::request::{
     ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, FinishReason, MAX_TOKENS_LIMIT,

@@ -7,6 +7,10 @@
 //! decode step for every request in flight together. A request leaves the batch when it
 //! finishes, fails, or its handle is dropped (cancellation).
 //!
+//! A request may bring its own [`TokenObserver`] ([`ChatServer::submit_with_observer`]), which
+//! the worker calls with exactly the events (log-probabilities, logits, hidden states) that
+//! [`ChatEngine::chat_with_observer`] gives for the request alone.
+//!
 //! Every request keeps its own sampler, seed, stop strings and `max_tokens`: the worker drives
 //! the same [`Generation`] that [`ChatEngine::chat`] drives, and on the CPU body the batched
 //! step gives each sequence bitwise the logits of its own single step
@@ -27,7 +31,7 @@ use crate::llm::cpu_llama::CpuLlama;
 use crate::llm::engine::ChatEngine;
 use crate::llm::generation::{Generation, Next};
 use crate::llm::model::CausalLm;
-use crate::llm::observer::NoObserver;
+use crate::llm::observer::{NoObserver, TokenObserver};
 use crate::llm::request::{ChatOutput, ChatRequest};
 use crate::llm::stream::WordPieces;
 
@@ -96,19 +100,38 @@ impl ChatServer {
 
     /// Queues `request`; its handle receives only the answer.
     pub fn submit(&self, request: ChatRequest) -> ChatHandle {
-        self.enqueue(request, false)
+        self.enqueue(request, false, Box::new(NoObserver))
     }
 
     /// Queues `request`; its handle receives the text in word-sized pieces as it is generated
     /// ([`ChatEvent::Text`]), then the answer.
     pub fn submit_stream(&self, request: ChatRequest) -> ChatHandle {
-        self.enqueue(request, true)
+        self.enqueue(request, true, Box::new(NoObserver))
     }
 
-    fn enqueue(&self, request: ChatRequest, stream: bool) -> ChatHandle {
+    /// [`ChatServer::submit`] with `observer` called on the server's worker thread once per
+    /// generated token, with the events [`ChatEngine::chat_with_observer`] would give for this
+    /// request alone (bitwise the same log-probabilities and logits on the CPU body, whatever
+    /// shares the batch). Its [`TokenObserver::hidden_layers`] are honoured; a body that cannot
+    /// give them fails the request. The observer is dropped when the request ends: send what it
+    /// gathers through a channel or keep it behind an `Arc`.
+    pub fn submit_with_observer(&self, request: ChatRequest, observer: impl TokenObserver + Send + 'static) -> ChatHandle {
+        self.enqueue(request, false, Box::new(observer))
+    }
+
+    /// [`ChatServer::submit_stream`] with an observer, as [`ChatServer::submit_with_observer`].
+    pub fn submit_stream_with_observer(
+        &self,
+        request: ChatRequest,
+        observer: impl TokenObserver + Send + 'static,
+    ) -> ChatHandle {
+        self.enqueue(request, true, Box::new(observer))
+    }
+
+    fn enqueue(&self, request: ChatRequest, stream: bool, observer: Box<dyn TokenObserver + Send>) -> ChatHandle {
         let (events, receiver) = mpsc::channel();
         let cancelled = Arc::new(AtomicBool::new(false));
-        let submission = Submission { request, stream, events, cancelled: Arc::clone(&cancelled) };
+        let submission = Submission { request, stream, observer, events, cancelled: Arc::clone(&cancelled) };
         if let Some(submissions) = &self.submissions
             && let Err(mpsc::SendError(submission)) = submissions.send(submission)
         {
@@ -187,17 +210,20 @@ impl Drop for ChatHandle {
 struct Submission {
     request: ChatRequest,
     stream: bool,
+    observer: Box<dyn TokenObserver + Send>,
     events: Sender<ChatEvent>,
     cancelled: Arc<AtomicBool>,
 }
 
-/// A request in the batch: its generation state, its model clone (own KV cache) and the token
-/// to feed next.
+/// A request in the batch: its generation state, its model clone (own KV cache), the token
+/// to feed next, and its observer with the hidden states of the position run last.
 struct Active {
     generation: Generation,
     model: CausalLm,
     token_id: u32,
     position: usize,
+    observer: Box<dyn TokenObserver + Send>,
+    hidden: Vec<f32>,
     pieces: Option<WordPieces>,
     events: Sender<ChatEvent>,
     cancelled: Arc<AtomicBool>,
@@ -252,21 +278,22 @@ impl Worker {
 
     /// Prefills a new request and chooses its first token.
     fn admit(&mut self, submission: Submission) {
-        let Submission { request, stream, events, cancelled } = submission;
-        let prefilled = Generation::new(&self.engine, &request).and_then(|generation| {
+        let Submission { request, stream, observer, events, cancelled } = submission;
+        let mut hidden = Vec::new();
+        let prefilled = Generation::new(&self.engine, &request, observer.hidden_layers()).and_then(|generation| {
             let (body, device) = self.engine.body();
             let mut model = body.clone();
             let prompt = generation.prompt_ids();
-            let logits = model.forward_last(prompt, 0, device).map_err(|source| InferenceError::Forward {
-                step: format!("prefill of {} tokens", prompt.len()),
-                source,
-            })?;
+            let logits = model
+                .forward_last_tapped(prompt, 0, device, generation.hidden_layers(), &mut hidden)
+                .map_err(|source| InferenceError::Forward { step: format!("prefill of {} tokens", prompt.len()), source })?;
             Ok((generation, model, logits))
         });
         match prefilled {
             Ok((generation, model, logits)) => {
                 let pieces = stream.then(|| WordPieces::new(&request.stop));
-                let active = Active { generation, model, token_id: 0, position: 0, pieces, events, cancelled };
+                let active =
+                    Active { generation, model, token_id: 0, position: 0, observer, hidden, pieces, events, cancelled };
                 if let Some(active) = self.advance(active, &logits) {
                     self.batch.push(active);
                 }
@@ -297,28 +324,41 @@ impl Worker {
 
     /// Runs the batch's pending tokens: one batched step when every sequence is on the CPU
     /// body, else (or when the batched step fails) one sequence after another, so that an
-    /// error belongs to the sequence that caused it.
+    /// error belongs to the sequence that caused it. Each sequence's hidden states (if its
+    /// observer wants some) land in its `hidden`.
     fn forward(&self, mut batch: Vec<Active>) -> Vec<(Active, Result<Vec<f32>>)> {
         let device = self.engine.body().1;
         let tokens: Vec<u32> = batch.iter().map(|a| a.token_id).collect();
         let positions: Vec<usize> = batch.iter().map(|a| a.position).collect();
+        let tapped = batch.iter().any(|a| !a.generation.hidden_layers().is_empty());
+        let layers: Vec<Vec<usize>> =
+            if tapped { batch.iter().map(|a| a.generation.hidden_layers().to_vec()).collect() } else { Vec::new() };
+        let layer_refs: Vec<&[usize]> = layers.iter().map(Vec::as_slice).collect();
+        let mut hidden: Vec<Vec<f32>> =
+            if tapped { batch.iter_mut().map(|a| std::mem::take(&mut a.hidden)).collect() } else { Vec::new() };
         let mut cpu: Vec<&mut CpuLlama> =
             batch.iter_mut().filter_map(|a| if let CausalLm::CpuLlama(m) = &mut a.model { Some(m) } else { None }).collect();
         if batch_len_matches(cpu.len(), tokens.len()) {
-            match CpuLlama::decode_batch(&mut cpu, &tokens, &positions) {
-                Ok(logits) => return batch.into_iter().zip(logits.into_iter().map(Ok)).collect(),
+            match CpuLlama::decode_batch_tapped(&mut cpu, &tokens, &positions, &layer_refs, &mut hidden) {
+                Ok(logits) => {
+                    for (a, h) in batch.iter_mut().zip(hidden) {
+                        a.hidden = h;
+                    }
+                    return batch.into_iter().zip(logits.into_iter().map(Ok)).collect();
+                }
                 Err(err) => tracing::warn!(%err, "batched decode step failed; running its sequences one by one"),
             }
         }
         batch
             .into_iter()
             .map(|mut a| {
-                let logits = a.model.forward_last(&[a.token_id], a.position, device).map_err(|source| {
-                    InferenceError::Forward {
-                        step: format!("decode step {}", a.position - a.generation.prompt_ids().len()),
+                let Active { model, generation, hidden, token_id, position, .. } = &mut a;
+                let logits = model
+                    .forward_last_tapped(&[*token_id], *position, device, generation.hidden_layers(), hidden)
+                    .map_err(|source| InferenceError::Forward {
+                        step: format!("decode step {}", *position - generation.prompt_ids().len()),
                         source,
-                    }
-                });
+                    });
                 (a, logits)
             })
             .collect()
@@ -327,7 +367,8 @@ impl Worker {
     /// Chooses the request's next token from `logits`, streams its new text, and returns it
     /// if it stays in the batch (else it has been answered, has failed or was cancelled).
     fn advance(&self, mut active: Active, logits: &[f32]) -> Option<Active> {
-        let next = match active.generation.advance(self.engine.tokenizer(), logits, &mut NoObserver) {
+        let Active { generation, hidden, observer, .. } = &mut active;
+        let next = match generation.advance(self.engine.tokenizer(), logits, hidden, observer.as_mut()) {
             Ok(next) => next,
             Err(error) => {
                 let _ = active.events.send(ChatEvent::Done(Err(error)));

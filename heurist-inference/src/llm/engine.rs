@@ -20,10 +20,10 @@ use std::time::Instant;
 use crate::device::DeviceSpec;
 use crate::error::{InferenceError, Result};
 use crate::llm::hf_config::HfConfig;
-use crate::llm::hf_tokenizer;
+use crate::llm::hf_tokenizer::{self, TemplateSources};
 use crate::llm::model::CausalLm;
 use crate::llm::generation::{Generation, Next};
-use crate::llm::observer::{NoObserver, TokenEvent, TokenObserver};
+use crate::llm::observer::{HiddenStates, NoObserver, TokenEvent, TokenObserver};
 use crate::llm::request::{ChatMessage, ChatOutput, ChatRequest, Usage};
 use crate::llm::sampler::log_prob;
 use crate::llm::stream::WordPieces;
@@ -56,8 +56,12 @@ impl ChatEngine {
             .opt_str("tokenizer.chat_template")?
             .ok_or_else(|| InferenceError::MissingChatTemplate { path: path.to_path_buf() })?
             .to_owned();
-        let template =
+        let mut template =
             ChatTemplate::new(template_source, tokenizer.bos_text(), tokenizer.eos_text())?;
+        // llama.cpp's converter writes a named template list as `tokenizer.chat_template.NAME`.
+        if let Some(tool_use) = gguf.opt_str("tokenizer.chat_template.tool_use")? {
+            template = template.with_tool_use(tool_use.to_owned())?;
+        }
         let loaded = CausalLm::load_gguf(gguf, &device)?;
         tracing::info!(
             path = %path.display(),
@@ -83,20 +87,17 @@ impl ChatEngine {
     /// `tokenizer_config.json`.
     ///
     /// Every tensor the config implies is checked (name, shape, dtype) before any is loaded.
-    /// Mistral's and Mixtral's context is capped at their sliding window (see
-    /// [`ChatEngine::context_length`]).
+    /// The model runs on this crate's candle decoder, which applies Mistral's and Mixtral's
+    /// sliding window in every step as transformers does, so the context is the trained
+    /// length (`max_position_embeddings`).
     pub fn load_safetensors(dir: impl AsRef<Path>, device: DeviceSpec) -> Result<Self> {
         let dir = dir.as_ref();
         let device = device.open()?;
         let started = Instant::now();
         let config = HfConfig::load(&dir.join("config.json"))?;
-        let (tokenizer, template_source) =
-            hf_tokenizer::load(dir, &config.eos_token_ids(), config.vocab_size())?;
-        let template_source = template_source.ok_or_else(|| InferenceError::MissingChatTemplate {
-            path: dir.join("tokenizer_config.json"),
-        })?;
-        let template =
-            ChatTemplate::new(template_source, tokenizer.bos_text(), tokenizer.eos_text())?;
+        let (tokenizer, sources) = hf_tokenizer::load(dir, &config.eos_token_ids(), config.vocab_size())?;
+        let template = template_from(sources, &tokenizer)?
+            .ok_or_else(|| InferenceError::MissingChatTemplate { path: dir.join("tokenizer_config.json") })?;
         let weights = SafetensorsWeights::open(dir)?;
         let loaded = CausalLm::load_safetensors(&config, weights, &device)?;
         tracing::info!(
@@ -124,9 +125,9 @@ impl ChatEngine {
     pub fn with_tokenizer_dir(mut self, dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let eos = [self.tokenizer.eos_token_id()];
-        let (tokenizer, template_source) = hf_tokenizer::load(dir, &eos, self.tokenizer.vocab_size())?;
-        if let Some(source) = template_source {
-            self.template = ChatTemplate::new(source, tokenizer.bos_text(), tokenizer.eos_text())?;
+        let (tokenizer, sources) = hf_tokenizer::load(dir, &eos, self.tokenizer.vocab_size())?;
+        if let Some(template) = template_from(sources, &tokenizer)? {
+            self.template = template;
         }
         self.tokenizer = tokenizer;
         Ok(self)
@@ -204,12 +205,12 @@ impl ChatEngine {
         observer: &mut dyn TokenObserver,
         mut on_text: Option<&mut dyn FnMut(&str)>,
     ) -> Result<ChatOutput> {
-        let mut generation = Generation::new(self, request)?;
+        let mut generation = Generation::new(self, request, observer.hidden_layers())?;
         let mut pieces = WordPieces::new(&request.stop);
-        let mut session = Session::new(self);
+        let mut session = Session::new(self, generation.hidden_layers());
         let mut logits = session.prefill(generation.prompt_ids())?;
         let finish_reason = loop {
-            let next = generation.advance(&self.tokenizer, &logits, observer)?;
+            let next = generation.advance(&self.tokenizer, &logits, &session.hidden, observer)?;
             if let Some(on_text) = on_text.as_mut() {
                 pieces.ready(generation.text()).iter().for_each(|p| on_text(p));
             }
@@ -229,16 +230,19 @@ impl ChatEngine {
 
     /// Teacher-forced scoring: the log-probability of each token of `completion` as the
     /// assistant's reply to `messages`, calling `observer` once per completion token with the
-    /// logits it was scored under.
+    /// logits it was scored under (and the hidden states at the observer's
+    /// [`TokenObserver::hidden_layers`], as generation would give them).
     ///
     /// This is how a verifier checks a claimed completion, and how the tests compare logits with
     /// llama.cpp at every step without one near-tie derailing the rest. On the CPU body the
     /// prompt and the completion (but its last token) run in ONE forward pass, and the
     /// vocabulary projection runs for the completion's positions only: the logits are bitwise
     /// those generation saw (same kernels, same sums), at prefill speed rather than decode
-    /// speed. candle's bodies (CUDA, safetensors checkpoints, other block types) return the
+    /// speed. The other bodies (candle's quantized llama, the safetensors decoder) return the
     /// last position's logits only, so there the prompt runs in one pass and the completion
-    /// tokens are fed one at a time, the way generation feeds them.
+    /// tokens are fed one at a time, the way generation feeds them. Hidden states asked for
+    /// in the one-pass case are all held until the pass ends (completion length × layers ×
+    /// hidden size values).
     pub fn score(
         &self,
         messages: &[ChatMessage],
@@ -251,19 +255,22 @@ impl ChatEngine {
         for &token_id in completion {
             self.tokenizer.token_bytes(token_id)?;
         }
+        let layers = observer.hidden_layers().to_vec();
+        self.model.check_hidden_layers(&layers)?;
         let prompt_ids = self.prompt_ids(messages, completion.len().saturating_sub(1))?;
         let usage = Usage { prompt_tokens: prompt_ids.len(), completion_tokens: completion.len() };
         let mut log_probs = Vec::with_capacity(completion.len());
-        let mut session = Session::new(self);
+        let mut session = Session::new(self, &layers);
         if let Some((_, fed)) = completion.split_last() {
             let tokens: Vec<u32> = prompt_ids.iter().chain(fed).copied().collect();
-            let mut each = |index: usize, logits: &[f32]| {
+            let mut each = |index: usize, logits: &[f32], hidden: &[f32]| {
                 let token_id = completion[index];
                 let lp = log_prob(logits, token_id);
-                observer.on_token(&TokenEvent { index, token_id, log_prob: lp, logits });
+                let hidden_states = HiddenStates::new(&layers, hidden);
+                observer.on_token(&TokenEvent { index, token_id, log_prob: lp, logits, hidden_states });
                 log_probs.push(lp);
             };
-            if let Some(done) = session.model.forward_positions(&tokens, 0, completion.len(), &mut each) {
+            if let Some(done) = session.model.forward_positions(&tokens, 0, completion.len(), &layers, &mut each) {
                 done.map_err(|source| InferenceError::Forward {
                     step: format!("scoring pass of {} tokens", tokens.len()),
                     source,
@@ -274,7 +281,8 @@ impl ChatEngine {
         let mut logits = session.prefill(&prompt_ids)?;
         for (index, &token_id) in completion.iter().enumerate() {
             let lp = log_prob(&logits, token_id);
-            observer.on_token(&TokenEvent { index, token_id, log_prob: lp, logits: &logits });
+            let hidden_states = HiddenStates::new(&layers, &session.hidden);
+            observer.on_token(&TokenEvent { index, token_id, log_prob: lp, logits: &logits, hidden_states });
             log_probs.push(lp);
             if index + 1 < completion.len() {
                 logits = session.step(token_id, index)?;
@@ -308,6 +316,17 @@ impl ChatEngine {
     }
 }
 
+/// The chat template of a model directory, with its `tool_use` variant when it names one;
+/// `None` without a default template.
+fn template_from(sources: TemplateSources, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
+    let Some(default) = sources.default else { return Ok(None) };
+    let template = ChatTemplate::new(default, tokenizer.bos_text(), tokenizer.eos_text())?;
+    Ok(Some(match sources.tool_use {
+        Some(tool_use) => template.with_tool_use(tool_use)?,
+        None => template,
+    }))
+}
+
 /// The result of [`ChatEngine::score`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreOutput {
@@ -317,32 +336,34 @@ pub struct ScoreOutput {
     pub usage: Usage,
 }
 
-/// One request's model state: its own KV cache and position.
+/// One request's model state: its own KV cache and position, and the hidden states of the
+/// last position run at the layers asked for.
 struct Session<'e> {
     engine: &'e ChatEngine,
     model: CausalLm,
     prompt_len: usize,
+    layers: Vec<usize>,
+    hidden: Vec<f32>,
 }
 
 impl<'e> Session<'e> {
-    fn new(engine: &'e ChatEngine) -> Self {
+    fn new(engine: &'e ChatEngine, layers: &[usize]) -> Self {
         // A clone shares the weights and starts with an empty cache.
-        Self { engine, model: engine.model.clone(), prompt_len: 0 }
+        Self { engine, model: engine.model.clone(), prompt_len: 0, layers: layers.to_vec(), hidden: Vec::new() }
     }
 
     /// Runs the prompt; returns the logits for the first completion token.
     fn prefill(&mut self, prompt_ids: &[u32]) -> Result<Vec<f32>> {
         self.prompt_len = prompt_ids.len();
-        self.model.forward_last(prompt_ids, 0, &self.engine.device).map_err(|source| {
-            InferenceError::Forward { step: format!("prefill of {} tokens", prompt_ids.len()), source }
-        })
+        self.model
+            .forward_last_tapped(prompt_ids, 0, &self.engine.device, &self.layers, &mut self.hidden)
+            .map_err(|source| InferenceError::Forward { step: format!("prefill of {} tokens", prompt_ids.len()), source })
     }
 
     /// Feeds completion token `index`; returns the logits for the next one.
     fn step(&mut self, token_id: u32, index: usize) -> Result<Vec<f32>> {
         self.model
-            .forward_last(&[token_id], self.prompt_len + index, &self.engine.device)
+            .forward_last_tapped(&[token_id], self.prompt_len + index, &self.engine.device, &self.layers, &mut self.hidden)
             .map_err(|source| InferenceError::Forward { step: format!("decode step {index}"), source })
     }
 }
-

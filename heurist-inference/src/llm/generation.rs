@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::error::{InferenceError, Result};
 use crate::llm::detokenize::Utf8Stream;
 use crate::llm::engine::ChatEngine;
-use crate::llm::observer::{TokenEvent, TokenObserver};
+use crate::llm::observer::{HiddenStates, TokenEvent, TokenObserver};
 use crate::llm::request::{ChatOutput, ChatRequest, FinishReason, Timings, Usage};
 use crate::llm::sampler::{Sampler, log_prob};
 use crate::llm::stop::StopStrings;
@@ -47,14 +47,18 @@ pub(crate) struct Generation {
     stopped_by_string: bool,
     ended: bool,
     has_tools: bool,
+    /// The observer's hidden-state layers, checked against the body.
+    hidden_layers: Vec<usize>,
     started: Instant,
     first_token_at: Option<Instant>,
 }
 
 impl Generation {
-    /// Validates `request`, renders and tokenizes its prompt and checks it fits the context.
-    pub(crate) fn new(engine: &ChatEngine, request: &ChatRequest) -> Result<Self> {
+    /// Validates `request`, renders and tokenizes its prompt and checks it fits the context,
+    /// and that the model can give the hidden states at `hidden_layers` (the observer's).
+    pub(crate) fn new(engine: &ChatEngine, request: &ChatRequest, hidden_layers: &[usize]) -> Result<Self> {
         request.validate()?;
+        engine.body().0.check_hidden_layers(hidden_layers)?;
         let prompt_ids = engine.prompt_ids_with_tools(&request.messages, request.tools.as_deref(), 0)?;
         // Token k of the completion is fed at position prompt + k, so the context bounds
         // the count as well as max_tokens does.
@@ -71,6 +75,7 @@ impl Generation {
             stopped_by_string: false,
             ended: false,
             has_tools: request.has_tools(),
+            hidden_layers: hidden_layers.to_vec(),
             started: Instant::now(),
             first_token_at: None,
         })
@@ -87,17 +92,25 @@ impl Generation {
         &self.text
     }
 
-    /// Chooses the next token from `logits` (those after the prompt, then after each fed token).
+    /// The layers whose hidden states the driver passes to [`Generation::advance`].
+    pub(crate) fn hidden_layers(&self) -> &[usize] {
+        &self.hidden_layers
+    }
+
+    /// Chooses the next token from `logits` (those after the prompt, then after each fed
+    /// token); `hidden` holds the same position's states at [`Generation::hidden_layers`].
     pub(crate) fn advance(
         &mut self,
         tokenizer: &Tokenizer,
         logits: &[f32],
+        hidden: &[f32],
         observer: &mut dyn TokenObserver,
     ) -> Result<Next> {
         let index = self.token_ids.len();
         let token_id = self.sampler.sample(logits).ok_or(InferenceError::InvalidLogits { step: index })?;
         self.first_token_at.get_or_insert_with(Instant::now);
-        observer.on_token(&TokenEvent { index, token_id, log_prob: log_prob(logits, token_id), logits });
+        let hidden_states = HiddenStates::new(&self.hidden_layers, hidden);
+        observer.on_token(&TokenEvent { index, token_id, log_prob: log_prob(logits, token_id), logits, hidden_states });
         self.token_ids.push(token_id);
 
         if tokenizer.is_end_of_generation(token_id) {

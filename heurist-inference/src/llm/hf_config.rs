@@ -1,21 +1,22 @@
 //! A Hugging Face `config.json` for the three causal LM architectures the network serves
-//! (`model_type` llama, mistral, mixtral), checked and turned into candle-transformers' configs.
+//! (`model_type` llama, mistral, mixtral), checked and turned into the decoder's runtime config
+//! ([`crate::llm::decoder`]).
 //!
-//! The checks are the ones candle's bodies leave to the caller: sizes that would divide by zero
-//! or not divide evenly, RoPE scaling kinds the llama body does not implement (it would
-//! silently use plain RoPE), attention or MLP biases it has no weights for. Each rejected value
-//! becomes [`InferenceError::InvalidConfig`] naming the key; a missing required key is serde's
-//! message ("missing field `hidden_size`") in [`InferenceError::InvalidJson`].
+//! The checks catch what would otherwise go wrong silently or deep inside a forward pass: sizes
+//! that would divide by zero or not divide evenly, RoPE scaling kinds the decoder does not
+//! implement (it would use plain RoPE), attention or MLP biases it has no weights for. Each
+//! rejected value becomes [`InferenceError::InvalidConfig`] naming the key; a missing required
+//! key is serde's message ("missing field `hidden_size`") in [`InferenceError::InvalidJson`].
 //!
 //! [`HfConfig::expected_tensors`] lists the checkpoint tensors, with shapes, that the body will
 //! ask for, so a checkpoint that does not fit its config is caught before loading.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_transformers::models::{llama, mistral, mixtral};
 use serde::Deserialize;
 
 use crate::error::{InferenceError, Result};
+use crate::llm::decoder::{DecoderConfig, Llama3Rope};
 use crate::weights::safetensors::ExpectedTensor;
 
 /// The `model_type`s this engine loads from safetensors.
@@ -60,7 +61,6 @@ struct RawConfig {
     sliding_window: Option<usize>,
     num_local_experts: Option<usize>,
     num_experts_per_tok: Option<usize>,
-    bos_token_id: Option<u32>,
     eos_token_id: Option<serde_json::Value>,
 }
 
@@ -75,7 +75,6 @@ fn default_hidden_act() -> String {
 /// A checked config.
 #[derive(Debug, Clone)]
 pub(crate) struct HfConfig {
-    path: PathBuf,
     raw: RawConfig,
     /// The body to build.
     pub(crate) architecture: Architecture,
@@ -138,16 +137,6 @@ impl HfConfig {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(invalid("head_dim", head_dim.to_string(), "must be even and at least 2 (RoPE)"));
         }
-        // candle's llama derives the head size from hidden_size and has no separate head_dim.
-        if architecture != Architecture::Mistral
-            && (head_dim != even_split || !raw.hidden_size.is_multiple_of(raw.num_attention_heads))
-        {
-            return Err(invalid(
-                "head_dim",
-                head_dim.to_string(),
-                "must equal hidden_size / num_attention_heads for llama and mixtral",
-            ));
-        }
         if raw.hidden_act != "silu" {
             return Err(invalid("hidden_act", raw.hidden_act.clone(), "only silu is supported"));
         }
@@ -178,7 +167,7 @@ impl HfConfig {
                     "default" => true,
                     // All four llama3 parameters must be there; a partial one would otherwise
                     // fall back to plain RoPE without a word.
-                    "llama3" => serde_json::from_value::<llama::Llama3RopeConfig>(scaling.clone()).is_ok(),
+                    "llama3" => serde_json::from_value::<RawLlama3Rope>(scaling.clone()).is_ok(),
                     _ => false,
                 };
             if !scaling.is_null() && !supported {
@@ -203,20 +192,13 @@ impl HfConfig {
                 ));
             }
         }
-        Ok(Self { path: path.to_path_buf(), raw, architecture, head_dim, kv_heads })
+        Ok(Self { raw, architecture, head_dim, kv_heads })
     }
 
-    /// Positions a prompt and its completion may occupy together.
-    ///
-    /// For Mistral and Mixtral this is capped at the sliding window: within it the window masks
-    /// nothing, so the result equals transformers' exactly, whereas candle's bodies apply the
-    /// window only inside one forward pass and one position later than transformers does.
+    /// Positions a prompt and its completion may occupy together: the trained length
+    /// (Mistral's sliding window limits what a position attends to, not how many there are).
     pub(crate) fn context_length(&self) -> usize {
-        let trained = self.raw.max_position_embeddings;
-        match (self.architecture, self.raw.sliding_window) {
-            (Architecture::Llama, _) | (_, None) => trained,
-            (_, Some(window)) => trained.min(window),
-        }
+        self.raw.max_position_embeddings
     }
 
     /// The vocabulary size the embedding has.
@@ -278,75 +260,47 @@ impl HfConfig {
         out
     }
 
-    /// candle's llama config.
-    pub(crate) fn llama(&self) -> llama::Config {
+    /// The decoder's runtime config.
+    pub(crate) fn decoder(&self) -> DecoderConfig {
         let r = &self.raw;
         let rope_scaling = r
             .rope_scaling
             .as_ref()
             .filter(|s| !s.is_null())
-            .and_then(|s| serde_json::from_value::<llama::Llama3RopeConfig>(s.clone()).ok());
-        llama::Config {
+            .and_then(|s| serde_json::from_value::<RawLlama3Rope>(s.clone()).ok())
+            .map(|s| Llama3Rope {
+                factor: s.factor,
+                low_freq_factor: s.low_freq_factor,
+                high_freq_factor: s.high_freq_factor,
+                original_max_position_embeddings: s.original_max_position_embeddings,
+            });
+        DecoderConfig {
             hidden_size: r.hidden_size,
             intermediate_size: r.intermediate_size,
             vocab_size: r.vocab_size,
-            num_hidden_layers: r.num_hidden_layers,
-            num_attention_heads: r.num_attention_heads,
-            num_key_value_heads: self.kv_heads,
-            use_flash_attn: false,
-            rms_norm_eps: r.rms_norm_eps,
-            rope_theta: r.rope_theta as f32,
-            bos_token_id: r.bos_token_id,
-            eos_token_id: None,
-            rope_scaling,
-            max_position_embeddings: r.max_position_embeddings,
-            tie_word_embeddings: r.tie_word_embeddings,
-        }
-    }
-
-    /// candle's mistral config.
-    pub(crate) fn mistral(&self) -> mistral::Config {
-        let r = &self.raw;
-        mistral::Config {
-            vocab_size: r.vocab_size,
-            hidden_size: r.hidden_size,
-            intermediate_size: r.intermediate_size,
-            num_hidden_layers: r.num_hidden_layers,
-            num_attention_heads: r.num_attention_heads,
-            head_dim: Some(self.head_dim),
-            num_key_value_heads: self.kv_heads,
-            hidden_act: candle_nn::Activation::Silu,
-            max_position_embeddings: r.max_position_embeddings,
+            num_layers: r.num_hidden_layers,
+            num_heads: r.num_attention_heads,
+            num_kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
             rms_norm_eps: r.rms_norm_eps,
             rope_theta: r.rope_theta,
-            sliding_window: r.sliding_window,
-            use_flash_attn: false,
+            rope_scaling,
+            max_positions: r.max_position_embeddings,
+            tie_word_embeddings: r.tie_word_embeddings,
+            sliding_window: if self.architecture == Architecture::Llama { None } else { r.sliding_window },
+            experts: (self.architecture == Architecture::Mixtral)
+                .then(|| (r.num_local_experts.unwrap_or(0), r.num_experts_per_tok.unwrap_or(0))),
         }
     }
+}
 
-    /// candle's mixtral config (its fields are crate-private, so it is built through serde).
-    pub(crate) fn mixtral(&self) -> Result<mixtral::Config> {
-        let r = &self.raw;
-        let value = serde_json::json!({
-            "vocab_size": r.vocab_size,
-            "hidden_size": r.hidden_size,
-            "intermediate_size": r.intermediate_size,
-            "num_hidden_layers": r.num_hidden_layers,
-            "num_attention_heads": r.num_attention_heads,
-            "num_key_value_heads": self.kv_heads,
-            "hidden_act": "silu",
-            "max_position_embeddings": r.max_position_embeddings,
-            "rms_norm_eps": r.rms_norm_eps,
-            "rope_theta": r.rope_theta,
-            // No window (null in Mixtral's config) is a window no sequence reaches.
-            "sliding_window": r.sliding_window.unwrap_or(r.max_position_embeddings),
-            "num_experts_per_tok": r.num_experts_per_tok,
-            "num_local_experts": r.num_local_experts,
-            "use_flash_attn": false,
-        });
-        serde_json::from_value(value)
-            .map_err(|source| InferenceError::InvalidJson { path: self.path.clone(), source })
-    }
+/// `rope_scaling` of `rope_type` `llama3`: all four parameters are required.
+#[derive(Debug, Clone, Deserialize)]
+struct RawLlama3Rope {
+    factor: f32,
+    low_freq_factor: f32,
+    high_freq_factor: f32,
+    original_max_position_embeddings: usize,
 }
 
 #[cfg(test)]
@@ -393,7 +347,7 @@ mod tests {
             ("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0}), "rope_scaling"),
             ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0}), "rope_scaling"),
             ("attention_bias", serde_json::json!(true), "attention_bias"),
-            ("head_dim", serde_json::json!(6), "head_dim"),
+            ("head_dim", serde_json::json!(5), "head_dim"),
         ];
         for (key, value, named) in cases {
             match parse(&with(key, value)) {
@@ -408,12 +362,17 @@ mod tests {
     }
 
     #[test]
-    fn sliding_window_caps_the_context() {
+    fn sliding_window_reaches_the_decoder() {
         let mistral = with("model_type", serde_json::json!("mistral"));
         let mut v: serde_json::Value = serde_json::from_str(&mistral).unwrap();
         v["sliding_window"] = serde_json::json!(20);
-        assert_eq!(parse(&v.to_string()).unwrap().context_length(), 20);
+        let cfg = parse(&v.to_string()).unwrap();
+        assert_eq!((cfg.context_length(), cfg.decoder().sliding_window), (32, Some(20)));
         v["sliding_window"] = serde_json::Value::Null;
-        assert_eq!(parse(&v.to_string()).unwrap().context_length(), 32);
+        assert_eq!(parse(&v.to_string()).unwrap().decoder().sliding_window, None);
+        // Llama has no window, whatever the file says.
+        let mut v: serde_json::Value = serde_json::from_str(LLAMA).unwrap();
+        v["sliding_window"] = serde_json::json!(4);
+        assert_eq!(parse(&v.to_string()).unwrap().decoder().sliding_window, None);
     }
 }

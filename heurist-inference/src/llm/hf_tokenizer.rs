@@ -32,11 +32,11 @@ enum Spelling {
     SentencePiece,
 }
 
-/// The tokenizer and the chat template (if `tokenizer_config.json` has one) of `dir`.
+/// The tokenizer and the chat templates (those `tokenizer_config.json` has) of `dir`.
 ///
 /// `config_eos` are `config.json`'s `eos_token_id`s; `model_vocab` is the embedding's row count
 /// (ids past the tokenizer's vocabulary decode to nothing rather than fail).
-pub(crate) fn load(dir: &Path, config_eos: &[u32], model_vocab: usize) -> Result<(Tokenizer, Option<String>)> {
+pub(crate) fn load(dir: &Path, config_eos: &[u32], model_vocab: usize) -> Result<(Tokenizer, TemplateSources)> {
     let tokenizer_path = dir.join("tokenizer.json");
     let text = std::fs::read_to_string(&tokenizer_path)
         .map_err(|source| InferenceError::Io { path: tokenizer_path.clone(), source })?;
@@ -133,16 +133,26 @@ fn token_text(value: &Value) -> Option<&str> {
     }
 }
 
-/// `chat_template`: a string, or a list of `{name, template}` of which "default" is used.
-fn chat_template(path: &Path, value: &Value) -> Result<Option<String>> {
+/// The chat templates of `tokenizer_config.json`: the one used for every request, and the one
+/// transformers' `apply_chat_template` picks instead when a request passes tools.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TemplateSources {
+    /// `chat_template` (a string), or its entry named "default" (a list).
+    pub(crate) default: Option<String>,
+    /// The list's entry named "tool_use" (Hermes 2 Pro ships its tool prompt so).
+    pub(crate) tool_use: Option<String>,
+}
+
+/// `chat_template`: a string, or a list of `{name, template}` ("default", "tool_use").
+fn chat_template(path: &Path, value: &Value) -> Result<TemplateSources> {
     match value {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
+        Value::Null => Ok(TemplateSources::default()),
+        Value::String(s) => Ok(TemplateSources { default: Some(s.clone()), tool_use: None }),
         Value::Array(list) => {
             let named = |name: &str| {
-                list.iter().find(|t| t["name"] == name).and_then(|t| t["template"].as_str())
+                list.iter().find(|t| t["name"] == name).and_then(|t| t["template"].as_str()).map(str::to_owned)
             };
-            Ok(named("default").map(str::to_owned))
+            Ok(TemplateSources { default: named("default"), tool_use: named("tool_use") })
         }
         other => Err(InferenceError::InvalidMetadata {
             path: path.to_path_buf(),

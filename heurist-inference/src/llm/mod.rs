@@ -3,6 +3,7 @@
 //! detokenisation, the observer hook, the model seam). One file per part; the engine composes.
 
 pub(crate) mod cpu_llama;
+pub(crate) mod decoder;
 pub(crate) mod detokenize;
 pub(crate) mod batch;
 pub(crate) mod engine;

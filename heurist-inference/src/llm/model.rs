@@ -9,20 +9,25 @@
 //!   llama.
 //!
 //! Setting `HEURIST_LLM_CPU_BODY=candle` makes the CPU use candle's body too (how the bench
-//! measures the two side by side). Hugging Face safetensors checkpoints run on candle-transformers' llama /
-//! mistral / mixtral bodies (see `hf_config.rs` for what is checked before they load).
-//! Batched decoding (`ChatServer`) steps the CPU body's clones together (`CpuLlama::decode_batch`);
-//! other bodies step one after another.
+//! measures the two side by side). Hugging Face safetensors checkpoints (Llama, Mistral,
+//! Mixtral) run on this crate's candle decoder (`decoder.rs`; `hf_config.rs` says what is
+//! checked before it loads). Batched decoding (`ChatServer`) steps the CPU body's clones
+//! together (`CpuLlama::decode_batch`); other bodies step one after another.
+//!
+//! Hidden states at chosen layers (the observer's, numbered as in `observer.rs`) come from the
+//! CPU body and the decoder; candle's quantized llama hides its layers, so asking it is
+//! [`InferenceError::HiddenStatesUnsupported`].
 //!
 //! A cheap clone (weights are shared `Arc`s) gives a model with its own cache, which is how each
 //! request gets a fresh one.
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{llama, mistral, mixtral, quantized_llama};
+use candle_transformers::models::quantized_llama;
 
 use crate::error::{InferenceError, Result};
 use crate::llm::cpu_llama::{CpuLlama, LoadError};
-use crate::llm::hf_config::{Architecture, HfConfig};
+use crate::llm::decoder::Decoder;
+use crate::llm::hf_config::HfConfig;
 use crate::weights::gguf::GgufFile;
 use crate::weights::safetensors::SafetensorsWeights;
 
@@ -42,12 +47,8 @@ pub(crate) enum CausalLm {
     QuantizedLlama(quantized_llama::ModelWeights),
     /// This crate's CPU llama body (Q4_1 / Q8_0 weights).
     CpuLlama(CpuLlama),
-    /// candle-transformers' Llama (safetensors); its KV cache lives beside it.
-    Llama(Box<(llama::Llama, llama::Cache)>),
-    /// candle-transformers' Mistral (safetensors), cache inside.
-    Mistral(Box<mistral::Model>),
-    /// candle-transformers' Mixtral (safetensors), cache inside.
-    Mixtral(Box<mixtral::Model>),
+    /// This crate's candle decoder (safetensors: Llama, Mistral, Mixtral), cache inside.
+    Decoder(Decoder),
 }
 
 /// A loaded body and the facts about it the engine needs.
@@ -110,75 +111,102 @@ impl CausalLm {
         let path = weights.dir().to_path_buf();
         let load_err = |source| InferenceError::Load { path: path.clone(), source };
         let vb = weights.into_var_builder(dtype, device);
-        let model = match config.architecture {
-            Architecture::Llama => {
-                let cfg = config.llama();
-                // candle's `Llama::load` unwraps per layer; every tensor was checked above, so
-                // a panic here would be a candle bug; it still becomes an error, not an abort.
-                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    llama::Llama::load(vb, &cfg)
-                }))
-                .map_err(|_| {
-                    load_err(candle_core::Error::Msg("candle's llama loader panicked".into()))
-                })?
-                .map_err(load_err)?;
-                let cache = llama::Cache::new(true, dtype, &cfg, device).map_err(load_err)?;
-                CausalLm::Llama(Box::new((loaded, cache)))
-            }
-            Architecture::Mistral => CausalLm::Mistral(Box::new(
-                mistral::Model::new(&config.mistral(), vb).map_err(load_err)?,
-            )),
-            Architecture::Mixtral => CausalLm::Mixtral(Box::new(
-                mixtral::Model::new(&config.mixtral()?, vb).map_err(load_err)?,
-            )),
-        };
+        let model = CausalLm::Decoder(Decoder::load(vb, &config.decoder()).map_err(load_err)?);
         Ok(LoadedLm { model, context_length: config.context_length() })
     }
 
     /// Runs `tokens` at positions `position..position + tokens.len()` (the cache holds
     /// everything before `position`; `position == 0` starts over) and returns the logits that
     /// follow the last one.
+    #[cfg(test)]
     pub(crate) fn forward_last(
         &mut self,
         tokens: &[u32],
         position: usize,
         device: &Device,
     ) -> candle_core::Result<Vec<f32>> {
-        let logits = match self {
+        self.forward_last_tapped(tokens, position, device, &[], &mut Vec::new())
+    }
+
+    /// [`Self::forward_last`], with the last token's hidden states at `layers` into `hidden`,
+    /// one after another in the order asked; `layers` must have passed
+    /// [`Self::check_hidden_layers`].
+    pub(crate) fn forward_last_tapped(
+        &mut self,
+        tokens: &[u32],
+        position: usize,
+        device: &Device,
+        layers: &[usize],
+        hidden: &mut Vec<f32>,
+    ) -> candle_core::Result<Vec<f32>> {
+        match self {
             CausalLm::QuantizedLlama(model) => {
-                model.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, position)?
+                if !layers.is_empty() {
+                    candle_core::bail!("candle's quantized llama gives no hidden states");
+                }
+                hidden.clear();
+                let logits = model.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, position)?;
+                logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
             }
             CausalLm::CpuLlama(model) => {
-                return model.forward_last(tokens, position).map_err(candle_core::Error::wrap);
+                model.forward_last_tapped(tokens, position, layers, hidden).map_err(candle_core::Error::wrap)
             }
-            CausalLm::Llama(body) => {
-                let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
-                let (model, cache) = &mut **body;
-                model.forward(&input, position, cache)?
-            }
-            CausalLm::Mistral(model) => model.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, position)?,
-            CausalLm::Mixtral(model) => model.forward(&Tensor::new(tokens, device)?.unsqueeze(0)?, position)?,
+            CausalLm::Decoder(model) => model.forward_last(tokens, position, layers, hidden),
+        }
+    }
+
+    /// Decoder layers, when the body can report hidden states (`None`: it cannot).
+    pub(crate) fn hidden_state_layers(&self) -> Option<usize> {
+        match self {
+            CausalLm::QuantizedLlama(_) => None,
+            CausalLm::CpuLlama(model) => Some(model.num_layers()),
+            CausalLm::Decoder(model) => Some(model.num_layers()),
+        }
+    }
+
+    /// Checks that this body can give the hidden states at `layers` (none asked: always).
+    pub(crate) fn check_hidden_layers(&self, layers: &[usize]) -> Result<()> {
+        if layers.is_empty() {
+            return Ok(());
+        }
+        let Some(max) = self.hidden_state_layers() else {
+            return Err(InferenceError::HiddenStatesUnsupported { body: self.name() });
         };
-        // [1, vocab] from the llama bodies, [1, 1, vocab] from mistral and mixtral.
-        logits.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
+        match layers.iter().find(|&&l| l > max) {
+            Some(&layer) => Err(InferenceError::InvalidHiddenLayer { layer, layers: max }),
+            None => Ok(()),
+        }
+    }
+
+    /// The body's name, for errors.
+    fn name(&self) -> &'static str {
+        match self {
+            CausalLm::QuantizedLlama(_) => {
+                "candle's quantized llama (GGUF files on CUDA, or with block types other than Q4_1 / Q8_0)"
+            }
+            CausalLm::CpuLlama(_) => "the CPU llama body",
+            CausalLm::Decoder(_) => "the safetensors decoder",
+        }
     }
 }
 
 impl CausalLm {
-    /// Runs `tokens` at positions `position..` in one pass and calls `each(i, logits)` with the
-    /// logits after each of the last `k` tokens, in order; `None` when this body returns the
-    /// last position's logits only (candle's bodies), and the caller feeds tokens one at a time.
+    /// Runs `tokens` at positions `position..` in one pass and calls `each(i, logits, hidden)`
+    /// with the logits (and hidden states at `layers`) after each of the last `k` tokens, in
+    /// order; `None` when this body returns the last position's logits only (candle's bodies),
+    /// and the caller feeds tokens one at a time.
     pub(crate) fn forward_positions(
         &mut self,
         tokens: &[u32],
         position: usize,
         k: usize,
-        each: &mut dyn FnMut(usize, &[f32]),
+        layers: &[usize],
+        each: &mut dyn FnMut(usize, &[f32], &[f32]),
     ) -> Option<candle_core::Result<()>> {
         match self {
-            CausalLm::CpuLlama(model) => {
-                Some(model.forward_positions(tokens, position, k, each).map_err(candle_core::Error::wrap))
-            }
+            CausalLm::CpuLlama(model) => Some(
+                model.forward_positions(tokens, position, k, layers, each).map_err(candle_core::Error::wrap),
+            ),
             _ => None,
         }
     }
@@ -233,6 +261,24 @@ mod tests {
         let again = ours.forward_last(&prompt, 0, &dev).unwrap();
         let fresh = load(true).forward_last(&prompt, 0, &dev).unwrap();
         assert_eq!(again, fresh);
+    }
+
+    /// Only candle's quantized llama cannot give hidden states: asking it is a typed error,
+    /// checked before anything runs; the CPU body checks the layer numbers.
+    #[test]
+    fn hidden_state_requests_are_checked() {
+        let candle = load(false);
+        assert!(candle.check_hidden_layers(&[]).is_ok());
+        let err = candle.check_hidden_layers(&[0]).unwrap_err();
+        assert!(matches!(err, InferenceError::HiddenStatesUnsupported { .. }), "{err:?}");
+        assert!(err.to_string().contains("quantized llama"), "{err}");
+        let mut candle = candle;
+        assert!(candle.forward_last_tapped(&[1], 0, &Device::Cpu, &[0], &mut Vec::new()).is_err());
+
+        let cpu = load(true);
+        assert_eq!(cpu.hidden_state_layers(), Some(30));
+        assert!(cpu.check_hidden_layers(&[0, 30]).is_ok());
+        assert!(matches!(cpu.check_hidden_layers(&[31]), Err(InferenceError::InvalidHiddenLayer { layer: 31, layers: 30 })));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{InferenceError, Result};
 use crate::llm::sampler::SamplingParams;
-use crate::llm::template::parse_tools;
-use crate::llm::tool_calls::ToolCall;
+use crate::llm::template::{parse_tools, python_json};
+use crate::llm::tool_calls::{FunctionCall, ToolCall};
 
 /// The largest `max_tokens` a request may ask for (the network's limit).
 pub const MAX_TOKENS_LIMIT: usize = 4096;
@@ -57,19 +57,44 @@ impl Role {
     }
 }
 
-/// One message of a conversation.
+/// One message of a conversation, as the chat template sees it.
+///
+/// Besides `role` and `content`, an assistant message may carry the OpenAI `tool_calls` it
+/// made, and a tool message the `tool_call_id` it answers and the function's `name`; the
+/// template sees each of these only when the message has it (`message.tool_calls is defined`
+/// is how Hermes' tool_use template tells a call from a plain answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     /// Who wrote it.
     pub role: Role,
-    /// What it says.
+    /// What it says (an OpenAI `null`, as assistant messages with tool calls send, is empty,
+    /// as vLLM passes it to the template).
     pub content: String,
+    /// The tool calls of an assistant message, in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// Which call a tool message answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The function whose result a tool message holds (OpenAI's optional `name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
     /// A message from `role`.
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self { role, content: content.into(), tool_calls: None, tool_call_id: None, name: None }
+    }
+
+    /// An assistant message that called tools (content empty).
+    pub fn assistant_tool_calls(tool_calls: Vec<ToolCall>) -> Self {
+        Self { tool_calls: Some(tool_calls), ..Self::new(Role::Assistant, "") }
+    }
+
+    /// A tool message: the result of call `tool_call_id` of function `name`.
+    pub fn tool_result(tool_call_id: impl Into<String>, name: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { tool_call_id: Some(tool_call_id.into()), name: Some(name.into()), ..Self::new(Role::Tool, content) }
     }
 
     /// A system message.
@@ -87,7 +112,10 @@ impl ChatMessage {
         Self::new(Role::Assistant, content)
     }
 
-    /// Parses an OpenAI-style messages array (`[{"role": "user", "content": "…"}, …]`).
+    /// Parses an OpenAI-style messages array (`[{"role": "user", "content": "…"}, …]`), with
+    /// assistant `tool_calls` (their `arguments` a JSON string, or an object, which becomes its
+    /// `json.dumps` text) and tool messages' `tool_call_id` and `name`. `content` may be null
+    /// or absent only on an assistant message with tool calls.
     ///
     /// Malformed JSON is [`InferenceError::InvalidMessages`]; a role other than system, user,
     /// assistant or tool is [`InferenceError::UnknownRole`] with the message's index.
@@ -95,15 +123,64 @@ impl ChatMessage {
         #[derive(Deserialize)]
         struct Raw {
             role: String,
-            content: String,
+            #[serde(default)]
+            content: Option<String>,
+            #[serde(default)]
+            tool_calls: Option<Vec<RawToolCall>>,
+            #[serde(default)]
+            tool_call_id: Option<String>,
+            #[serde(default)]
+            name: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct RawToolCall {
+            id: String,
+            #[serde(rename = "type", default = "function_kind")]
+            kind: String,
+            function: RawFunction,
+        }
+        #[derive(Deserialize)]
+        struct RawFunction {
+            name: String,
+            // A template value keeps an object's keys in the order sent.
+            arguments: minijinja::Value,
+        }
+        fn function_kind() -> String {
+            "function".to_owned()
         }
         let raw: Vec<Raw> =
             serde_json::from_str(json).map_err(|source| InferenceError::InvalidMessages { source })?;
         raw.into_iter()
             .enumerate()
-            .map(|(index, m)| match Role::from_name(&m.role) {
-                Some(role) => Ok(ChatMessage { role, content: m.content }),
-                None => Err(InferenceError::UnknownRole { index, role: m.role }),
+            .map(|(index, m)| {
+                let role = Role::from_name(&m.role).ok_or_else(|| InferenceError::UnknownRole { index, role: m.role })?;
+                let invalid = |problem: &'static str| InferenceError::InvalidMessage { index, problem };
+                let content = match (m.content, &m.tool_calls) {
+                    (Some(content), _) => content,
+                    (None, Some(_)) if role == Role::Assistant => String::new(),
+                    (None, _) => return Err(invalid("content is missing or null")),
+                };
+                let tool_calls = m
+                    .tool_calls
+                    .map(|calls| {
+                        calls
+                            .into_iter()
+                            .map(|c| {
+                                let arguments = match c.function.arguments.as_str() {
+                                    Some(text) => text.to_owned(),
+                                    None => python_json(&c.function.arguments)
+                                        .ok_or_else(|| invalid("tool call arguments cannot be serialised"))?,
+                                };
+                                Ok(ToolCall {
+                                    id: c.id,
+                                    kind: c.kind,
+                                    function: FunctionCall { name: c.function.name, arguments },
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .transpose()?;
+                Ok(ChatMessage { role, content, tool_calls, tool_call_id: m.tool_call_id, name: m.name })
             })
             .collect()
     }
@@ -379,12 +456,39 @@ mod tests {
 
     #[test]
     fn malformed_json_is_typed() {
-        for bad in [r#"[{"role":"user"}]"#, "{", r#"{"role":"user","content":"x"}"#] {
+        for bad in ["{", r#"{"role":"user","content":"x"}"#, r#"[{"role":"tool","content":"x","tool_calls":{}}]"#] {
             assert!(matches!(
                 ChatMessage::parse_list(bad),
                 Err(InferenceError::InvalidMessages { .. })
             ));
         }
+        // Well-formed JSON, but only an assistant message that calls tools may lack content.
+        for bad in [r#"[{"role":"user"}]"#, r#"[{"role":"assistant","content":null}]"#] {
+            assert!(matches!(
+                ChatMessage::parse_list(bad),
+                Err(InferenceError::InvalidMessage { index: 0, problem }) if problem.contains("content")
+            ));
+        }
+    }
+
+    #[test]
+    fn tool_calls_and_results_parse() {
+        let msgs = ChatMessage::parse_list(
+            r#"[{"role":"assistant","tool_calls":[{"id":"call_0","type":"function",
+                 "function":{"name":"f","arguments":"{\"a\": 1}"}}]},
+                {"role":"tool","tool_call_id":"call_0","name":"f","content":"2"}]"#,
+        )
+        .unwrap();
+        let call = ToolCall {
+            id: "call_0".into(),
+            kind: "function".into(),
+            function: FunctionCall { name: "f".into(), arguments: r#"{"a": 1}"#.into() },
+        };
+        assert_eq!(msgs, vec![ChatMessage::assistant_tool_calls(vec![call]), ChatMessage::tool_result("call_0", "f", "2")]);
+        // What the template sees: the tool fields only where a message has them.
+        let json = serde_json::to_string(&msgs[1]).unwrap();
+        assert_eq!(json, r#"{"role":"tool","content":"2","tool_call_id":"call_0","name":"f"}"#);
+        assert_eq!(serde_json::to_string(&ChatMessage::user("x")).unwrap(), r#"{"role":"user","content":"x"}"#);
     }
 
     #[test]

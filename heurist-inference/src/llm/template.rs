@@ -12,7 +12,10 @@
 //!   `": "` separators and no HTML escaping (minijinja's own `tojson` escapes `<`, `>`, `&`, `'`
 //!   for HTML, which would change tool schemas in the prompt);
 //! - the variables `messages`, `tools` (none without tools), `add_generation_prompt`,
-//!   `bos_token`, `eos_token`.
+//!   `bos_token`, `eos_token`; a message carries `tool_calls`, `tool_call_id` and `name` only
+//!   when it has them, so `message.tool_calls is defined` tells calls from answers;
+//! - a model may name a second template, `tool_use` (Hermes 2 Pro does), which is rendered
+//!   instead of the default whenever a request passes `tools`, as transformers picks it.
 
 use std::io;
 
@@ -24,6 +27,7 @@ use crate::error::{InferenceError, Result};
 use crate::llm::request::ChatMessage;
 
 const TEMPLATE_NAME: &str = "chat_template";
+const TOOL_USE_NAME: &str = "tool_use";
 
 /// A compiled chat template with the special-token spellings it may use.
 #[derive(Debug)]
@@ -31,6 +35,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    has_tool_use: bool,
 }
 
 impl ChatTemplate {
@@ -52,7 +57,15 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.into()).map_err(template_error)?;
-        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into(), has_tool_use: false })
+    }
+
+    /// Adds the template rendered instead of this one when a request passes `tools` (a
+    /// model's `tool_use` template, as transformers picks it from a named template list).
+    pub fn with_tool_use(mut self, source: impl Into<String>) -> Result<Self> {
+        self.env.add_template_owned(TOOL_USE_NAME, source.into()).map_err(template_error)?;
+        self.has_tool_use = true;
+        Ok(self)
     }
 
     /// The prompt for `messages`; with `add_generation_prompt` it ends where the assistant's
@@ -70,7 +83,8 @@ impl ChatTemplate {
         tools: Option<&str>,
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
+        let name = if tools.is_some() && self.has_tool_use { TOOL_USE_NAME } else { TEMPLATE_NAME };
+        let template = self.env.get_template(name).map_err(template_error)?;
         let tools = match tools {
             None => Value::from(()),
             Some(json) => parse_tools(json)?,

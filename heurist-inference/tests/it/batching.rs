@@ -1,12 +1,13 @@
 //! Continuous batching on the real model: requests sharing decode steps give exactly what each
-//! gives alone through `ChatEngine::chat`; errors and cancellations stay with their request.
+//! gives alone through `ChatEngine::chat` (their observers too: the same log-probabilities,
+//! logits and hidden states, bit for bit); errors and cancellations stay with their request.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use heurist_inference::{
-    ChatEngine, ChatEvent, ChatOutput, ChatRequest, ChatServer, DeviceSpec, FinishReason, InferenceError,
-    smollm2_path,
+    ChatEngine, ChatEvent, ChatOutput, ChatRequest, ChatServer, DeviceSpec, FinishReason, InferenceError, NoObserver,
+    TokenEvent, WithHiddenStates, smollm2_path,
 };
 
 use crate::support::{fixture, model_lock};
@@ -143,4 +144,87 @@ fn bad_and_cancelled_requests_leave_the_others_alone() {
     let last = server.submit(good.clone());
     server.shutdown();
     assert_same(2, &last.wait().unwrap(), &alone);
+}
+
+/// What an observer saw of one token: its index, id, log-probability and logits (as bits,
+/// digested: eight requests' full logits would be tens of megabytes) and hidden states.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    index: usize,
+    token_id: u32,
+    log_prob_bits: u32,
+    logits_digest: u64,
+    hidden: Vec<(usize, Vec<u32>)>,
+}
+
+impl Seen {
+    fn of(e: &TokenEvent<'_>) -> Self {
+        let logits_digest = e
+            .logits
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3));
+        Self {
+            index: e.index,
+            token_id: e.token_id,
+            log_prob_bits: e.log_prob.to_bits(),
+            logits_digest,
+            hidden: e.hidden_states.iter().map(|(l, h)| (l, h.iter().map(|v| v.to_bits()).collect())).collect(),
+        }
+    }
+}
+
+/// The layers request `i` asks for: none for some, the embeddings, a middle layer and the
+/// final norm's output for others.
+fn layers_for(i: usize) -> Vec<usize> {
+    if i % 2 == 1 { vec![0, 7, 30] } else { Vec::new() }
+}
+
+#[test]
+fn observers_see_in_a_batch_what_they_see_alone() {
+    let _model = model_lock();
+    let engine = shared_engine();
+    let requests = mixed_requests();
+    let alone: Vec<Vec<Seen>> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut seen = Vec::new();
+            let mut observer = WithHiddenStates::new(layers_for(i), |e: &TokenEvent<'_>| seen.push(Seen::of(e)));
+            engine.chat_with_observer(r, &mut observer).unwrap();
+            seen
+        })
+        .collect();
+    assert!(alone.iter().all(|s| !s.is_empty()));
+    assert_eq!(alone[1][0].hidden.len(), 3);
+
+    let server = ChatServer::new(Arc::clone(&engine), 8).unwrap();
+    let logs: Vec<Arc<Mutex<Vec<Seen>>>> = requests.iter().map(|_| Arc::default()).collect();
+    let handles: Vec<_> = requests
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, request)| {
+            let log = Arc::clone(&logs[i]);
+            let observer = WithHiddenStates::new(layers_for(i), move |e: &TokenEvent<'_>| {
+                log.lock().unwrap().push(Seen::of(e));
+            });
+            if i % 3 == 0 {
+                server.submit_stream_with_observer(request, observer)
+            } else {
+                server.submit_with_observer(request, observer)
+            }
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let out = handle.wait().unwrap();
+        let seen = logs[i].lock().unwrap();
+        assert_eq!(seen.len(), out.token_ids.len(), "request {i}: one event per token");
+        assert!(*seen == alone[i], "request {i}: the batched events differ from those alone");
+    }
+    server.shutdown();
+
+    // A layer the model does not have fails that request, before it runs.
+    let server = ChatServer::new(Arc::clone(&engine), 2).unwrap();
+    let bad = server.submit_with_observer(requests[0].clone(), WithHiddenStates::new([31], NoObserver));
+    assert!(matches!(bad.wait(), Err(InferenceError::InvalidHiddenLayer { layer: 31, layers: 30 })));
 }

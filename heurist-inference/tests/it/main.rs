@@ -5,6 +5,7 @@ mod bad_input;
 mod batching;
 mod chat_templates;
 mod generation;
+mod hidden_states;
 mod image_lpw;
 mod image_noise;
 mod image_prompt;

@@ -4,15 +4,18 @@
 //!
 //! For each model and prompt: the chat template renders as `apply_chat_template` does, the
 //! prompt tokenizes to the same ids, the logits at every step of a 16-token greedy run equal
-//! transformers' (eager attention, f32) within 2e-5 relative to the step's largest logit, and
-//! greedy generation picks the same tokens. Plus a bf16 checkpoint, and broken directories.
+//! transformers' (eager attention, f32) within 2e-5 relative to the step's largest logit, the
+//! hidden states at every layer index equal `output_hidden_states` within the same tolerance,
+//! and greedy generation picks the same tokens. The Mistral weights run a second time with a
+//! sliding window of 8 positions, which every prompt passes (so prefill and every decode step
+//! attend to the window only). Plus a bf16 checkpoint, and broken directories.
 
 // Helpers shared by the tests unwrap too: a fixture that does not load is a test failure.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
-use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, InferenceError, TokenEvent};
+use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, InferenceError, TokenEvent, WithHiddenStates};
 use serde::Deserialize;
 
 /// f32 logits: largest |ours - transformers'| over a step, divided by the step's largest
@@ -30,7 +33,11 @@ const F16_TOLERANCE: f32 = 1e-2;
 #[derive(Debug, Deserialize)]
 struct ModelFixture {
     cases: Vec<Case>,
+    #[serde(default)]
     encodings: Vec<Encoding>,
+    /// config.json values the run changed (the windowed Mistral).
+    #[serde(default)]
+    config_overrides: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +47,8 @@ struct Case {
     prompt_token_ids: Vec<u32>,
     greedy_token_ids: Vec<u32>,
     logits: Vec<Vec<f32>>,
+    /// Per greedy step, `output_hidden_states` at every layer index.
+    hidden_states: Vec<Vec<Vec<f32>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,10 +90,31 @@ fn relative_error(ours: &[f32], theirs: &[f32]) -> f32 {
     ours.iter().zip(theirs).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
 }
 
+/// The fixture model `dir` with `overrides` written into a copy of its config.json.
+fn load_with(dir: &str, overrides: &serde_json::Map<String, serde_json::Value>) -> (ChatEngine, Option<tempfile::TempDir>) {
+    if overrides.is_empty() {
+        return (load(dir), None);
+    }
+    let copy = copy_model(dir);
+    edit_json(&copy.path().join("config.json"), |c| {
+        for (key, value) in overrides {
+            c[key] = value.clone();
+        }
+    });
+    let engine = ChatEngine::load_safetensors(copy.path(), DeviceSpec::Cpu).unwrap();
+    (engine, Some(copy))
+}
+
 fn check_model(name: &str, byte_level: bool) {
+    check_run(name, name, byte_level);
+}
+
+/// The fixture run `run` of the model directory `dir`.
+fn check_run(run: &str, dir: &str, byte_level: bool) {
+    let name = run;
     let _guard = crate::support::model_lock();
-    let engine = load(name);
-    let fixture = model_fixture(name);
+    let fixture = model_fixture(run);
+    let (engine, _copy) = load_with(dir, &fixture.config_overrides);
 
     for enc in &fixture.encodings {
         assert_eq!(engine.tokenizer().encode(&enc.text).unwrap(), enc.ids, "{name}: encode {:?}", enc.text);
@@ -98,7 +128,7 @@ fn check_model(name: &str, byte_level: bool) {
         }
     }
 
-    let mut worst = 0f32;
+    let (mut worst, mut worst_hidden) = (0f32, 0f32);
     for case in &fixture.cases {
         let messages = ChatMessage::parse_list(&case.messages.to_string()).unwrap();
         assert_eq!(engine.render_prompt(&messages).unwrap(), case.rendered_prompt, "{name}: template");
@@ -106,7 +136,12 @@ fn check_model(name: &str, byte_level: bool) {
         assert_eq!(ids, case.prompt_token_ids, "{name}: prompt ids");
 
         let mut steps: Vec<Vec<f32>> = Vec::new();
-        let mut observer = |event: &TokenEvent<'_>| steps.push(event.logits.to_vec());
+        let mut states: Vec<Vec<Vec<f32>>> = Vec::new();
+        let all_layers = 0..case.hidden_states[0].len();
+        let mut observer = WithHiddenStates::new(all_layers, |event: &TokenEvent<'_>| {
+            steps.push(event.logits.to_vec());
+            states.push(event.hidden_states.iter().map(|(_, h)| h.to_vec()).collect());
+        });
         let scored = engine.score(&messages, &case.greedy_token_ids, &mut observer).unwrap();
         assert_eq!(scored.usage.prompt_tokens, case.prompt_token_ids.len());
         assert_eq!(steps.len(), case.greedy_token_ids.len());
@@ -114,6 +149,16 @@ fn check_model(name: &str, byte_level: bool) {
             let err = relative_error(ours, theirs);
             assert!(err <= F32_TOLERANCE, "{name}: step {step}: relative logit error {err:e}");
             worst = worst.max(err);
+        }
+        // Same arithmetic as the logits, so the same tolerance, relative to each state's
+        // largest value (the fixture keeps 6 decimals of values of order 1).
+        for (step, (ours, theirs)) in states.iter().zip(&case.hidden_states).enumerate() {
+            assert_eq!(ours.len(), theirs.len(), "{name}: layers");
+            for (layer, (a, b)) in ours.iter().zip(theirs).enumerate() {
+                let err = relative_error(a, b);
+                assert!(err <= F32_TOLERANCE, "{name}: step {step} layer {layer}: relative hidden-state error {err:e}");
+                worst_hidden = worst_hidden.max(err);
+            }
         }
 
         let request = ChatRequest::new(messages).with_max_tokens(case.greedy_token_ids.len());
@@ -123,7 +168,7 @@ fn check_model(name: &str, byte_level: bool) {
         assert_eq!(output.token_ids, case.greedy_token_ids[..n], "{name}: greedy tokens");
         assert!(n == case.greedy_token_ids.len() || engine.tokenizer().is_end_of_generation(output.token_ids[n - 1]));
     }
-    eprintln!("{name}: worst relative logit error {worst:e}");
+    eprintln!("{name}: worst relative error: logits {worst:e}, hidden states {worst_hidden:e}");
 }
 
 #[test]
@@ -147,10 +192,15 @@ fn mixtral_matches_transformers() {
 }
 
 #[test]
-fn mistral_context_is_its_sliding_window() {
-    // config.json: max_position_embeddings 256, sliding_window 48.
-    assert_eq!(load("mistral").context_length(), 48);
-    // Mixtral's window is null: the trained length.
+fn mistral_sliding_window_matches_transformers() {
+    check_run("mistral-window8", "mistral", false);
+}
+
+#[test]
+fn context_is_the_trained_length() {
+    // config.json: max_position_embeddings 256, sliding_window 48: the window limits what a
+    // position attends to, not how far a conversation goes.
+    assert_eq!(load("mistral").context_length(), 256);
     assert_eq!(load("mixtral").context_length(), 128);
     assert_eq!(load("llama3").context_length(), 128);
 }
@@ -188,13 +238,19 @@ fn f16_checkpoint_matches_transformers_f16() {
     assert!(err <= F16_TOLERANCE, "f16 relative logit error {err:e}");
 }
 
-/// Copies a fixture model into a temporary directory so a test can break it.
-fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> InferenceError {
+/// A fixture model copied into a temporary directory.
+fn copy_model(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     for entry in std::fs::read_dir(fixtures_dir().join("models").join(name)).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
     }
+    dir
+}
+
+/// Copies a fixture model into a temporary directory so a test can break it.
+fn broken_copy(name: &str, edit: impl FnOnce(&Path)) -> InferenceError {
+    let dir = copy_model(name);
     edit(dir.path());
     match ChatEngine::load_safetensors(dir.path(), DeviceSpec::Cpu) {
         Ok(_) => panic!("a broken {name} loaded"),

@@ -17,17 +17,31 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{CpuLlama, ForwardError, KvCache, Scratch, ops};
+use super::{CpuLlama, ForwardError, KvCache, Scratch, Tap, ops};
 
 impl CpuLlama {
     /// Feeds `tokens[i]` to `seqs[i]` at `positions[i]` (its cache keeps the positions before,
     /// as in [`CpuLlama::forward_last`]) and returns each sequence's next-token logits, in order.
     ///
     /// Every sequence must be a clone of the same loaded model (they share the weights).
+    #[cfg(test)]
     pub(crate) fn decode_batch(
         seqs: &mut [&mut CpuLlama],
         tokens: &[u32],
         positions: &[usize],
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        Self::decode_batch_tapped(seqs, tokens, positions, &[], &mut [])
+    }
+
+    /// [`Self::decode_batch`] (the serving loop's step), with sequence `i`'s hidden states at `layers[i]` (numbered as
+    /// in `llm::observer`) into `hidden[i]`, as [`CpuLlama::forward_last_tapped`] gives them;
+    /// `layers` and `hidden` are empty when no sequence asks.
+    pub(crate) fn decode_batch_tapped(
+        seqs: &mut [&mut CpuLlama],
+        tokens: &[u32],
+        positions: &[usize],
+        layers: &[&[usize]],
+        hidden: &mut [Vec<f32>],
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
         let Some(first) = seqs.first() else { return Err(ForwardError::NoTokens) };
         if tokens.len() != seqs.len() || positions.len() != seqs.len() {
@@ -44,12 +58,25 @@ impl CpuLlama {
         if let Some(&token_id) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(ForwardError::UnknownToken { token_id, vocab });
         }
+        if !layers.is_empty() && (layers.len() != seqs.len() || hidden.len() != seqs.len()) {
+            return Err(ForwardError::BatchShape { sequences: seqs.len(), tokens: layers.len().min(hidden.len()) });
+        }
+        for l in layers {
+            first.check_layers(l)?;
+        }
         let pool = crate::llm::quant::pool().ok_or(ForwardError::NoThreads)?;
+        let mut taps: Vec<Tap<'_>> = layers
+            .iter()
+            .zip(hidden.iter_mut())
+            .enumerate()
+            .filter(|(_, (l, _))| !l.is_empty())
+            .map(|(i, (l, out))| Tap::new(i..i + 1, l, out, weights.hidden))
+            .collect();
         // The first sequence lends its buffers to the step.
         let mut scratch = std::mem::take(&mut seqs[0].scratch);
         let isa = seqs[0].isa;
         let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut s.cache).collect();
-        pool.install(|| run_batch(&weights, isa, &mut caches, tokens, positions, &mut scratch));
+        pool.install(|| run_batch(&weights, isa, &mut caches, tokens, positions, &mut scratch, &mut taps));
         let vocab_out = weights.output.rows();
         let logits = scratch.logits.chunks_exact(vocab_out).map(<[f32]>::to_vec).collect();
         seqs[0].scratch = scratch;
@@ -66,6 +93,7 @@ fn run_batch(
     tokens: &[u32],
     positions: &[usize],
     s: &mut Scratch,
+    taps: &mut [Tap<'_>],
 ) {
     let (hidden, heads, n) = (w.hidden, w.heads, tokens.len());
     let (q_dim, kv_dim) = (heads.q_dim(), heads.kv_dim());
@@ -78,6 +106,7 @@ fn run_batch(
     for (&t, x) in tokens.iter().zip(s.x.chunks_exact_mut(hidden)) {
         w.embedding.dequantize_row(t as usize, x);
     }
+    super::tap(taps, 0, &s.x, hidden);
     for (l, layer) in w.layers.iter().enumerate() {
         super::project_qkv(w, isa, layer, s);
 
@@ -104,7 +133,11 @@ fn run_batch(
             |scores, ((out, q), &(k, v, position))| ops::attend(heads, q, k, v, position, scores, out),
         );
         super::finish_layer(w, isa, layer, s);
+        if l + 1 < w.layers.len() {
+            super::tap(taps, l + 1, &s.x, hidden);
+        }
     }
+    super::tap_final(w, taps, &s.x);
     for (cache, &position) in caches.iter_mut().zip(positions) {
         cache.len = position + 1;
     }

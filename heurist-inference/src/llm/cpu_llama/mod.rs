@@ -7,7 +7,9 @@
 //! causal grouped-query attention over an f32 KV cache → output projection → RMSNorm →
 //! gate/up (one stacked matmul) → SwiGLU → down, then the final norm and the vocabulary
 //! projection for the last token only (or, for teacher-forced scoring, for the last `k` tokens
-//! of one pass: [`CpuLlama::forward_positions`], bitwise what decoding them one by one gives). Every matmul quantizes its input to 8 bits per block
+//! of one pass: [`CpuLlama::forward_positions`], bitwise what decoding them one by one gives).
+//! A pass may also copy out the residual stream of chosen tokens at chosen layers (`Tap`, the
+//! observer's hidden states); with no tap it copies nothing. Every matmul quantizes its input to 8 bits per block
 //! and multiplies in integers, as llama.cpp does. A forward pass runs inside the kernels'
 //! thread pool.
 //!
@@ -73,6 +75,14 @@ pub(crate) enum ForwardError {
         sequences: usize,
         /// Tokens given.
         tokens: usize,
+    },
+    /// Hidden states were asked for at a layer the model does not have.
+    #[error("hidden states asked for at layer {layer}, but the model has {layers} layers (0 to {layers})")]
+    NoSuchLayer {
+        /// The layer asked for.
+        layer: usize,
+        /// Decoder layers.
+        layers: usize,
     },
     /// A sequence in a batched step is a clone of another loaded model.
     #[error("sequence {index} of the batch belongs to another model")]
@@ -164,14 +174,43 @@ impl CpuLlama {
 
     /// Runs `tokens` at positions `position..` (the cache keeps positions before `position`)
     /// and returns the logits after the last one.
+    #[cfg(test)]
     pub(crate) fn forward_last(&mut self, tokens: &[u32], position: usize) -> Result<Vec<f32>, ForwardError> {
+        self.forward_last_tapped(tokens, position, &[], &mut Vec::new())
+    }
+
+    /// [`Self::forward_last`], with the last token's hidden states at `layers` (numbered as in
+    /// `llm::observer`) into `hidden`, one after another in the order asked.
+    pub(crate) fn forward_last_tapped(
+        &mut self,
+        tokens: &[u32],
+        position: usize,
+        layers: &[usize],
+        hidden: &mut Vec<f32>,
+    ) -> Result<Vec<f32>, ForwardError> {
         self.check(tokens, position)?;
+        self.check_layers(layers)?;
         let pool = crate::llm::quant::pool().ok_or(ForwardError::NoThreads)?;
-        pool.install(|| self.run(tokens, position, 1));
+        let mut taps = [Tap::new(tokens.len() - 1..tokens.len(), layers, hidden, self.weights.hidden)];
+        let taps = if layers.is_empty() { &mut [][..] } else { &mut taps[..] };
+        pool.install(|| self.run(tokens, position, 1, taps));
         Ok(self.scratch.logits.clone())
     }
 
-    fn run(&mut self, tokens: &[u32], position: usize, logit_rows: usize) {
+    /// Decoder layers.
+    pub(crate) fn num_layers(&self) -> usize {
+        self.weights.layers.len()
+    }
+
+    fn check_layers(&self, layers: &[usize]) -> Result<(), ForwardError> {
+        let max = self.weights.layers.len();
+        match layers.iter().find(|&&l| l > max) {
+            Some(&layer) => Err(ForwardError::NoSuchLayer { layer, layers: max }),
+            None => Ok(()),
+        }
+    }
+
+    fn run(&mut self, tokens: &[u32], position: usize, logit_rows: usize, taps: &mut [Tap<'_>]) {
         let w = &*self.weights;
         let (isa, s, cache) = (self.isa, &mut self.scratch, &mut self.cache);
         let (hidden, heads, n_tok) = (w.hidden, w.heads, tokens.len());
@@ -183,6 +222,7 @@ impl CpuLlama {
         for (&t, x) in tokens.iter().zip(s.x.chunks_exact_mut(hidden)) {
             w.embedding.dequantize_row(t as usize, x);
         }
+        tap(taps, 0, &s.x, hidden);
         for (l, layer) in w.layers.iter().enumerate() {
             project_qkv(w, isa, layer, s);
 
@@ -216,7 +256,11 @@ impl CpuLlama {
                 );
             }
             finish_layer(w, isa, layer, s);
+            if l + 1 < w.layers.len() {
+                tap(taps, l + 1, &s.x, hidden);
+            }
         }
+        tap_final(w, taps, &s.x);
         cache.len = position + n_tok;
 
         if logit_rows > 0 {
@@ -249,6 +293,55 @@ fn finish_layer(w: &Weights, isa: Isa, layer: &Layer, s: &mut Scratch) {
     add(&mut s.x, &s.wide);
 }
 
+/// Hidden states one pass copies out: the residual stream of its tokens `rows` at `layers`
+/// (numbered as in `llm::observer`), into `out`, row after row, each row's layers in the order
+/// asked.
+pub(super) struct Tap<'a> {
+    rows: std::ops::Range<usize>,
+    layers: &'a [usize],
+    out: &'a mut Vec<f32>,
+}
+
+impl<'a> Tap<'a> {
+    pub(super) fn new(rows: std::ops::Range<usize>, layers: &'a [usize], out: &'a mut Vec<f32>, hidden: usize) -> Self {
+        out.clear();
+        out.resize(rows.len() * layers.len() * hidden, 0.0);
+        Self { rows, layers, out }
+    }
+
+    /// Copies rows of `x` (the pass's `[token][hidden]` values) at layer `index`.
+    fn copy(&mut self, index: usize, x: &[f32], hidden: usize, first_row: usize) {
+        let n = self.layers.len();
+        for (j, _) in self.layers.iter().enumerate().filter(|&(_, &l)| l == index) {
+            for (r, row) in self.rows.clone().enumerate() {
+                let src = &x[(row - first_row) * hidden..(row - first_row + 1) * hidden];
+                self.out[(r * n + j) * hidden..(r * n + j + 1) * hidden].copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// Copies what `taps` want of layer `index` from the residual stream `x`; nothing when no
+/// tap asks (the common case costs a loop over an empty slice).
+fn tap(taps: &mut [Tap<'_>], index: usize, x: &[f32], hidden: usize) {
+    for tap in taps {
+        tap.copy(index, x, hidden, 0);
+    }
+}
+
+/// The last index: the final RMSNorm of the rows the taps want (the values the vocabulary
+/// projection quantizes), as transformers reports its last hidden state.
+fn tap_final(w: &Weights, taps: &mut [Tap<'_>], x: &[f32]) {
+    let last = w.layers.len();
+    let mut normed = Vec::new();
+    for tap in taps.iter_mut().filter(|t| t.layers.contains(&last)) {
+        let rows = &x[tap.rows.start * w.hidden..tap.rows.end * w.hidden];
+        ops::rms_norm(rows, &w.output_norm, w.eps, &mut normed);
+        let first = tap.rows.start;
+        tap.copy(last, &normed, w.hidden, first);
+    }
+}
+
 /// The final norm and the vocabulary projection of the hidden states of `tokens` (indices into
 /// the pass's tokens), into `s.logits` (`tokens.len() × vocab`).
 ///
@@ -278,26 +371,37 @@ impl CpuLlama {
     /// tokens (the matmul kernels keep each (row, token) sum in one order, attention never
     /// splits one head's sum), so a verifier rescoring an answer sees exactly what the
     /// generator saw.
+    ///
+    /// With `layers`, `each` also gets the hidden states of those positions at `layers`
+    /// (numbered as in `llm::observer`, in the order asked); they are all kept until the pass
+    /// ends, `k × layers.len() × hidden` values.
     pub(crate) fn forward_positions(
         &mut self,
         tokens: &[u32],
         position: usize,
         k: usize,
-        each: &mut dyn FnMut(usize, &[f32]),
+        layers: &[usize],
+        each: &mut dyn FnMut(usize, &[f32], &[f32]),
     ) -> Result<(), ForwardError> {
         self.check(tokens, position)?;
+        self.check_layers(layers)?;
         if k > tokens.len() {
             return Err(ForwardError::TooManyPositions { positions: k, tokens: tokens.len() });
         }
         let pool = crate::llm::quant::pool().ok_or(ForwardError::NoThreads)?;
-        pool.install(|| self.run(tokens, position, 0));
-        let (n, vocab) = (tokens.len(), self.weights.output.rows());
+        let (n, vocab, hidden) = (tokens.len(), self.weights.output.rows(), self.weights.hidden);
+        let mut states = Vec::new();
+        let mut taps = [Tap::new(n - k..n, layers, &mut states, hidden)];
+        let taps = if layers.is_empty() { &mut [][..] } else { &mut taps[..] };
+        pool.install(|| self.run(tokens, position, 0, taps));
+        let per_row = layers.len() * hidden;
         for start in (n - k..n).step_by(Self::PROJECT_CHUNK) {
             let end = (start + Self::PROJECT_CHUNK).min(n);
             let (w, s) = (&*self.weights, &mut self.scratch);
             pool.install(|| project(w, self.isa, s, start..end));
             for (j, logits) in s.logits.chunks_exact(vocab).enumerate() {
-                each(start + j - (n - k), logits);
+                let i = start + j - (n - k);
+                each(i, logits, &states[i * per_row..(i + 1) * per_row]);
             }
         }
         Ok(())
