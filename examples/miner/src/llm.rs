@@ -217,7 +217,8 @@ pub async fn run(engine: Arc<SharedEngine>, job_id: &str, params: &LlmParams) ->
 ///
 /// The stream is the live copy for the job's client; the signed `miner_submit` that the
 /// worker spools and delivers afterwards stays the record (it alone carries the signature and
-/// latencies, and the protocol lets a result arrive that way). So a stream that fails (the
+/// latencies, and the local sequencer credits a streamed job only through that submission, and
+/// only when it agrees with the stream). So a stream that fails (the
 /// sequencer down or refusing it mid-answer) costs nothing: it is logged and the answer is
 /// delivered through the spool like any other.
 pub async fn run_and_stream(
