@@ -7,8 +7,11 @@
 //! transformers that alone moves the UNet's output by about 1e-4 relative, the whole budget this
 //! crate keeps against diffusers. Names are diffusers'.
 
-use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::conv::Conv2d;
+use super::group_norm::GroupNorm;
 
 /// Multi-head attention with diffusers' projections (`to_q`, `to_k`, `to_v` without bias,
 /// `to_out.0` with).
@@ -45,9 +48,21 @@ impl Attention {
         let q = split(self.q.forward(xs)?)?;
         let k = split(self.k.forward(context)?)?;
         let v = split(self.v.forward(context)?)?;
-        let scores = (q.matmul(&k.t()?)? * self.scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let attn = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, dim))?;
+        let attn = if q.device().is_cpu() && q.dtype() == DType::F32 {
+            // The fused kernel (see `sdpa`): 2.3x faster at SD 1.5's 4096 tokens on 2 cores,
+            // and without the 1 GiB of scores.
+            let heads = |t: Tensor| {
+                let (_, h, len, d) = t.dims4()?;
+                t.reshape((b * h, len, d))
+            };
+            let out =
+                super::sdpa::attention(&heads(q)?, &heads(k)?, &heads(v)?, self.scale as f32)?;
+            out.reshape((b, self.heads, n, dim / self.heads))?
+        } else {
+            let scores = (q.matmul(&k.t()?)? * self.scale)?;
+            candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?
+        };
+        let attn = attn.transpose(1, 2)?.reshape((b, n, dim))?;
         self.out.forward(&attn)
     }
 }
@@ -117,7 +132,7 @@ impl SpatialTransformer {
             Ok(if linear {
                 Projection::Linear(candle_nn::linear(channels, channels, vb.pp(name))?)
             } else {
-                Projection::Conv(candle_nn::conv2d(
+                Projection::Conv(Conv2d::new(
                     channels,
                     channels,
                     1,
@@ -137,7 +152,7 @@ impl SpatialTransformer {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            norm: candle_nn::group_norm(groups, channels, 1e-6, vb.pp("norm"))?,
+            norm: GroupNorm::new(groups, channels, 1e-6, vb.pp("norm"))?,
             proj_in: projection("proj_in")?,
             blocks,
             proj_out: projection("proj_out")?,

@@ -1,6 +1,6 @@
-//! The conditional UNet of SD 1.5 and SDXL: candle-transformers' resnets and time embeddings,
-//! with the top level, the block assembly and the spatial transformers ([`super::transformer`])
-//! here.
+//! The conditional UNet of SD 1.5 and SDXL: candle-transformers' time embeddings, with the top
+//! level, the block assembly, the resnets ([`super::resnet`]) and the spatial transformers
+//! ([`super::transformer`]) here, on this crate's CPU kernels.
 //!
 //! candle's own `UNet2DConditionModel` has no `add_embedding`: SDXL adds to the time embedding
 //! an embedding of the pooled text projection and the six "time ids" (original size, crop
@@ -9,11 +9,13 @@
 //! attentions.0…`, `add_embedding.linear_1`, …).
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
+use super::conv::Conv2d;
 use super::detect::SdArchitecture;
+use super::group_norm::GroupNorm;
+use super::resnet::ResnetBlock2D;
 use super::transformer::SpatialTransformer;
 
 const NORM_EPS: f64 = 1e-5;
@@ -41,7 +43,7 @@ pub(crate) struct Unet {
     down: Vec<Level>,
     mid: (ResnetBlock2D, SpatialTransformer, ResnetBlock2D),
     up: Vec<Level>,
-    norm_out: candle_nn::GroupNorm,
+    norm_out: GroupNorm,
     conv_out: Conv2d,
 }
 
@@ -57,7 +59,7 @@ impl Unet {
             padding: 1,
             ..Default::default()
         };
-        let conv_in = candle_nn::conv2d(arch.latent_channels, c0, 3, conv3, vb.pp("conv_in"))?;
+        let conv_in = Conv2d::new(arch.latent_channels, c0, 3, conv3, vb.pp("conv_in"))?;
         let time_proj = Timesteps::new(c0, true, 0.0);
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), c0, time_dim)?;
         let add = match arch.add_embedding {
@@ -72,19 +74,7 @@ impl Unet {
             }),
         };
         let resnet = |vb: VarBuilder<'_>, in_ch: usize, out_ch: usize| {
-            ResnetBlock2D::new(
-                vb,
-                in_ch,
-                ResnetBlock2DConfig {
-                    out_channels: Some(out_ch),
-                    temb_channels: Some(time_dim),
-                    groups,
-                    groups_out: None,
-                    eps: NORM_EPS,
-                    use_in_shortcut: None,
-                    output_scale_factor: 1.0,
-                },
-            )
+            ResnetBlock2D::new(vb, in_ch, out_ch, Some(time_dim), groups, NORM_EPS)
         };
         let transformer = |vb: VarBuilder<'_>, level: usize, depth: usize| {
             SpatialTransformer::new(
@@ -122,7 +112,7 @@ impl Unet {
                 };
                 let sampler = if i + 1 < levels {
                     let vb = vb.pp("downsamplers.0.conv");
-                    Some(candle_nn::conv2d(out, out, 3, down_conv, vb)?)
+                    Some(Conv2d::new(out, out, 3, down_conv, vb)?)
                 } else {
                     None
                 };
@@ -165,7 +155,7 @@ impl Unet {
                 };
                 let sampler = if i + 1 < levels {
                     let vb = vb.pp("upsamplers.0.conv");
-                    Some(candle_nn::conv2d(out, out, 3, conv3, vb)?)
+                    Some(Conv2d::new(out, out, 3, conv3, vb)?)
                 } else {
                     None
                 };
@@ -176,8 +166,8 @@ impl Unet {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let norm_out = candle_nn::group_norm(groups, c0, NORM_EPS, vb.pp("conv_norm_out"))?;
-        let conv_out = candle_nn::conv2d(c0, arch.latent_channels, 3, conv3, vb.pp("conv_out"))?;
+        let norm_out = GroupNorm::new(groups, c0, NORM_EPS, vb.pp("conv_norm_out"))?;
+        let conv_out = Conv2d::new(c0, arch.latent_channels, 3, conv3, vb.pp("conv_out"))?;
         Ok(Self {
             conv_in,
             time_proj,
@@ -260,7 +250,6 @@ impl Unet {
                 xs = conv.forward(&xs.upsample_nearest2d(th, tw)?)?;
             }
         }
-        let xs = candle_nn::ops::silu(&self.norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        self.conv_out.forward(&self.norm_out.forward_silu(&xs)?)
     }
 }
