@@ -96,7 +96,10 @@ pub async fn start(config: SequencerConfig) -> Result<RunningSequencer> {
             let max = sweeper.config.max_attempts;
             let r = app::blocking(&sweeper, move |s| app::lock(&s.store).requeue_expired(app::now_ms(), max)).await;
             match r {
-                Ok(ids) if !ids.is_empty() => tracing::info!(?ids, "re-queued jobs whose miner did not submit in time"),
+                Ok(ids) if !ids.is_empty() => {
+                    sweeper.forget_assignments(ids.iter().map(String::as_str));
+                    tracing::info!(?ids, "re-queued jobs whose miner did not submit in time");
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "re-queue sweep failed"),
             }

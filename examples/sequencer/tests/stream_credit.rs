@@ -242,3 +242,47 @@ async fn a_streamed_answer_is_audited_like_a_text_submission() {
     assert_eq!(p["slashes"].as_array().map(Vec::len), Some(1), "{p}");
     seq.shutdown().await.unwrap();
 }
+
+/// What the sequencer keeps of a stream lasts as long as the assignment: a job whose miner
+/// streamed and then never submitted is re-queued without its stale stream (the next assignee
+/// streams afresh), and an accepted job's stream gives way to its stored result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_lasts_as_long_as_its_assignment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf()).unwrap();
+    config.api_keys = vec![KEY.into()];
+    config.requeue_interval = Duration::from_millis(100);
+    let seq = heurist_sequencer::start(config).await.unwrap();
+    let url = seq.url();
+    let c = SequencerClient::new(ClientConfig { base_url: url.clone(), timeout: Duration::from_secs(10), ..ClientConfig::default() }).unwrap();
+    let mut short = llm_job("abandoned");
+    short.deadline = Some(1);
+    c.submit_job(KEY, &short).await.unwrap();
+    let wallet = IdentityWallet::generate().unwrap();
+    let first = MinerId::new("0x00000000000000000000000000000000000005ed", Some("gone")).unwrap();
+    let second = MinerId::new("0x00000000000000000000000000000000000005ee", Some("next")).unwrap();
+    take(&c, &first).await;
+    assert_eq!(stream_text(&url, "abandoned", &first, "Half an", false).await.0, 200);
+    assert_eq!(status(&url, "abandoned").await["stream"]["text"], "Half an");
+    // The first miner goes silent; its deadline (1 s) passes and the sweep re-queues the job.
+    let t = std::time::Instant::now();
+    loop {
+        let s = status(&url, "abandoned").await;
+        if s["job"]["status"] == "queued" {
+            assert!(s["stream"].is_null(), "a re-queued job shows no stale stream: {s}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "never re-queued: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The next assignee streams and submits a different answer: the first miner's partial
+    // stream no longer binds it, and once accepted the result replaces the stream.
+    let job = take(&c, &second).await;
+    assert_eq!(job.job_id, "abandoned");
+    assert_eq!(stream(&url, "abandoned", &second, true).await.0, 200);
+    c.submit(&text_submit(&job, &second, &wallet)).await.unwrap();
+    let s = status(&url, "abandoned").await;
+    assert_eq!(s["result"]["verdict"]["status"], "accepted", "{s}");
+    assert!(s["stream"].is_null(), "{s}");
+    seq.shutdown().await.unwrap();
+}
