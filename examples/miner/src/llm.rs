@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
-use heurist_inference::{ChatEngine, ChatEvent, ChatMessage, ChatRequest, ChatServer, DeviceSpec, FinishReason, Role};
+use heurist_inference::{ChatEngine, ChatEvent, ChatRequest, ChatServer, DeviceSpec, FinishReason};
 use heurist_protocol::openai::{self, Choice};
-use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
 use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{LlmParams, MinerId};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -184,26 +183,34 @@ pub struct ChatResult {
     pub completion_tokens: usize,
 }
 
-fn role(r: openai::Role) -> Role {
-    match r {
-        openai::Role::System => Role::System,
-        openai::Role::User => Role::User,
-        openai::Role::Assistant => Role::Assistant,
-        openai::Role::Tool => Role::Tool,
-    }
+/// The engine request for a clamped chat job: its messages (tool calls and results
+/// included), tools, sampling parameters and `extra_body`, and the reference's stop strings
+/// plus the job's. The verifier builds its re-run from the same function
+/// ([`heurist_verify::llm::chat_request`]), so that an honest answer re-checks.
+pub fn request_for(params: &LlmParams) -> ChatRequest {
+    heurist_verify::llm::chat_request(params)
 }
 
-/// The engine request for a clamped chat job: the reference's stop strings plus the job's.
-pub fn request_for(params: &LlmParams) -> ChatRequest {
-    let messages = params.payload.messages.iter().map(|m| ChatMessage::new(role(m.role), m.text_content())).collect();
-    let mut stop: Vec<String> = REFERENCE_STOP_STRINGS.iter().map(|s| (*s).to_owned()).collect();
-    if let Some(s) = &params.payload.sampling.stop {
-        stop.extend(s.to_vec());
+/// The answer as the protocol's assistant message: with tool calls, the calls and the text
+/// before them (none when blank, as vLLM's Hermes parser gives it).
+fn answer_message(out: &heurist_inference::ChatOutput) -> openai::ChatMessage {
+    let mut message = openai::ChatMessage::text(openai::Role::Assistant, out.text.clone());
+    if !out.tool_calls.is_empty() {
+        if out.text.trim().is_empty() {
+            message.content = None;
+        }
+        message.tool_calls = Some(
+            out.tool_calls
+                .iter()
+                .map(|c| openai::ToolCall {
+                    id: c.id.clone(),
+                    kind: c.kind.clone(),
+                    function: openai::FunctionCall { name: c.function.name.clone(), arguments: c.function.arguments.clone() },
+                })
+                .collect(),
+        );
     }
-    ChatRequest::new(messages)
-        .with_max_tokens(params.max_tokens as usize)
-        .with_sampling(params.temperature, Some(params.seed))
-        .with_stop(stop)
+    message
 }
 
 /// Runs a chat job on the shared engine's server, waiting on a blocking thread.
@@ -335,11 +342,50 @@ async fn run_inner(
     Ok(ChatResult {
         choices: vec![Choice {
             index: 0,
-            message: openai::ChatMessage::text(openai::Role::Assistant, out.text),
+            message: answer_message(&out),
             finish_reason: Some(finish),
             extra: Default::default(),
         }],
         prompt_tokens: out.usage.prompt_tokens,
         completion_tokens: out.usage.completion_tokens,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use heurist_inference::{ChatOutput, FunctionCall, Timings, ToolCall, Usage};
+
+    use super::*;
+
+    fn output(text: &str, tool_calls: Vec<ToolCall>) -> ChatOutput {
+        ChatOutput {
+            text: text.into(),
+            tool_calls,
+            token_ids: Vec::new(),
+            finish_reason: FinishReason::ToolCalls,
+            usage: Usage { prompt_tokens: 1, completion_tokens: 1 },
+            timings: Timings { time_to_first_token: Default::default(), decode: Default::default() },
+        }
+    }
+
+    #[test]
+    fn tool_calls_reach_the_submitted_message() {
+        let call = ToolCall {
+            id: "call_0".into(),
+            kind: "function".into(),
+            function: FunctionCall { name: "get_weather".into(), arguments: r#"{"city": "Paris"}"#.into() },
+        };
+        let m = answer_message(&output("", vec![call.clone()]));
+        assert_eq!(m.content, None, "a blank content before the calls is null, as vLLM sends it");
+        let calls = m.tool_calls.unwrap();
+        assert_eq!((calls[0].id.as_str(), calls[0].function.name.as_str()), ("call_0", "get_weather"));
+        assert_eq!(calls[0].function.arguments, r#"{"city": "Paris"}"#);
+        let m = answer_message(&output("Let me check.", vec![call]));
+        assert_eq!(m.text_content(), "Let me check.");
+        assert_eq!(m.tool_calls.map(|c| c.len()), Some(1));
+        let plain = answer_message(&output("Paris.", Vec::new()));
+        assert_eq!((plain.text_content().as_str(), plain.tool_calls), ("Paris.", None));
+    }
 }

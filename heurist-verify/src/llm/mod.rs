@@ -19,16 +19,18 @@
 
 pub mod greedy_scored;
 pub mod likelihood;
+mod request;
+pub mod seeded;
 pub mod usage;
 
 pub use greedy_scored::{ScoredGreedyCheck, check_greedy_scored};
 pub use likelihood::{SampledCheck, SampledThresholds, check_sampled};
+pub use request::{chat_request, engine_message};
+pub use seeded::{SeededCheck, SeededMiss, SeededThresholds, check_seeded};
 pub use usage::{ClaimedUsage, UsageCheck, UsageTolerance, check_usage, claimed_usage};
 
-use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, Role};
-use heurist_protocol::openai;
-use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
-use heurist_protocol::{Job, JobParams, LlmParams, MinerLimits, MinerSubmit};
+use heurist_inference::{ChatEngine, ChatRequest};
+use heurist_protocol::{Job, JobParams, MinerLimits, MinerSubmit};
 
 use crate::error::{Result, VerifyError};
 
@@ -77,30 +79,6 @@ pub fn check_greedy(engine: &ChatEngine, request: &ChatRequest, claimed: &str) -
         first_difference,
         reference_tokens: out.usage.completion_tokens,
     })
-}
-
-/// The engine request of a clamped chat job, as the reference miner runs it: the job's
-/// messages, `max_tokens`, temperature and seed, and the reference's stop strings plus the
-/// job's own.
-pub fn chat_request(params: &LlmParams) -> ChatRequest {
-    let messages = params.payload.messages.iter().map(|m| ChatMessage::new(role(m.role), m.text_content())).collect();
-    let mut stop: Vec<String> = REFERENCE_STOP_STRINGS.iter().map(|s| (*s).to_owned()).collect();
-    if let Some(s) = &params.payload.sampling.stop {
-        stop.extend(s.to_vec().into_iter().filter(|s| !s.is_empty()));
-    }
-    ChatRequest::new(messages)
-        .with_max_tokens(params.max_tokens as usize)
-        .with_sampling(params.temperature, Some(params.seed))
-        .with_stop(stop)
-}
-
-fn role(r: openai::Role) -> Role {
-    match r {
-        openai::Role::System => Role::System,
-        openai::Role::User => Role::User,
-        openai::Role::Assistant => Role::Assistant,
-        openai::Role::Tool => Role::Tool,
-    }
 }
 
 /// The answer a chat submission claims: the text of its first choice.
