@@ -87,7 +87,7 @@ pub use error::{InferenceError, Result};
 pub use llm::batch::{ChatEvent, ChatHandle, ChatServer};
 pub use llm::engine::{ChatEngine, ScoreOutput};
 pub use llm::observer::{HiddenStates, NoObserver, TokenEvent, TokenObserver, WithHiddenStates};
-pub use llm::sampler::SamplingParams;
+pub use llm::sampler::{ReplayStep, SamplerReplay, SamplingParams};
 pub use llm::request::{
     ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, FinishReason, MAX_TOKENS_LIMIT,
     Role, Timings, Usage,

@@ -17,6 +17,12 @@
 //! and, with `--greedy`, the same prompts as greedy jobs judged by `check_greedy` (exact
 //! agreement): the honest answer and the three substitute models' greedy answers.
 //!
+//! `--seeded` judges instead every answer made by our sampler with `check_seeded` (the replay
+//! of the job's seeded draws under the claimed model): the honest answer alone and from a
+//! batch shared with the next three jobs, the three substitutes, the hotter, cut, random and
+//! greedy answers. llama.cpp's answers are not in these rows: its sampler is not ours, and
+//! the seeded replay is only for answers whose miner says it ran this engine.
+//!
 //! ```sh
 //! python3 tools/fetch_smollm2.py && tools/.venv/bin/python tools/make_llm_substitutes.py
 //! cargo run --release -p heurist-verify --features inference --example detection_table -- 200
@@ -32,10 +38,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, FinishReason, smollm2_path};
+use std::sync::Arc;
+
+use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, ChatServer, DeviceSpec, FinishReason, smollm2_path};
 use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
 use heurist_verify::llm::{
-    ClaimedUsage, SampledThresholds, UsageTolerance, check_greedy, check_sampled, check_usage,
+    ClaimedUsage, SampledThresholds, SeededThresholds, UsageTolerance, check_greedy, check_sampled, check_seeded,
+    check_usage,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -138,7 +147,7 @@ impl Table {
         for name in &self.order {
             let r = &self.rows[name];
             let rate = 100.0 * r.rejected as f64 / r.jobs.max(1) as f64;
-            let z = if r.by_mismatch > 0 || name.starts_with("greedy job") {
+            let z = if r.by_mismatch > 0 || name.starts_with("greedy job") || name.starts_with("seeded") {
                 "–".to_owned()
             } else {
                 format!("{:.1} to {:.1}", r.z_min, r.z_max)
@@ -154,17 +163,19 @@ impl Table {
 struct Args {
     range: std::ops::Range<usize>,
     greedy: bool,
+    seeded: bool,
     honest_only: bool,
     json: Option<PathBuf>,
     merge: Vec<PathBuf>,
 }
 
 fn args() -> Result<Args, Error> {
-    let mut a = Args { range: 0..200, greedy: false, honest_only: false, json: None, merge: Vec::new() };
+    let mut a = Args { range: 0..200, greedy: false, seeded: false, honest_only: false, json: None, merge: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--greedy" => a.greedy = true,
+            "--seeded" => a.seeded = true,
             "--honest-only" => a.honest_only = true,
             "--json" => a.json = Some(it.next().ok_or("--json needs a path")?.into()),
             "--merge" => a.merge.extend(it.by_ref().map(PathBuf::from)),
@@ -207,7 +218,8 @@ fn main() -> Result<(), Error> {
         return Err(format!("jobs {:?}: the fixture has {}", args.range, jobs.len()).into());
     }
     let model = smollm2_path()?;
-    let engine = ChatEngine::load_gguf(&model, DeviceSpec::Cpu)?;
+    let engine = Arc::new(ChatEngine::load_gguf(&model, DeviceSpec::Cpu)?);
+    let server = ChatServer::new(Arc::clone(&engine), 4)?;
     let substitutes: Vec<(&str, ChatEngine)> = if args.honest_only {
         Vec::new()
     } else {
@@ -261,6 +273,16 @@ fn main() -> Result<(), Error> {
             prompt_tokens: out.usage.prompt_tokens as u64,
             completion_tokens: out.usage.completion_tokens as u64,
         };
+        if args.seeded {
+            seeded_rows(&mut table, &engine, &server, &substitutes, jobs, i, &request, &mut rng)?;
+            if let Some(path) = &args.json {
+                std::fs::write(path, table.to_json().to_string())?;
+            }
+            if (i + 1 - args.range.start) % 10 == 0 {
+                eprintln!("{} jobs, {:.0} s", i + 1 - args.range.start, started.elapsed().as_secs_f64());
+            }
+            continue;
+        }
         let ours = engine.chat(&request)?;
         judge(&mut table, &honest_ours, &ours.text, ours.finish_reason == FinishReason::Length, usage_of(&ours))?;
         let theirs = job["text"].as_str().ok_or("no text")?;
@@ -330,5 +352,74 @@ fn main() -> Result<(), Error> {
     }
     table.print();
     eprintln!("{:.0} s in all", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The request of job `i` of the fixture.
+fn job_request(jobs: &[Value], i: usize) -> Result<ChatRequest, Error> {
+    let job = &jobs[i];
+    let question = job["messages"][0]["content"].as_str().ok_or("no prompt")?;
+    let t = job["temperature"].as_f64().ok_or("no temperature")?;
+    let max_tokens = job["max_tokens"].as_u64().ok_or("no max_tokens")? as usize;
+    let seed = job["seed"].as_u64().ok_or("no seed")?;
+    Ok(ChatRequest::new(vec![ChatMessage::user(question)])
+        .with_max_tokens(max_tokens)
+        .with_sampling(t, Some(seed))
+        .with_stop(REFERENCE_STOP_STRINGS))
+}
+
+/// The `--seeded` rows of job `i`: every answer our sampler made for it, judged by the replay
+/// of the job's seeded draws.
+#[allow(clippy::too_many_arguments)]
+fn seeded_rows(
+    table: &mut Table,
+    engine: &ChatEngine,
+    server: &ChatServer,
+    substitutes: &[(&str, ChatEngine)],
+    jobs: &[Value],
+    i: usize,
+    request: &ChatRequest,
+    rng: &mut StdRng,
+) -> Result<(), Error> {
+    let bar = SeededThresholds::default();
+    let mut judge = |row: &str, text: &str, at_limit: bool| -> Result<(), Error> {
+        let c = check_seeded(engine, request, text, at_limit, &bar)?;
+        if row.contains("honest") && !c.holds {
+            println!("false accusation, job {i} ({row}): {:?} {text:?}", c.reasons);
+        }
+        let r = table.row(&format!("seeded replay: {row}"));
+        r.jobs += 1;
+        r.rejected += u64::from(!c.holds);
+        r.by_mismatch += u64::from(!c.holds);
+        Ok(())
+    };
+    let limit = |out: &heurist_inference::ChatOutput| out.finish_reason == FinishReason::Length;
+    let ours = engine.chat(request)?;
+    judge("honest, our engine, alone", &ours.text, limit(&ours))?;
+    // The same job in a batch with the next three jobs (their requests decode beside it).
+    let handle = server.submit(request.clone());
+    let others: Vec<_> = (1..4).map(|k| job_request(jobs, (i + k) % jobs.len()).map(|r| server.submit(r))).collect::<Result<_, _>>()?;
+    let batched = handle.wait()?;
+    others.into_iter().for_each(|h| drop(h.wait()));
+    judge("honest, our engine, in a batch of 4", &batched.text, limit(&batched))?;
+    for (name, sub) in substitutes {
+        let out = sub.chat(request)?;
+        judge(name, &out.text, limit(&out))?;
+    }
+    let hot = engine.chat(&request.clone().with_sampling(request.temperature + 0.5, request.seed))?;
+    judge("another temperature (T + 0.5)", &hot.text, limit(&hot))?;
+    let mut cut = ours.text.len() / 2;
+    while !ours.text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    judge("truncated answer (cut in half)", &ours.text[..cut], false)?;
+    let vocab = engine.tokenizer().vocab_size() as u32;
+    let random: Vec<u32> = (0..ours.usage.completion_tokens.max(8))
+        .map(|_| rng.random_range(0..vocab))
+        .filter(|&id| !engine.tokenizer().is_control(id).unwrap_or(true))
+        .collect();
+    judge("random text", &engine.tokenizer().decode(&random)?, false)?;
+    let greedy = engine.chat(&request.clone().with_sampling(0.0, None))?;
+    judge("greedy answer for a sampled job", &greedy.text, limit(&greedy))?;
     Ok(())
 }

@@ -34,6 +34,15 @@ pub enum VerifyError {
         /// The request's temperature.
         temperature: f64,
     },
+    /// A seeded replay asked for a request without a seed (or a greedy one): there are no
+    /// draws to replay.
+    #[error("temperature {temperature}, seed {seed:?}: the seeded replay is for sampled answers with a seed")]
+    NotSeeded {
+        /// The request's temperature.
+        temperature: f64,
+        /// The request's seed.
+        seed: Option<u64>,
+    },
     /// A chat check asked of an image job or an image result (an S3 key).
     #[error("job {job_id:?}: not a chat job with a text result; only chat answers are re-checked here")]
     NotChatResult {

@@ -249,6 +249,37 @@ impl ChatEngine {
         completion: &[u32],
         observer: &mut dyn TokenObserver,
     ) -> Result<ScoreOutput> {
+        self.score_with_tools(messages, None, completion, observer)
+    }
+
+    /// [`ChatEngine::score`] of a completion to `request`, its prompt rendered as generation
+    /// renders it: with the request's `tools` passed to the template (a model's `tool_use`
+    /// template when it has one). What a verifier scores a job's answer with.
+    pub fn score_request(
+        &self,
+        request: &ChatRequest,
+        completion: &[u32],
+        observer: &mut dyn TokenObserver,
+    ) -> Result<ScoreOutput> {
+        self.score_with_tools(&request.messages, request.tools.as_deref(), completion, observer)
+    }
+
+    /// The token ids of `request`'s templated prompt, as generation feeds them (the history a
+    /// repetition penalty looks at, for one).
+    pub fn prompt_token_ids(&self, request: &ChatRequest) -> Result<Vec<u32>> {
+        if request.messages.is_empty() {
+            return Err(InferenceError::EmptyMessages);
+        }
+        self.prompt_ids_with_tools(&request.messages, request.tools.as_deref(), 0)
+    }
+
+    fn score_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&str>,
+        completion: &[u32],
+        observer: &mut dyn TokenObserver,
+    ) -> Result<ScoreOutput> {
         if messages.is_empty() {
             return Err(InferenceError::EmptyMessages);
         }
@@ -257,7 +288,7 @@ impl ChatEngine {
         }
         let layers = observer.hidden_layers().to_vec();
         self.model.check_hidden_layers(&layers)?;
-        let prompt_ids = self.prompt_ids(messages, completion.len().saturating_sub(1))?;
+        let prompt_ids = self.prompt_ids_with_tools(messages, tools, completion.len().saturating_sub(1))?;
         let usage = Usage { prompt_tokens: prompt_ids.len(), completion_tokens: completion.len() };
         let mut log_probs = Vec::with_capacity(completion.len());
         let mut session = Session::new(self, &layers);
@@ -291,13 +322,8 @@ impl ChatEngine {
         Ok(ScoreOutput { log_probs, usage })
     }
 
-    /// Renders and tokenizes `messages`, checking that the prompt plus `reserve` more fed
-    /// tokens fit the context.
-    fn prompt_ids(&self, messages: &[ChatMessage], reserve: usize) -> Result<Vec<u32>> {
-        self.prompt_ids_with_tools(messages, None, reserve)
-    }
-
-    /// [`ChatEngine::prompt_ids`] with OpenAI `tools` passed to the template.
+    /// Renders and tokenizes `messages` (with OpenAI `tools` passed to the template), checking
+    /// that the prompt plus `reserve` more fed tokens fit the context.
     pub(crate) fn prompt_ids_with_tools(
         &self,
         messages: &[ChatMessage],

@@ -203,13 +203,113 @@ impl Sampler {
     }
 }
 
+/// One step of [`SamplerReplay`]: what the seeded sampler drew where the answer has `claimed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplayStep {
+    /// The token the sampler draws from these logits with this step's uniform; `None` when no
+    /// logit is a number.
+    pub drawn: Option<u32>,
+    /// The token the answer has here.
+    pub claimed: u32,
+    /// This step's uniform draw in `[0, 1)`, scaled to the distribution's total: the sampler
+    /// takes the first token whose cumulative probability (in id order) exceeds it.
+    pub target: f64,
+    /// Where `claimed`'s probability lies on that cumulative scale: `[start, end)`; empty
+    /// when the token was dropped or has no probability.
+    pub claimed_range: (f64, f64),
+}
+
+impl ReplayStep {
+    /// How far (on the cumulative probability scale) the draw fell from the claimed token's
+    /// range: 0 when the sampler drew it. A verifier whose logits differ from the miner's by
+    /// rounding only sees distances of that rounding's size; another model, sampled with the
+    /// same seed, lands away from the range by a probability mass of its own.
+    pub fn miss(&self) -> f64 {
+        let (start, end) = self.claimed_range;
+        if self.target < start {
+            start - self.target
+        } else if self.target >= end {
+            self.target - end
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The engine's seeded sampler replayed over a known answer: feed it the logits of each
+/// position (from one teacher-forced pass, [`crate::ChatEngine::score`]) and the token the
+/// answer has there, and it says what the sampler drew with that position's uniform.
+///
+/// Each step consumes exactly the draw the engine's sampler makes for one generated token, and
+/// the penalties' history follows the claimed tokens, so for an answer our engine generated
+/// with `seed` on the same logits every step draws its claimed token. This is how a verifier
+/// re-checks a sampled answer of our engine as exactly as a greedy one, at the cost of one
+/// forward pass instead of a generation.
+///
+/// ```
+/// use heurist_inference::{SamplerReplay, SamplingParams};
+///
+/// let params = SamplingParams { temperature: 1.0, ..SamplingParams::default() };
+/// let logits = [0.0f32, 0.0, 0.0, 0.0]; // four equally likely tokens
+/// let mut replay = SamplerReplay::new(params, 42, &[]);
+/// let step = replay.step(&logits, 2);
+/// // The draw picked one token; token 2 holds the probability range [0.5, 0.75).
+/// assert_eq!(step.claimed_range, (0.5, 0.75));
+/// assert_eq!(step.drawn == Some(2), step.miss() == 0.0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SamplerReplay {
+    params: SamplingParams,
+    history: History,
+    rng: StdRng,
+}
+
+impl SamplerReplay {
+    /// The sampler of a request with `params` (not greedy) and `seed`, over `prompt`'s ids.
+    pub fn new(params: SamplingParams, seed: u64, prompt: &[u32]) -> Self {
+        Self {
+            params,
+            history: History::new(prompt),
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Replays one generated token: draws as the engine does from `logits`, and records
+    /// `claimed` as the output token for the next steps' penalties.
+    pub fn step(&mut self, logits: &[f32], claimed: u32) -> ReplayStep {
+        let probs = softmax(&self.params.process(logits, &self.history));
+        let total: f64 = probs.iter().sum();
+        // As `draw`: no uniform is consumed when there is nothing to draw from.
+        let (drawn, target) = if total.is_nan() || total <= 0.0 {
+            (None, f64::NAN)
+        } else {
+            let target = self.rng.random::<f64>() * total;
+            (pick(&probs, target), target)
+        };
+        let start: f64 = probs.iter().take(claimed as usize).sum();
+        let end = start + probs.get(claimed as usize).copied().unwrap_or(0.0);
+        self.history.push(claimed);
+        ReplayStep {
+            drawn,
+            claimed,
+            target,
+            claimed_range: (start, end),
+        }
+    }
+}
+
 /// A draw from `probs` (summing to 1 up to rounding), scanning in id order.
 fn draw(probs: &[f64], rng: &mut StdRng) -> Option<u32> {
     let total: f64 = probs.iter().sum();
     if total.is_nan() || total <= 0.0 {
         return None;
     }
-    let mut target = rng.random::<f64>() * total;
+    pick(probs, rng.random::<f64>() * total)
+}
+
+/// The token whose cumulative range holds `target` (in `[0, sum of probs)`).
+fn pick(probs: &[f64], target: f64) -> Option<u32> {
+    let mut target = target;
     for (id, p) in probs.iter().enumerate() {
         if target < *p {
             return u32::try_from(id).ok();
@@ -300,6 +400,50 @@ mod tests {
         };
         assert_eq!(draws(7), draws(7));
         assert_ne!(draws(7), draws(8));
+    }
+
+    #[test]
+    fn the_replay_draws_what_the_sampler_drew() {
+        // Penalties and filters on, so the replay must follow the history and every step.
+        let params = SamplingParams {
+            temperature: 0.8,
+            top_k: 20,
+            top_p: 0.95,
+            repetition_penalty: 1.2,
+            frequency_penalty: 0.3,
+            presence_penalty: 0.1,
+            ..SamplingParams::default()
+        };
+        let prompt = [3, 4, 5];
+        let logits: Vec<Vec<f32>> = (0..40)
+            .map(|t| {
+                (0..64)
+                    .map(|i| ((i * 7 + t * 13) as f32 * 0.31).sin() * 3.0)
+                    .collect()
+            })
+            .collect();
+        let mut sampler = Sampler::new(params, Some(9), &prompt);
+        let tokens: Vec<u32> = logits.iter().map(|l| sampler.sample(l).unwrap()).collect();
+        let mut replay = SamplerReplay::new(params, 9, &prompt);
+        for (l, &t) in logits.iter().zip(&tokens) {
+            let step = replay.step(l, t);
+            assert_eq!((step.drawn, step.miss()), (Some(t), 0.0), "{step:?}");
+        }
+        // Another token at one position: the draw misses its range, by a positive distance,
+        // and the steps after still replay (the history follows the claimed tokens).
+        let other = (0..64).find(|&c| c != tokens[0]).unwrap();
+        let mut replay = SamplerReplay::new(params, 9, &prompt);
+        let wrong = replay.step(&logits[0], other);
+        assert_eq!(wrong.drawn, Some(tokens[0]));
+        assert!(wrong.miss() > 0.0, "{wrong:?}");
+        // Another seed draws other tokens at most positions.
+        let mut replay = SamplerReplay::new(params, 10, &prompt);
+        let misses = logits
+            .iter()
+            .zip(&tokens)
+            .filter(|(l, t)| replay.step(l, **t).miss() > 0.0)
+            .count();
+        assert!(misses > 10, "{misses} of 40");
     }
 
     #[test]

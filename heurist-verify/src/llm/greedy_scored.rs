@@ -87,7 +87,7 @@ fn confirmed_by_scoring(engine: &ChatEngine, request: &ChatRequest, claimed: &st
             ends = best.is_some_and(|b| tokenizer.is_end_of_generation(b));
         }
     };
-    match engine.score(&request.messages, &tokens, &mut observe) {
+    match engine.score_request(request, &tokens, &mut observe) {
         Ok(_) => Ok((all_argmax && ends).then_some(answer_len)),
         // Too long for the context with the probe, say: the re-generation decides.
         Err(_) => Ok(None),

@@ -32,7 +32,7 @@
 //! (the network's jobs send a temperature only; vLLM's defaults then sample the whole
 //! tempered distribution): a request using them is refused, not misjudged.
 
-use heurist_inference::{ChatEngine, ChatRequest, TokenEvent, TokenObserver};
+use heurist_inference::{ChatEngine, ChatRequest, TokenEvent, TokenObserver, Tokenizer};
 
 use crate::error::{Result, VerifyError};
 
@@ -125,6 +125,20 @@ impl TokenObserver for Tally<'_> {
     }
 }
 
+/// Whether each token id ends an answer: an end-of-generation token, or a token that begins a
+/// stop string (or contains one from its start).
+pub(crate) fn ending_tokens(tokenizer: &Tokenizer, stop: &[String]) -> Vec<bool> {
+    (0..tokenizer.vocab_size())
+        .map(|id| {
+            let id = id as u32;
+            tokenizer.is_end_of_generation(id)
+                || tokenizer.token_bytes(id).is_ok_and(|b| {
+                    !b.is_empty() && stop.iter().any(|s| s.as_bytes().starts_with(b) || b.starts_with(s.as_bytes()))
+                })
+        })
+        .collect()
+}
+
 /// Rescores `claimed`, the answer to the sampled `request`, on `engine`.
 ///
 /// `ran_to_limit`: the miner says generation stopped at `max_tokens` (finish reason
@@ -145,15 +159,7 @@ pub fn check_sampled(
     let answer_len = tokens.len();
     let limit = request.max_tokens;
     let at_limit = answer_len >= limit || (ran_to_limit && answer_len * 10 + 10 >= limit * 9);
-    let ends: Vec<bool> = (0..tokenizer.vocab_size())
-        .map(|id| {
-            let id = id as u32;
-            tokenizer.is_end_of_generation(id)
-                || tokenizer.token_bytes(id).is_ok_and(|b| {
-                    !b.is_empty() && request.stop.iter().any(|s| s.as_bytes().starts_with(b) || b.starts_with(s.as_bytes()))
-                })
-        })
-        .collect();
+    let ends = ending_tokens(tokenizer, &request.stop);
     if !at_limit {
         // One more position, scored under the logits after the last claimed token.
         tokens.push(tokenizer.eos_token_id());
@@ -167,7 +173,7 @@ pub fn check_sampled(
         least: None,
         end_log_prob: None,
     };
-    engine.score(&request.messages, &tokens, &mut tally).map_err(inference)?;
+    engine.score_request(request, &tokens, &mut tally).map_err(inference)?;
     let z = if tally.sum_var > 0.0 { tally.sum_dev / tally.sum_var.sqrt() } else { 0.0 };
     let mut reasons = Vec::new();
     if let Some((index, lp)) = tally.least.filter(|(_, lp)| *lp < thresholds.min_token_log_prob) {

@@ -108,8 +108,8 @@ pub fn check_usage(
         });
     }
     let tokenizer = engine.tokenizer();
-    let prompt = engine.render_prompt(&request.messages).map_err(inference)?;
-    let prompt_tokens = tokenizer.encode(&prompt).map_err(inference)?.len() as u64;
+    // Rendered as generation renders it: with the job's tools, when it offers any.
+    let prompt_tokens = engine.prompt_token_ids(request).map_err(inference)?.len() as u64;
     let completion_tokens = tokenizer.encode(answer).map_err(inference)?.len() as u64;
     let mut stop_tokens = 0;
     for s in &request.stop {

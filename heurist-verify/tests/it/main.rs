@@ -13,6 +13,8 @@ mod image;
 #[cfg(feature = "inference")]
 mod llm;
 mod metrics;
+#[cfg(feature = "inference")]
+mod seeded;
 mod signatures;
 
 use std::path::PathBuf;
