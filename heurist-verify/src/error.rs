@@ -34,6 +34,16 @@ pub enum VerifyError {
         /// The request's temperature.
         temperature: f64,
     },
+    /// A likelihood check asked of a request that truncates or penalises the distribution
+    /// (top-k, top-p, min-p, penalties), which the likelihood statistic does not model; the
+    /// seeded replay ([`crate::llm::check_seeded`]) does.
+    #[error("{name} = {value}: the likelihood check models plain tempered sampling only; replay the seed instead")]
+    UnmodelledSampling {
+        /// The parameter.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
     /// A seeded replay asked for a request without a seed (or a greedy one): there are no
     /// draws to replay.
     #[error("temperature {temperature}, seed {seed:?}: the seeded replay is for sampled answers with a seed")]

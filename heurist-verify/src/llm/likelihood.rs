@@ -142,7 +142,8 @@ pub(crate) fn ending_tokens(tokenizer: &Tokenizer, stop: &[String]) -> Vec<bool>
 /// Rescores `claimed`, the answer to the sampled `request`, on `engine`.
 ///
 /// `ran_to_limit`: the miner says generation stopped at `max_tokens` (finish reason
-/// `length`). A greedy request is [`VerifyError::NotSampled`] (use [`super::check_greedy`]).
+/// `length`). A greedy request is [`VerifyError::NotSampled`] (use [`super::check_greedy`]);
+/// one with top-k, top-p, min-p or a penalty is [`VerifyError::UnmodelledSampling`].
 pub fn check_sampled(
     engine: &ChatEngine,
     request: &ChatRequest,
@@ -152,6 +153,19 @@ pub fn check_sampled(
 ) -> Result<SampledCheck> {
     if !(request.temperature.is_finite() && request.temperature > 0.0) {
         return Err(VerifyError::NotSampled { temperature: request.temperature });
+    }
+    let neutral = heurist_inference::SamplingParams::default();
+    for (name, value, off) in [
+        ("top_p", request.top_p, neutral.top_p),
+        ("top_k", request.top_k as f64, neutral.top_k as f64),
+        ("min_p", request.min_p, neutral.min_p),
+        ("repetition_penalty", request.repetition_penalty, neutral.repetition_penalty),
+        ("presence_penalty", request.presence_penalty, neutral.presence_penalty),
+        ("frequency_penalty", request.frequency_penalty, neutral.frequency_penalty),
+    ] {
+        if value != off {
+            return Err(VerifyError::UnmodelledSampling { name, value });
+        }
     }
     let inference = |e: heurist_inference::InferenceError| VerifyError::Inference { reason: e.to_string() };
     let tokenizer = engine.tokenizer();

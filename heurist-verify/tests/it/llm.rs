@@ -143,3 +143,17 @@ fn claimed_usage_is_recounted_and_inflation_refused() {
     .unwrap();
     assert!(matches!(check_usage_submission(&engine, &other, &orphan, &tolerance), Err(VerifyError::NoJob { .. })));
 }
+
+#[test]
+fn filtered_or_penalised_sampling_is_refused_not_misjudged() {
+    let engine = engine();
+    let base = ChatRequest::new(vec![ChatMessage::user("hi")]).with_max_tokens(8).with_sampling(0.8, Some(1));
+    let mut top_p = base.clone();
+    top_p.top_p = 0.9;
+    let mut penalised = base.clone();
+    penalised.repetition_penalty = 1.1;
+    for (request, name) in [(top_p, "top_p"), (penalised, "repetition_penalty")] {
+        let err = check_sampled(&engine, &request, "Hello", false, &SampledThresholds::default()).unwrap_err();
+        assert!(matches!(err, VerifyError::UnmodelledSampling { name: n, .. } if n == name), "{err}");
+    }
+}
