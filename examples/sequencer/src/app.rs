@@ -36,8 +36,9 @@ pub(crate) struct AppState {
     pub(crate) ledger: Mutex<LedgerHandle>,
     pub(crate) rules: RuleSet,
     bindings: Mutex<HashMap<Address, Address>>,
-    /// The latest `miner_submit_stream` of each job while it is assigned, for the client to
-    /// read while the miner generates, and for the signed `miner_submit` to be checked against.
+    /// The latest `miner_submit_stream` of each job (until its assignment expires), for the
+    /// client to read while the miner generates, and for the signed `miner_submit` to be checked
+    /// against.
     streams: Mutex<HashMap<String, LiveStream>>,
     /// The address of the `miner_request` each job was handed to (since this process
     /// started): its stream must come from there.
@@ -64,10 +65,9 @@ impl AppState {
 }
 
 impl AppState {
-    /// Drops what this process keeps in memory about jobs that are no longer assigned (accepted,
-    /// re-queued or failed): the address each was handed to and its stream. A re-queued job is
-    /// streamed afresh by its next assignee; an accepted one has its result stored. Without
-    /// this, a long-running sequencer keeps every job it ever handed out.
+    /// Drops what this process keeps in memory about jobs whose assignment expired (re-queued or
+    /// failed): the address each was handed to and its stream. A re-queued job is streamed
+    /// afresh by its next assignee. (An accepted job keeps its stream for the client.)
     pub(crate) fn forget_assignments<'a>(&self, job_ids: impl IntoIterator<Item = &'a str>) {
         let mut handed_to = lock(&self.handed_to);
         let mut streams = lock(&self.streams);
@@ -271,7 +271,8 @@ async fn miner_submit(State(state): State<Shared>, body: Bytes) -> Result<Json<V
     let job_id = submit.job_id.clone();
     let audited = submit.clone();
     let outcome = blocking(&state, move |s| accept(s, &Answer::from(&submit), &submission, now)).await?;
-    state.forget_assignments([job_id.as_str()]);
+    // The stream stays for the client to read beside the result; the address is not needed.
+    lock(&state.handed_to).remove(&job_id);
     tracing::info!(job_id, miner, points = outcome.points, "accepted");
     if let Some(policy) = state.config.audit.clone()
         && rand::random::<f64>() < policy.rate
