@@ -131,7 +131,10 @@ impl Auditor for GreedyAuditor {
             Some(Ok(c)) if !c.is_empty() => c[0].message.text_content(),
             _ => return AuditVerdict::Fail { evidence: "the result holds no answer".into() },
         };
-        let request = heurist_miner::llm::request_for(params);
+        let request = match heurist_miner::llm::request_for(params) {
+            Ok(request) => request,
+            Err(e) => return AuditVerdict::Skipped { reason: format!("the job's request does not run: {e}") },
+        };
         // One generation at a time on the shared engine: see `SharedEngine`.
         let check = {
             let _turn = self.engine.turn();

@@ -187,7 +187,7 @@ pub struct ChatResult {
 /// included), tools, sampling parameters and `extra_body`, and the reference's stop strings
 /// plus the job's. The verifier builds its re-run from the same function
 /// ([`heurist_verify::llm::chat_request`]), so that an honest answer re-checks.
-pub fn request_for(params: &LlmParams) -> ChatRequest {
+pub fn request_for(params: &LlmParams) -> heurist_inference::Result<ChatRequest> {
     heurist_verify::llm::chat_request(params)
 }
 
@@ -300,8 +300,8 @@ async fn run_inner(
     params: &LlmParams,
     pieces: Option<UnboundedSender<String>>,
 ) -> Result<ChatResult> {
-    let request = request_for(params);
     let id = job_id.to_owned();
+    let request = request_for(params).map_err(|error| MinerError::Inference { job_id: id.clone(), error: Box::new(error) })?;
     let handle = match &pieces {
         Some(_) => engine.server(job_id)?.submit_stream(request),
         None => engine.server(job_id)?.submit(request),

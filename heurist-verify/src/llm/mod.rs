@@ -134,7 +134,7 @@ fn submission_request(job: &Job, submit: &MinerSubmit) -> Result<ChatRequest> {
     let JobParams::Llm(params) = &clamped.params else {
         return Err(VerifyError::NotChatResult { job_id: job.job_id.clone() });
     };
-    Ok(chat_request(params))
+    chat_request(params).map_err(|e| VerifyError::Inference { reason: e.to_string() })
 }
 
 /// Byte offset of the first difference between two texts, `None` when equal.

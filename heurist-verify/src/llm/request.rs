@@ -1,7 +1,7 @@
 //! A chat job's engine request, built once for the miner that runs it and the verifier that
 //! re-runs it: if the two built it differently, an honest answer would fail its check.
 
-use heurist_inference::{ChatMessage, ChatRequest, FunctionCall, Role, ToolCall};
+use heurist_inference::{ChatMessage, ChatRequest, FunctionCall, InferenceError, Role, ToolCall};
 use heurist_protocol::LlmParams;
 use heurist_protocol::openai;
 use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
@@ -13,8 +13,9 @@ use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
 /// `min_p` and the three penalties; absent ones stay neutral), and the reference's stop
 /// strings plus the job's own (empty ones dropped: they would end every answer at once).
 ///
-/// Values are range-checked by the engine when the request runs, so a job with, say,
-/// `top_p: 7` fails with the engine's typed error naming it.
+/// A `top_k` below -1 is the engine's typed `InvalidSampling`; other values are range-checked
+/// by the engine when the request runs, so a job with, say, `top_p: 7` fails with the
+/// engine's typed error naming it.
 ///
 /// ```
 /// use heurist_protocol::{LlmInput, MinerLimits};
@@ -32,54 +33,29 @@ use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
 /// };
 /// let heurist_protocol::JobParams::Llm(params) = MinerLimits::default().clamp(&job, || 0).unwrap().params
 /// else { unreachable!() };
-/// let request = chat_request(&params);
+/// let request = chat_request(&params).unwrap();
 /// assert_eq!((request.top_p, request.top_k, request.seed), (0.9, 40, Some(7)));
 /// assert!(request.stop.iter().any(|s| s == "END"));
 /// ```
-pub fn chat_request(params: &LlmParams) -> ChatRequest {
+pub fn chat_request(params: &LlmParams) -> heurist_inference::Result<ChatRequest> {
     let payload = &params.payload;
     let messages = payload.messages.iter().map(engine_message).collect();
-    let sampling = &payload.sampling;
-    let mut stop: Vec<String> = REFERENCE_STOP_STRINGS.iter().map(|s| (*s).to_owned()).collect();
-    if let Some(s) = &sampling.stop {
-        stop.extend(s.to_vec().into_iter().filter(|s| !s.is_empty()));
-    }
     let mut request = ChatRequest::new(messages)
         .with_max_tokens(params.max_tokens as usize)
         .with_sampling(params.temperature, Some(params.seed))
-        .with_stop(stop);
-    if let Some(top_p) = sampling.top_p {
-        request.top_p = top_p;
-    }
-    if let Some(top_k) = sampling.top_k {
-        // vLLM's convention: -1 (and 0) switch top-k off. A negative count other than -1 is
-        // out of range; it reaches the engine as an impossible value rather than being
-        // silently read as "off".
-        request.top_k = match top_k {
-            k if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
-            -1 | 0 => 0,
-            _ => usize::MAX,
-        };
-    }
-    if let Some(min_p) = sampling.min_p {
-        request.min_p = min_p;
-    }
-    if let Some(p) = sampling.repetition_penalty {
-        request.repetition_penalty = p;
-    }
-    if let Some(p) = sampling.frequency_penalty {
-        request.frequency_penalty = p;
-    }
-    if let Some(p) = sampling.presence_penalty {
-        request.presence_penalty = p;
-    }
+        .with_stop(REFERENCE_STOP_STRINGS);
+    // The engine reads `extra_body` with vLLM's conventions (top_k -1 or 0 = off, one stop
+    // string or a list, out-of-range values refused): hand it the job's, as sent.
+    let extra_body = serde_json::to_string(&payload.sampling).map_err(|source| InferenceError::InvalidExtraBody { source })?;
+    request = request.with_extra_body(&extra_body)?;
+    request.stop.retain(|s| !s.is_empty());
     if !payload.tools.is_empty() {
         // Serialising the typed tools cannot fail (strings and JSON values only).
         if let Ok(tools) = serde_json::to_string(&payload.tools) {
             request = request.with_tools(tools);
         }
     }
-    request
+    Ok(request)
 }
 
 /// One wire message as the engine's: role, text (an array of parts joined, as vLLM joins
@@ -143,7 +119,8 @@ mod tests {
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
         let request = chat_request(&params(json!({
             "prompt": messages.to_string(), "tools": tools.to_string(), "temperature": 0, "max_tokens": 32, "seed": 1,
-        })));
+        })))
+        .unwrap();
         let m = &request.messages;
         assert_eq!(m.len(), 3);
         let calls = m[1].tool_calls.as_ref().unwrap();
@@ -157,14 +134,14 @@ mod tests {
     #[test]
     fn extra_body_sampling_reaches_the_engine() {
         let base = json!({"prompt": "[{\"role\":\"user\",\"content\":\"Hi\"}]", "temperature": 0.8, "max_tokens": 16, "seed": 3});
-        let plain = chat_request(&params(base.clone()));
+        let plain = chat_request(&params(base.clone())).unwrap();
         let neutral = ChatRequest::new(Vec::new());
         assert_eq!((plain.top_p, plain.top_k, plain.min_p), (neutral.top_p, neutral.top_k, neutral.min_p));
         assert!(plain.tools.is_none());
         let mut with = base;
         with["extra_body"] = json!(json!({"top_p": 0.9, "top_k": -1, "min_p": 0.05, "repetition_penalty": 1.1,
             "frequency_penalty": 0.2, "presence_penalty": 0.3, "stop": ["", "END"]}).to_string());
-        let r = chat_request(&params(with));
+        let r = chat_request(&params(with)).unwrap();
         assert_eq!((r.top_p, r.top_k, r.min_p), (0.9, 0, 0.05));
         assert_eq!((r.repetition_penalty, r.frequency_penalty, r.presence_penalty), (1.1, 0.2, 0.3));
         assert_eq!((r.temperature, r.seed, r.max_tokens), (0.8, Some(3), 16));
@@ -173,5 +150,10 @@ mod tests {
         for s in REFERENCE_STOP_STRINGS {
             assert!(r.stop.iter().any(|x| x == s), "{s}");
         }
+        // A negative count other than vLLM's -1 is refused, not read as "off".
+        let mut bad = json!({"prompt": "[{\"role\":\"user\",\"content\":\"Hi\"}]", "temperature": 0.8, "max_tokens": 16, "seed": 3});
+        bad["extra_body"] = json!(json!({"top_k": -5}).to_string());
+        let err = chat_request(&params(bad)).unwrap_err();
+        assert!(matches!(err, InferenceError::InvalidSampling { name: "top_k", .. }), "{err}");
     }
 }
