@@ -239,14 +239,8 @@ fn main() -> Result<(), Error> {
     let vocab = engine.tokenizer().vocab_size() as u32;
     for i in args.range.clone() {
         let job = &jobs[i];
-        let question = job["messages"][0]["content"].as_str().ok_or("no prompt")?;
-        let t = job["temperature"].as_f64().ok_or("no temperature")?;
-        let max_tokens = job["max_tokens"].as_u64().ok_or("no max_tokens")? as usize;
-        let seed = job["seed"].as_u64().ok_or("no seed")?;
-        let request = ChatRequest::new(vec![ChatMessage::user(question)])
-            .with_max_tokens(max_tokens)
-            .with_sampling(t, Some(seed))
-            .with_stop(REFERENCE_STOP_STRINGS);
+        let request = job_request(jobs, i)?;
+        let (t, seed) = (request.temperature, request.seed);
         // Judges a sampled answer and its usage claim into `row`.
         let judge = |table: &mut Table, row: &str, text: &str, at_limit: bool, usage: ClaimedUsage| -> Result<(), Error> {
             let c = check_sampled(&engine, &request, text, at_limit, &thresholds)?;
@@ -296,7 +290,7 @@ fn main() -> Result<(), Error> {
                 let out = sub.chat(&request)?;
                 judge(&mut table, name, &out.text, out.finish_reason == FinishReason::Length, usage_of(&out))?;
             }
-            let hot = engine.chat(&request.clone().with_sampling(t + 0.5, Some(seed)))?;
+            let hot = engine.chat(&request.clone().with_sampling(t + 0.5, seed))?;
             judge(&mut table, "another temperature (T + 0.5)", &hot.text, hot.finish_reason == FinishReason::Length, usage_of(&hot))?;
             let mut cut = ours.text.len() / 2;
             while !ours.text.is_char_boundary(cut) {
