@@ -102,26 +102,27 @@
 //! ### Seeded replay: sampled answers of our engine
 //! `detection_table --seeded` judges every answer our sampler made for a job with
 //! `llm::check_seeded` (the job's seeded draws replayed under the claimed model, one scoring
-//! pass; default bar `max_miss = 1e-4`). Run of 2026-12-02, jobs 0..32 and 100..131 (two
-//! shards at `RAYON_NUM_THREADS=1`, stopped at the session's deadline beside a CI build):
+//! pass; default bar `max_miss = 1e-4`). Run of 2026-12-02, jobs 0..200 of the fixture in four
+//! shards at `RAYON_NUM_THREADS=1` (`0..100` and `100..200` stopped after 32 and 31 jobs, resumed
+//! as `32..100` and `131..200`; `--merge` of the four JSON files):
 //!
 //! | answers (seeded replay) | jobs | rejected | rate |
 //! |---|---:|---:|---:|
-//! | honest, our engine, alone | 63 | 0 | 0.0% |
-//! | honest, our engine, in a batch of 4 | 63 | 0 | 0.0% |
-//! | perturbed weights (σ 5% of row RMS) | 63 | 63 | 100.0% |
-//! | re-quantised to 3 bits | 63 | 63 | 100.0% |
-//! | two layers dropped (28 of 30) | 63 | 63 | 100.0% |
-//! | another temperature (T + 0.5) | 63 | 63 | 100.0% |
-//! | truncated answer (cut in half) | 63 | 63 | 100.0% |
-//! | random text | 63 | 63 | 100.0% |
-//! | greedy answer for a sampled job | 63 | 63 | 100.0% |
+//! | honest, our engine, alone | 200 | 0 | 0.0% |
+//! | honest, our engine, in a batch of 4 | 200 | 0 | 0.0% |
+//! | perturbed weights (σ 5% of row RMS) | 200 | 200 | 100.0% |
+//! | re-quantised to 3 bits | 200 | 200 | 100.0% |
+//! | two layers dropped (28 of 30) | 200 | 200 | 100.0% |
+//! | another temperature (T + 0.5) | 200 | 200 | 100.0% |
+//! | truncated answer (cut in half) | 200 | 200 | 100.0% |
+//! | random text | 200 | 200 | 100.0% |
+//! | greedy answer for a sampled job | 200 | 200 | 100.0% |
 //!
 //! Where the likelihood test above catches 0% of the perturbed model and 25–54% of the others
 //! in sampled jobs, the replay catches all of them, with no honest answer refused (alone or
 //! batched). It applies only to answers whose miner ran this engine's sampler: llama.cpp's
 //! and vLLM's answers draw other tokens from the same seed and stay with the likelihood test.
-//! N = 63 per row is below the 200 (about 20 s of CPU per job for these rows here).
+//! About 10 to 20 s of CPU per job for these rows here (ten generations and eight replays).
 //!
 //! ## Detection table: image results on the tiny SD 1.5
 //! `cargo run --release -p heurist-verify --features inference,image --example
