@@ -77,6 +77,7 @@
 
 mod device;
 mod error;
+pub mod fastmath;
 pub mod image;
 mod llm;
 mod model_cache;

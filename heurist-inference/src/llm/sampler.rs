@@ -352,16 +352,11 @@ pub(crate) fn argmax(logits: &[f32]) -> Option<u32> {
     best.and_then(|(i, _)| u32::try_from(i).ok())
 }
 
-/// `log softmax(logits)[id]`, computed in f64.
+/// `log softmax(logits)[id]`: the exponentials in f32 ([`crate::fastmath`]), their sum and the
+/// logarithm in f64.
 pub(crate) fn log_prob(logits: &[f32], id: u32) -> f32 {
-    let max = logits.iter().copied().filter(|l| !l.is_nan()).fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits
-        .iter()
-        .filter(|l| !l.is_nan())
-        .map(|&l| (f64::from(l) - f64::from(max)).exp())
-        .sum();
     let chosen = logits.get(id as usize).copied().unwrap_or(f32::NAN);
-    (f64::from(chosen) - f64::from(max) - sum.ln()) as f32
+    (f64::from(chosen) - crate::fastmath::log_sum_exp(logits, 1.0)) as f32
 }
 
 #[cfg(test)]

@@ -102,16 +102,7 @@ impl TokenObserver for Tally<'_> {
         //   μ = Σ p·ln p = Σe·u / Z - ln Z,   Var[ln p] = Σe·u² / Z - (Σe·u / Z)².
         // u ≤ 0 and e ≤ 1, so the sums stay in range; the variance is O(1) against
         // Σe·u²/Z of a few tens, far from cancelling in f64.
-        let (mut z_sum, mut s1, mut s2) = (0f64, 0f64, 0f64);
-        for &l in event.logits {
-            let u = scaled(l);
-            if u.is_finite() {
-                let e = u.exp();
-                z_sum += e;
-                s1 += e * u;
-                s2 += e * u * u;
-            }
-        }
+        let (z_sum, s1, s2) = moments(event.logits, max, (1.0 / t) as f32);
         let log_z = z_sum.ln();
         let (m1, m2) = (s1 / z_sum, s2 / z_sum);
         let mean = m1 - log_z;
@@ -123,6 +114,36 @@ impl TokenObserver for Tally<'_> {
             self.least = Some((event.index, s));
         }
     }
+}
+
+/// `(Σe, Σe·u, Σe·u²)` over the logits with `u = (l − max) · inv` finite and `e = exp(u)`:
+/// `u` and `e` in f32 (the exponential vectorizes, within 2 ulp; libm's f64 `exp` per logit
+/// cost a tenth of a check), the products and sums in f64, sixteen lanes side by side.
+fn moments(logits: &[f32], max: f32, inv: f32) -> (f64, f64, f64) {
+    const LANES: usize = 16;
+    let term = |l: f32| {
+        let u = (l - max) * inv;
+        // NaN and −∞ logits (masked tokens) carry no probability.
+        if u > f32::NEG_INFINITY { (f64::from(heurist_inference::fastmath::exp_nonpositive(u)), f64::from(u)) } else { (0.0, 0.0) }
+    };
+    let (mut z, mut s1, mut s2) = ([0f64; LANES], [0f64; LANES], [0f64; LANES]);
+    let mut chunks = logits.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for i in 0..LANES {
+            let (e, u) = term(chunk[i]);
+            z[i] += e;
+            s1[i] += e * u;
+            s2[i] += e * u * u;
+        }
+    }
+    let (mut z, mut s1, mut s2) = (z.iter().sum::<f64>(), s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
+    for &l in chunks.remainder() {
+        let (e, u) = term(l);
+        z += e;
+        s1 += e * u;
+        s2 += e * u * u;
+    }
+    (z, s1, s2)
 }
 
 /// Whether each token id ends an answer: an end-of-generation token, or a token that begins a

@@ -16,6 +16,7 @@
 //! It loads GGUF llama files whose matmul weights are Q4_1 or Q8_0 (other block types, mixture
 //! of experts and non-linear RoPE scaling stay with candle's body).
 
+mod attention;
 mod batch;
 mod load;
 mod ops;

@@ -99,44 +99,9 @@ pub(super) fn attend_par(heads: Heads, q: &[f32], k: &[f32], v: &[f32], position
 
 /// Head `h` of [`attend`]; `scores` holds one value per cached position.
 fn attend_head(heads: Heads, h: usize, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
-    let hd = heads.head_dim;
-    let kv_dim = heads.kv_dim();
     let group = heads.n_head / heads.n_kv_head;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let off = (h / group) * hd;
-    let mut max = f32::NEG_INFINITY;
-    for (p, s) in scores.iter_mut().enumerate() {
-        let key = &k[p * kv_dim + off..p * kv_dim + off + hd];
-        *s = dot(q, key) * scale;
-        max = max.max(*s);
-    }
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
-    out.fill(0.0);
-    for (p, &s) in scores.iter().enumerate() {
-        let w = s * inv;
-        let value = &v[p * kv_dim + off..p * kv_dim + off + hd];
-        for (o, &x) in out.iter_mut().zip(value) {
-            *o += w * x;
-        }
-    }
-}
-
-/// A dot product in eight independent lanes, which the compiler vectorizes.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
-    for (a, b) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += a[i] * b[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
+    let off = (h / group) * heads.head_dim;
+    super::attention::head(heads.head_dim, heads.kv_dim(), off, q, k, v, scores, out);
 }
 
 /// SwiGLU: `out[i] = silu(gate[i]) · up[i]` for each token's `[gate | up]` row of `2 · ff`.

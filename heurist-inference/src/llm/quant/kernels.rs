@@ -15,7 +15,9 @@
 //! arithmetic for `Q4_1 × Q8_1` and `Q8_0 × Q8_0`.
 //!
 //! On x86-64 the integer products use AVX2 (`vpmaddubsw` + `vpmaddwd`), or `vpdpbusd` where
-//! AVX-VNNI or AVX-512 VNNI is present; [`Isa::detect`] picks the best the CPU has, so one
+//! AVX-VNNI or AVX-512 VNNI is present; with AVX-512, prompts of eight tokens or more run on
+//! 512-bit registers holding two tokens each ([`wide`]), bit for bit the 256-bit results.
+//! [`Isa::detect`] picks the best the CPU has, so one
 //! binary runs everywhere without `-C target-cpu=native`. The scalar code is the portable
 //! fallback and the tests' reference.
 
@@ -33,7 +35,8 @@ pub(crate) enum Isa {
     /// AVX2 with the VEX-encoded `vpdpbusd` (Alder Lake, Sapphire Rapids, Zen 5).
     #[cfg(target_arch = "x86_64")]
     AvxVnni,
-    /// AVX2 with AVX-512 VNNI's `vpdpbusd` on 256-bit registers (Ice Lake, Zen 4).
+    /// AVX2 with AVX-512 VNNI's `vpdpbusd` on 256-bit registers (Ice Lake, Zen 4), and on
+    /// 512-bit ones for prompts ([`wide`]).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
 }
@@ -53,7 +56,7 @@ impl Isa {
             if has!("avx2") && has!("fma") && has!("f16c") {
                 // AVX-512VL first: the same 256-bit instructions, but 32 registers hold
                 // larger prefill tiles (on 256-bit registers the clock does not drop).
-                if has!("avx512vnni") && has!("avx512vl") {
+                if has!("avx512vnni") && has!("avx512vl") && has!("avx512f") && has!("avx512bw") && has!("avx512dq") {
                     isas.push(Isa::Avx512Vnni);
                 }
                 if has!("avxvnni") {
@@ -118,9 +121,16 @@ pub(crate) fn rows_dot_tiled(
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => unsafe { avxvnni::rows_dot(format, row_bytes, rows, x, out, tiling) },
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if tiling == Tiling::Best && x.rows() >= wide::TOKENS => unsafe {
+            wide::rows_dot(format, row_bytes, rows, x, out)
+        },
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe { avx512vnni::rows_dot(format, row_bytes, rows, x, out, tiling) },
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod wide;
 
 /// The portable kernels and the tests' reference: the same sums, in plain Rust.
 mod scalar {
@@ -308,7 +318,7 @@ macro_rules! x86_kernels {
             #[target_feature(enable = $features)]
             #[inline]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn tile<const R: usize, const N: usize>(
+            pub(super) unsafe fn tile<const R: usize, const N: usize>(
                 format: WeightFormat,
                 nb: usize,
                 w: *const u8,
@@ -394,7 +404,7 @@ macro_rules! x86_kernels {
 
             #[target_feature(enable = $features)]
             #[inline]
-            fn hsum(v: __m256) -> f32 {
+            pub(super) fn hsum(v: __m256) -> f32 {
                 let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -479,7 +489,7 @@ mod tests {
         let (n_rows, cols) = (39, 192);
         for format in [WeightFormat::Q4_1, WeightFormat::Q8_0] {
             let rows = random_rows(format, n_rows, cols, &mut rng);
-            for tokens in [1, 2, 3, 4, 5, 8, 11] {
+            for tokens in [1, 2, 3, 4, 5, 8, 11, 13, 19] {
                 let xf = random_activations(tokens, cols, &mut rng);
                 let mut x = Q8Activations::default();
                 x.quantize(&xf, cols);

@@ -1,0 +1,188 @@
+//! Prefill tiles on full 512-bit registers (AVX-512 F, BW, DQ, VL and VNNI): two tokens per
+//! register, one in each 256-bit half, so each half runs for its token exactly the lanes,
+//! integer products, roundings and additions of the 256-bit kernels, and gives the same bits
+//! with half the instructions (on CPUs whose vector units are 512 bits wide, such as Zen 5 and
+//! Intel's server cores, that is up to twice the multiply rate; Zen 4 runs them in two halves).
+//!
+//! Why tokens, and not the next block, in the upper half: a half holding block `b + 1` would
+//! add it beside block `b` instead of after it, changing the order of the f32 additions, and a
+//! prompt's logits would no longer equal a decode step's bit for bit (see [`super::Tiling`]).
+//!
+//! A tile is `R` rows × [`TOKENS`] tokens: the weights of a block are unpacked once, copied to
+//! both halves, and multiplied with four registers of token pairs. Tokens left over (fewer than
+//! [`TOKENS`]) take the 256-bit tiles, which give the same bits.
+
+use std::arch::x86_64::*;
+
+use super::super::activation::Q8Activations;
+use super::super::block::{QK, WeightFormat};
+use super::avx512vnni::{hsum, tile as narrow_tile};
+
+/// Tokens per tile: four registers of two tokens each.
+pub(super) const TOKENS: usize = 8;
+/// Token pairs per tile.
+const PAIRS: usize = TOKENS / 2;
+/// Rows per tile: 4 × 4 accumulators, 4 activation registers and the row's weights fit in the
+/// 32 registers.
+const ROWS: usize = 4;
+
+/// [`super::rows_dot`] for at least [`TOKENS`] tokens.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/DQ/VL/VNNI; `rows` holds whole rows
+/// of `row_bytes`, `out` is rows × `x.rows()`, and `x` is `row_bytes / block_bytes` blocks wide.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &Q8Activations, out: &mut [f32]) {
+    let nb = row_bytes / format.block_bytes();
+    let tokens = x.rows();
+    let n_rows = rows.len() / row_bytes;
+    let (qs, d, s) = x.raw();
+    let cols = nb * QK;
+    let w = rows.as_ptr();
+    let o = out.as_mut_ptr();
+    // SAFETY (every use): rows r..r + R and tokens t..t + N exist, so the pointers stay inside
+    // `rows`, `x` and `out`; the CPU supports every feature the tiles enable.
+    macro_rules! wide_at {
+        ($r:expr, $t:expr, $R:literal) => {
+            unsafe {
+                tile::<$R>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, o.add($r * tokens + $t), tokens)
+            }
+        };
+    }
+    macro_rules! narrow_at {
+        ($r:expr, $t:expr, $R:literal, $N:literal) => {
+            unsafe {
+                narrow_tile::<$R, $N>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, o.add($r * tokens + $t), tokens)
+            }
+        };
+    }
+    macro_rules! row_block {
+        ($r:expr, $R:literal) => {{
+            let mut t = 0;
+            while t + TOKENS <= tokens {
+                wide_at!($r, t, $R);
+                t += TOKENS;
+            }
+            while t + 4 <= tokens {
+                narrow_at!($r, t, $R, 4);
+                t += 4;
+            }
+            while t < tokens {
+                narrow_at!($r, t, $R, 1);
+                t += 1;
+            }
+        }};
+    }
+    let mut r = 0;
+    while r + ROWS <= n_rows {
+        row_block!(r, 4);
+        r += ROWS;
+    }
+    for r in r..n_rows {
+        row_block!(r, 1);
+    }
+}
+
+/// `R` rows times [`TOKENS`] activation vectors: `out[r · stride + t] = W[r] · x[t]`.
+///
+/// # Safety
+/// `w` points at `R` rows of `nb` blocks (`row_bytes` apart); `qs`, `d`, `s` at [`TOKENS`]
+/// tokens' codes (`cols` apart) and scales and sums (`nb` apart); `out` reaches index
+/// `(R - 1) · stride + TOKENS - 1`. The CPU supports the enabled features.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(
+    format: WeightFormat,
+    nb: usize,
+    w: *const u8,
+    row_bytes: usize,
+    qs: *const i8,
+    d: *const f32,
+    s: *const f32,
+    cols: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); PAIRS]; R];
+    // Q4_1's minimum terms, the eight tokens in one register per row.
+    let mut mins = [_mm256_setzero_ps(); R];
+    // Token t's block sums are nb apart.
+    let sum_index = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(nb as i32));
+    for b in 0..nb {
+        let mut xq = [_mm512_setzero_si512(); PAIRS];
+        let mut xd = [_mm512_setzero_ps(); PAIRS];
+        for p in 0..PAIRS {
+            let (t0, t1) = (2 * p, 2 * p + 1);
+            // SAFETY: tokens t0 and t1's block b are inside `x` (this function's contract).
+            unsafe {
+                let lo = _mm256_loadu_si256(qs.add(t0 * cols + b * QK) as *const __m256i);
+                let hi = _mm256_loadu_si256(qs.add(t1 * cols + b * QK) as *const __m256i);
+                xq[p] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                let (d0, d1) = (*d.add(t0 * nb + b), *d.add(t1 * nb + b));
+                xd[p] = _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(d0)), _mm256_set1_ps(d1));
+            }
+        }
+        match format {
+            WeightFormat::Q4_1 => {
+                let low = _mm256_set1_epi8(0x0f);
+                // SAFETY: the eight tokens' sums of block b are inside `x`.
+                let xs = unsafe { _mm256_i32gather_ps::<4>(s.add(b), sum_index) };
+                for r in 0..R {
+                    // SAFETY: block b of row r is inside `w`; the loads are unaligned.
+                    let (dm, q) = unsafe {
+                        let p = w.add(r * row_bytes + b * 20);
+                        let dm = (p as *const i32).read_unaligned();
+                        (_mm_cvtph_ps(_mm_cvtsi32_si128(dm)), _mm_loadu_si128(p.add(4) as *const __m128i))
+                    };
+                    let dw = _mm512_set1_ps(_mm_cvtss_f32(dm));
+                    let m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+                    // Low nibbles are values 0..16, high nibbles 16..32; the same codes in
+                    // both halves.
+                    let wq = _mm512_broadcast_i64x4(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low));
+                    for p in 0..PAIRS {
+                        let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xq[p]));
+                        // dw · d_x per lane is the 256-bit kernels' `set1(dw · d_x)`.
+                        acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd[p]), dot, acc[r][p]);
+                    }
+                    mins[r] = _mm256_add_ps(mins[r], _mm256_mul_ps(_mm256_set1_ps(m), xs));
+                }
+            }
+            WeightFormat::Q8_0 => {
+                // AVX-512 has no byte `sign`: with x + 128 as the unsigned operand,
+                // Σ (x + 128) · w − Σ 128 · w = Σ x · w, exactly the 256-bit kernels' integers.
+                let flip = _mm512_set1_epi8(i8::MIN);
+                let xu: [__m512i; PAIRS] = std::array::from_fn(|p| _mm512_xor_si512(xq[p], flip));
+                for r in 0..R {
+                    // SAFETY: block b of row r is inside `w` (34-byte blocks).
+                    let (dw, wq) = unsafe {
+                        let p = w.add(r * row_bytes + b * 34);
+                        let dw = i32::from((p as *const u16).read_unaligned());
+                        (_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(dw))), _mm256_loadu_si256(p.add(2) as *const __m256i))
+                    };
+                    let dw = _mm512_set1_ps(dw);
+                    let wq = _mm512_broadcast_i64x4(wq);
+                    let offset = _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, wq);
+                    for p in 0..PAIRS {
+                        let dot = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu[p], wq), offset);
+                        acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd[p]), _mm512_cvtepi32_ps(dot), acc[r][p]);
+                    }
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        let mut m = [0f32; TOKENS];
+        // SAFETY: `m` holds eight floats.
+        unsafe { _mm256_storeu_ps(m.as_mut_ptr(), mins[r]) };
+        for p in 0..PAIRS {
+            let lo = _mm512_castps512_ps256(acc[r][p]);
+            let hi = _mm512_extractf32x8_ps::<1>(acc[r][p]);
+            // SAFETY: inside `out` (this function's contract).
+            unsafe {
+                *out.add(r * stride + 2 * p) = hsum(lo) + m[2 * p];
+                *out.add(r * stride + 2 * p + 1) = hsum(hi) + m[2 * p + 1];
+            }
+        }
+    }
+}
