@@ -34,37 +34,34 @@ pub(super) fn head(hd: usize, kv_dim: usize, off: usize, q: &[f32], k: &[f32], v
             return unsafe { head_avx2(hd, kv_dim, off, q, k, v, scores, out) };
         }
     }
-    body(hd, kv_dim, off, q, k, v, scores, out);
+    body::<false>(hd, kv_dim, off, q, k, v, scores, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 fn head_avx512(hd: usize, kv_dim: usize, off: usize, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
-    match hd {
-        // The compiler splits the plain dot's lanes into pairs here; the intrinsics keep them
-        // in one register, in the same order.
-        64 => sized::<64, true>(kv_dim, off, q, k, v, scores, out),
-        128 => sized::<128, true>(kv_dim, off, q, k, v, scores, out),
-        _ => any(hd, kv_dim, off, q, k, v, scores, out),
-    }
+    // The compiler splits the plain dot's lanes into pairs here; the intrinsics keep them in
+    // one register, in the same order.
+    body::<true>(hd, kv_dim, off, q, k, v, scores, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 fn head_avx2(hd: usize, kv_dim: usize, off: usize, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
-    body(hd, kv_dim, off, q, k, v, scores, out);
+    body::<false>(hd, kv_dim, off, q, k, v, scores, out);
 }
 
 /// The one arithmetic every build compiles (the module docs give its order); the common head
-/// sizes get their own copies, where the compiler keeps a whole head in registers.
+/// sizes get their own copies, where the compiler keeps a whole head in registers. `AVX512`:
+/// only from [`head_avx512`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn body(hd: usize, kv_dim: usize, off: usize, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
+fn body<const AVX512: bool>(hd: usize, kv_dim: usize, off: usize, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
     match hd {
-        64 => sized::<64, false>(kv_dim, off, q, k, v, scores, out),
-        128 => sized::<128, false>(kv_dim, off, q, k, v, scores, out),
+        64 => sized::<64, AVX512>(kv_dim, off, q, k, v, scores, out),
+        128 => sized::<128, AVX512>(kv_dim, off, q, k, v, scores, out),
         _ => any(hd, kv_dim, off, q, k, v, scores, out),
     }
 }
@@ -246,7 +243,7 @@ mod tests {
                 f(&mut scores, &mut out);
                 out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
             };
-            let baseline = run(&|s, o| body(hd, kv_dim, off, &q, &k, &v, s, o));
+            let baseline = run(&|s, o| body::<false>(hd, kv_dim, off, &q, &k, &v, s, o));
             // The general path in the sized path's order.
             assert_eq!(run(&|s, o| any(hd, kv_dim, off, &q, &k, &v, s, o)), baseline, "hd {hd}: general vs sized");
             assert_eq!(run(&|s, o| head(hd, kv_dim, off, &q, &k, &v, s, o)), baseline, "hd {hd}: dispatched vs baseline");
