@@ -19,8 +19,9 @@
 //!
 //! `--seeded` judges instead every answer made by our sampler with `check_seeded` (the replay
 //! of the job's seeded draws under the claimed model): the honest answer alone and from a
-//! batch shared with the next three jobs, the three substitutes, the hotter, cut, random and
-//! greedy answers. llama.cpp's answers are not in these rows: its sampler is not ours, and
+//! batch shared with the next three jobs, and, when the verifier has more than one thread,
+//! the honest answer made on one thread; then the three substitutes, the hotter, cut, random
+//! and greedy answers (not with `--honest-only`). llama.cpp's answers are not in these rows: its sampler is not ours, and
 //! the seeded replay is only for answers whose miner says it ran this engine.
 //!
 //! ```sh
@@ -268,7 +269,7 @@ fn main() -> Result<(), Error> {
             completion_tokens: out.usage.completion_tokens as u64,
         };
         if args.seeded {
-            seeded_rows(&mut table, &engine, &server, &substitutes, jobs, i, &request, &mut rng)?;
+            seeded_rows(&mut table, &engine, &server, &substitutes, jobs, i, &request, &mut rng, threads, args.honest_only)?;
             if let Some(path) = &args.json {
                 std::fs::write(path, table.to_json().to_string())?;
             }
@@ -374,6 +375,8 @@ fn seeded_rows(
     i: usize,
     request: &ChatRequest,
     rng: &mut StdRng,
+    threads: usize,
+    honest_only: bool,
 ) -> Result<(), Error> {
     let bar = SeededThresholds::default();
     let mut judge = |row: &str, text: &str, at_limit: bool| -> Result<(), Error> {
@@ -388,14 +391,26 @@ fn seeded_rows(
         Ok(())
     };
     let limit = |out: &heurist_inference::ChatOutput| out.finish_reason == FinishReason::Length;
+    // Row names as in the table of the crate docs, whose 1-thread rows came first.
+    let at = if threads == 1 { String::new() } else { format!(", {threads} threads") };
     let ours = engine.chat(request)?;
-    judge("honest, our engine, alone", &ours.text, limit(&ours))?;
+    judge(&format!("honest, our engine, alone{at}"), &ours.text, limit(&ours))?;
     // The same job in a batch with the next three jobs (their requests decode beside it).
     let handle = server.submit(request.clone());
     let others: Vec<_> = (1..4).map(|k| job_request(jobs, (i + k) % jobs.len()).map(|r| server.submit(r))).collect::<Result<_, _>>()?;
     let batched = handle.wait()?;
     others.into_iter().for_each(|h| drop(h.wait()));
-    judge("honest, our engine, in a batch of 4", &batched.text, limit(&batched))?;
+    judge(&format!("honest, our engine, in a batch of 4{at}"), &batched.text, limit(&batched))?;
+    if threads > 1 {
+        // A miner on one thread, judged by this verifier on `threads`: the kernels split rows
+        // among threads, never a row's sum, so the bits must not move.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+        let single = pool.install(|| engine.chat(request))?;
+        judge(&format!("honest, our engine, 1 thread, verified on {threads}"), &single.text, limit(&single))?;
+    }
+    if honest_only {
+        return Ok(());
+    }
     for (name, sub) in substitutes {
         let out = sub.chat(request)?;
         judge(name, &out.text, limit(&out))?;

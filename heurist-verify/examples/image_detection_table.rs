@@ -4,7 +4,8 @@
 //! For each of N jobs (64x64, 6 to 14 steps of the network's DPM-Solver++ 2M SDE Karras,
 //! guidance 5 to 8, prompts with weighting syntax, seeds spread over 2^53), this re-runs the
 //! job here (the verifier, all threads) and judges with
-//! `heurist_verify::image::ImageThresholds::DEFAULT`:
+//! `heurist_verify::image::ImageThresholds::DEFAULT` (and, for the record, `STRICT` and
+//! `STRUCTURAL`):
 //!
 //! - honest images made in a child process with one thread (`RAYON_NUM_THREADS=1`), plain and
 //!   with the fixture LoRA at 0.8;
@@ -20,8 +21,8 @@
 //! each judged as `heurist_verify::image::rerun::check_rgb` judges: it holds if it matches the
 //! verifier's re-run with f32 noise or the one with f16 noise (a 16-bit miner's);
 //!
-//! and prints how many of each it rejects, with the ranges of SSIM and pHash distance, as the
-//! markdown table of the crate docs.
+//! and prints how many of each it rejects, with the ranges of SSIM, pHash distance and mean
+//! difference, as the markdown table of the crate docs.
 //!
 //! ```sh
 //! cargo run --release -p heurist-verify --features inference,image --example image_detection_table -- 200
@@ -158,20 +159,26 @@ struct Row {
     rejected: usize,
     /// Rejected under [`ImageThresholds::STRICT`].
     strict: usize,
+    /// Rejected under [`ImageThresholds::STRUCTURAL`].
+    structural: usize,
     ssim: (f64, f64),
     dist: (u32, u32),
+    mean_diff: (f64, f64),
 }
 
 impl Row {
-    fn add(&mut self, holds: bool, strict_holds: bool, e: &ImageEvidence) {
+    fn add(&mut self, holds: bool, strict_holds: bool, structural_holds: bool, e: &ImageEvidence) {
         if self.jobs == 0 {
             (self.ssim, self.dist) = ((e.ssim, e.ssim), (e.hash_distance, e.hash_distance));
+            self.mean_diff = (e.mean_abs_diff, e.mean_abs_diff);
         }
         self.jobs += 1;
         self.rejected += usize::from(!holds);
         self.strict += usize::from(!strict_holds);
+        self.structural += usize::from(!structural_holds);
         self.ssim = (self.ssim.0.min(e.ssim), self.ssim.1.max(e.ssim));
         self.dist = (self.dist.0.min(e.hash_distance), self.dist.1.max(e.hash_distance));
+        self.mean_diff = (self.mean_diff.0.min(e.mean_abs_diff), self.mean_diff.1.max(e.mean_abs_diff));
     }
 }
 
@@ -224,17 +231,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // precision; the evidence is the closer comparison.
     let mut judge = |row: usize, claimed: image::RgbImage, refs: &[image::RgbImage]| {
         let mut best: Option<ImageEvidence> = None;
-        let (mut holds, mut strict_holds) = (false, false);
+        let (mut holds, mut strict_holds, mut structural_holds) = (false, false, false);
         for r in refs {
             let e = compare_rgb(&claimed, r);
             holds |= th.judge(e).holds();
             strict_holds |= ImageThresholds::STRICT.judge(e).holds();
+            structural_holds |= ImageThresholds::STRUCTURAL.judge(e).holds();
             if best.is_none_or(|b| e.ssim > b.ssim) {
                 best = Some(e);
             }
         }
         if let Some(e) = best {
-            rows[row].add(holds, strict_holds, &e);
+            rows[row].add(holds, strict_holds, structural_holds, &e);
         }
     };
     for i in 0..n {
@@ -300,24 +308,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
         std::thread::available_parallelism().map_or("?".into(), |n| n.to_string())
     });
-    println!(
-        "N = {n} jobs, thresholds SSIM >= {} and pHash distance <= {}; verifier threads {threads}",
-        th.min_ssim, th.max_hash_distance
-    );
+    println!("N = {n} jobs, thresholds {th} (STRICT: {}); verifier threads {threads}", ImageThresholds::STRICT);
     println!();
-    println!("| images | jobs | rejected | rate | rate, STRICT | SSIM range | pHash distance |");
-    println!("|---|---:|---:|---:|---:|---|---|");
+    println!("| images | jobs | rejected | rate | rate, STRICT | rate, STRUCTURAL | SSIM range | pHash distance | mean difference |");
+    println!("|---|---:|---:|---:|---:|---:|---|---|---|");
     for (name, r) in names.iter().zip(&rows) {
         println!(
-            "| {name} | {} | {} | {:.1}% | {:.1}% | {:.4} to {:.4} | {} to {} |",
+            "| {name} | {} | {} | {:.1}% | {:.1}% | {:.1}% | {:.4} to {:.4} | {} to {} | {:.3} to {:.3} |",
             r.jobs,
             r.rejected,
             100.0 * r.rejected as f64 / r.jobs.max(1) as f64,
             100.0 * r.strict as f64 / r.jobs.max(1) as f64,
+            100.0 * r.structural as f64 / r.jobs.max(1) as f64,
             r.ssim.0,
             r.ssim.1,
             r.dist.0,
-            r.dist.1
+            r.dist.1,
+            r.mean_diff.0,
+            r.mean_diff.1
         );
     }
     println!();

@@ -271,20 +271,70 @@ fn checksum_shows_progress_for_big_files_only() {
     assert_eq!(stderr(&heurist(&["checksum", small.to_str().unwrap()], None)), "");
 }
 
-/// A greedy chat job for SmolLM2 and the model's own answer, made in-process with the engine
-/// (the request built here by hand, not by the code under test).
-fn greedy_job_and_answer() -> (std::path::PathBuf, String, String) {
+/// A chat job for SmolLM2 at `temperature` (with `seed`, or leaving it to the miner) and the
+/// model's own answer, made in-process with the engine (the request built here by hand, not by
+/// the code under test).
+fn chat_job_and_answer(temperature: f64, seed: Option<u64>) -> (std::path::PathBuf, String, String) {
     use heurist_inference::{ChatEngine, ChatMessage, ChatRequest, DeviceSpec, smollm2_path};
     let model = smollm2_path().unwrap_or_else(|e| panic!("{e}"));
     let engine = ChatEngine::load_gguf(&model, DeviceSpec::Cpu).unwrap();
     let question = "Name three primary colors.";
-    let answer = engine.chat(&ChatRequest::new(vec![ChatMessage::user(question)]).with_max_tokens(24)).unwrap().text;
+    let request = ChatRequest::new(vec![ChatMessage::user(question)])
+        .with_max_tokens(24)
+        .with_sampling(temperature, Some(seed.unwrap_or(0)))
+        .with_stop(heurist_protocol::stream::REFERENCE_STOP_STRINGS);
+    let answer = engine.chat(&request).unwrap().text;
     let prompt = serde_json::to_string(&serde_json::json!([{"role": "user", "content": question}])).unwrap();
-    let job = serde_json::json!({
-        "job_id": "llm-job-1", "model_id": "SmolLM2-135M-Instruct",
-        "model_input": {"LLM": {"prompt": prompt, "temperature": 0, "max_tokens": 24, "seed": 7}},
-    });
+    let mut input = serde_json::json!({"prompt": prompt, "temperature": temperature, "max_tokens": 24});
+    if let Some(seed) = seed {
+        input["seed"] = seed.into();
+    }
+    let job = serde_json::json!({"job_id": "llm-job-1", "model_id": "SmolLM2-135M-Instruct", "model_input": {"LLM": input}});
     (model, job.to_string(), answer)
+}
+
+fn greedy_job_and_answer() -> (std::path::PathBuf, String, String) {
+    chat_job_and_answer(0.0, Some(7))
+}
+
+#[test]
+fn verify_judges_sampled_answers_by_likelihood_or_by_replaying_the_seed() {
+    let (model, job, answer) = chat_job_and_answer(0.9, Some(11));
+    let (_, _, other_seed) = chat_job_and_answer(0.9, Some(12));
+    assert_ne!(answer, other_seed, "two seeds gave the same answer; pick others");
+    let dir = tempfile::tempdir().unwrap();
+    let job_file = dir.path().join("job.json");
+    std::fs::write(&job_file, &job).unwrap();
+    let run = |claimed: &str, extra: &[&str]| {
+        let f = dir.path().join("submit.json");
+        std::fs::write(&f, submit_body("llm-job-1", claimed)).unwrap();
+        let mut args = vec!["verify", "--model", model.to_str().unwrap(), job_file.to_str().unwrap(), f.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        heurist(&args, None)
+    };
+    // The honest answer holds either way.
+    let likely = run(&answer, &[]);
+    assert_eq!(likely.status.code(), Some(0), "{}{}", stdout(&likely), stderr(&likely));
+    assert!(stdout(&likely).contains("likely sample"), "{}", stdout(&likely));
+    let replayed = run(&answer, &["--seeded-replay"]);
+    assert_eq!(replayed.status.code(), Some(0), "{}{}", stdout(&replayed), stderr(&replayed));
+    assert!(stdout(&replayed).contains("the job's seed draw"), "{}", stdout(&replayed));
+    // Another seed's answer is as likely a sample, so only the replay refuses it.
+    let likely = run(&other_seed, &[]);
+    assert_eq!(likely.status.code(), Some(0), "{}{}", stdout(&likely), stderr(&likely));
+    let replayed = run(&other_seed, &["--seeded-replay"]);
+    assert_eq!(replayed.status.code(), Some(1), "{}{}", stdout(&replayed), stderr(&replayed));
+    assert!(stdout(&replayed).starts_with("rejected: job llm-job-1"), "{}", stdout(&replayed));
+    // Made-up text fails the likelihood test too.
+    let junk = "ꙮ ᚠ ཀ ญ ⵣ ꝏ ᛟ ꧁ ߷ ꙮ ᚠ ཀ";
+    let out = run(junk, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    // A job that left its seed to the miner cannot be replayed: exit 2, saying so.
+    let (_, seedless, answer) = chat_job_and_answer(0.9, None);
+    std::fs::write(&job_file, &seedless).unwrap();
+    let out = run(&answer, &["--seeded-replay"]);
+    assert_eq!(out.status.code(), Some(2), "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("seed"), "{}", stderr(&out));
 }
 
 fn submit_body(job_id: &str, answer: &str) -> String {
@@ -332,12 +382,16 @@ fn verify_accepts_the_greedy_answer_and_rejects_substitutes() {
     assert_eq!(other.status.code(), Some(2));
     assert!(stderr(&other).contains("llm-job-2"), "{}", stderr(&other));
     let sampled_file = dir.path().join("sampled.json");
-    std::fs::write(&sampled_file, job.replace("\"temperature\":0", "\"temperature\":0.7")).unwrap();
+    // A sampled job whose top-k the likelihood test does not model.
+    let mut top_k: serde_json::Value = serde_json::from_str(&job).unwrap();
+    top_k["model_input"]["LLM"]["temperature"] = 0.7.into();
+    top_k["model_input"]["LLM"]["extra_body"] = "{\"top_k\": 5}".into();
+    std::fs::write(&sampled_file, top_k.to_string()).unwrap();
     let f = dir.path().join("submit.json");
     std::fs::write(&f, submit_body("llm-job-1", &answer)).unwrap();
     let sampled = heurist(&["verify", "--model", m, sampled_file.to_str().unwrap(), f.to_str().unwrap()], None);
-    assert_eq!(sampled.status.code(), Some(2));
-    assert!(stderr(&sampled).contains("temperature 0.7"), "{}", stderr(&sampled));
+    assert_eq!(sampled.status.code(), Some(2), "{}{}", stdout(&sampled), stderr(&sampled));
+    assert!(stderr(&sampled).contains("top_k"), "{}", stderr(&sampled));
     let malformed = run("{\"miner_id\": 1");
     assert_eq!(malformed.status.code(), Some(2));
     assert!(stderr(&malformed).contains("miner_submit"), "{}", stderr(&malformed));

@@ -194,12 +194,11 @@ pub mod image {
             } else {
                 AuditVerdict::Fail {
                     evidence: format!(
-                        "object {key} is not the image of job {} on {}: {} (bars: SSIM >= {}, pHash distance <= {})",
+                        "object {key} is not the image of job {} on {}: {} (bars: {})",
                         job.job_id,
                         job.model_id,
                         verdict.explain(),
-                        self.thresholds.min_ssim,
-                        self.thresholds.max_hash_distance
+                        self.thresholds
                     ),
                 }
             }

@@ -8,18 +8,27 @@
 //! checkpoint, fewer steps, another seed, another LoRA weight, a smaller image scaled up —
 //! changes the trajectory of the whole denoising and so the picture itself.
 //!
-//! Two measures from maintained crates judge "the same picture", and both must agree:
+//! Three measures judge "the same picture", and all must agree:
 //! - a structural similarity ([`image_compare`]'s mean SSIM over 8x8 windows, the smallest of
-//!   the three colour channels), which sees the layout and texture at full resolution; and
+//!   the three colour channels), which sees the layout and texture at full resolution;
 //! - a perceptual hash ([`image_hasher`]: the 64-bit DCT mean hash, "pHash"), whose Hamming
-//!   distance sees the low frequencies and shrugs at pixel noise.
+//!   distance sees the low frequencies and shrugs at pixel noise; and
+//! - the mean absolute difference of the 8-bit values, which sees a picture that is the same
+//!   in structure but not the job's: one sampling step fewer, or a LoRA at another weight,
+//!   moves every pixel a little (1.3 to 13 levels on the tiny model) where honest numerics
+//!   move it a fraction of a level (0.32 at most, diffusers in f16 against this engine).
 //!
 //! [`ImageThresholds::DEFAULT`] is calibrated on honest images (see the crate docs' image
 //! detection table): honest pairs — 1 vs 2 threads, diffusers in f32 and in f16 against this
-//! engine's re-run — measured SSIM ≥ 0.9999 and a hash distance ≤ 1; another checkpoint, half
-//! the steps, another seed and a smaller image scaled up measured SSIM ≤ 0.94. The bars sit
-//! between with a wide margin on the honest side, since a false accusation costs an honest
-//! miner its stake; [`ImageThresholds::STRICT`] trades some of that margin for smaller cheats.
+//! engine's re-run — measured SSIM ≥ 0.9999, a hash distance ≤ 1 and a mean difference ≤ 0.32
+//! levels; another checkpoint, half the steps, another seed and a smaller image scaled up
+//! measured SSIM ≤ 0.94, and one step fewer or another LoRA weight a mean difference ≥ 1.3
+//! levels. The bars sit between with a margin on the honest side, since a false accusation
+//! costs an honest miner its stake. [`ImageThresholds::STRUCTURAL`] drops the pixel bar, for
+//! re-runs whose numerics nobody has measured against the miner's (another GPU stack, a real
+//! model at 512 px before its own calibration): it still catches another checkpoint, seed,
+//! size or half the steps, not the small cheats. [`ImageThresholds::STRICT`] trades margin for
+//! smaller cheats still.
 //!
 //! [`compare_png`] and [`compare_rgb`] give the [`ImageEvidence`]; [`ImageThresholds::judge`]
 //! turns it into an [`ImageVerdict`]. With `inference`, [`rerun::check_image`] re-runs the job
@@ -41,23 +50,38 @@ pub struct ImageThresholds {
     pub min_ssim: f64,
     /// The largest Hamming distance between the two 64-bit perceptual hashes accepted.
     pub max_hash_distance: u32,
+    /// The largest mean absolute difference of the 8-bit values accepted, in levels (0 to
+    /// 255); `f64::INFINITY` turns the bar off.
+    pub max_mean_abs_diff: f64,
 }
 
 impl ImageThresholds {
-    /// The bars for any honest miner (see the module docs): far below what honest images
-    /// measured (SSIM ≥ 0.9999, distance ≤ 1 on the tiny model, across threads, diffusers and
-    /// f16), for numerics not measured here (GPU kernels, real models at 512 px and more).
+    /// The calibrated bars (see the module docs): SSIM and hash far below what honest images
+    /// measured (SSIM ≥ 0.9999, distance ≤ 1), and a mean difference of one level, three times
+    /// the worst honest pair measured (0.32: diffusers in f16) and below every one-step-fewer
+    /// or other-LoRA-weight image measured (1.3 levels and more).
     pub const DEFAULT: Self = Self {
         min_ssim: 0.95,
         max_hash_distance: 6,
+        max_mean_abs_diff: 1.0,
+    };
+
+    /// Structure only, for numerics not measured against the re-run's (GPU kernels, real
+    /// models at 512 px and more): the SSIM and hash bars of [`Self::DEFAULT`], no pixel bar.
+    /// Catches another checkpoint, another seed, half the steps and a smaller image scaled up;
+    /// not one step fewer nor another LoRA weight.
+    pub const STRUCTURAL: Self = Self {
+        min_ssim: 0.95,
+        max_hash_distance: 6,
+        max_mean_abs_diff: f64::INFINITY,
     };
 
     /// Tighter bars for re-runs whose numerics are known to be close (the same engine, or
-    /// diffusers as measured on the tiny model): catch smaller cheats (one step fewer, a
-    /// LoRA weight changed) at a smaller margin for honest noise.
+    /// diffusers as measured on the tiny model), at a smaller margin for honest noise.
     pub const STRICT: Self = Self {
         min_ssim: 0.995,
         max_hash_distance: 2,
+        max_mean_abs_diff: 0.6,
     };
 
     /// Whether the evidence holds under these bars, with the reasons when it does not.
@@ -82,12 +106,29 @@ impl ImageThresholds {
                     max: self.max_hash_distance,
                 });
             }
+            // `!(a <= b)` so that a NaN difference fails too.
+            if !(evidence.mean_abs_diff <= self.max_mean_abs_diff) {
+                reasons.push(ImageReason::MeanDifference {
+                    diff: evidence.mean_abs_diff,
+                    max: self.max_mean_abs_diff,
+                });
+            }
         }
         if reasons.is_empty() {
             ImageVerdict::Holds(evidence)
         } else {
             ImageVerdict::Rejected { evidence, reasons }
         }
+    }
+}
+
+impl std::fmt::Display for ImageThresholds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SSIM >= {}, pHash distance <= {}", self.min_ssim, self.max_hash_distance)?;
+        if self.max_mean_abs_diff.is_finite() {
+            write!(f, ", mean difference <= {} levels", self.max_mean_abs_diff)?;
+        }
+        Ok(())
     }
 }
 
@@ -105,7 +146,8 @@ pub struct ImageEvidence {
     pub ssim: f64,
     /// Hamming distance of the 64-bit perceptual hashes, 0 to 64.
     pub hash_distance: u32,
-    /// The mean absolute difference over all channels, 0 to 255 (for the record).
+    /// The mean absolute difference over all channels, 0 to 255 levels. NaN when the sizes
+    /// differ.
     pub mean_abs_diff: f64,
     /// `((claimed w, h), (expected w, h))` when the sizes differ; nothing else was compared.
     pub size_mismatch: Option<((u32, u32), (u32, u32))>,
@@ -148,6 +190,13 @@ pub enum ImageReason {
         /// The bar.
         max: u32,
     },
+    /// The pixels differ by more than honest numerics do.
+    MeanDifference {
+        /// Measured, in 8-bit levels.
+        diff: f64,
+        /// The bar.
+        max: f64,
+    },
 }
 
 impl std::fmt::Display for ImageReason {
@@ -161,6 +210,9 @@ impl std::fmt::Display for ImageReason {
             Self::Ssim { ssim, min } => write!(f, "SSIM {ssim:.4} below {min}"),
             Self::HashDistance { distance, max } => {
                 write!(f, "pHash distance {distance} above {max}")
+            }
+            Self::MeanDifference { diff, max } => {
+                write!(f, "mean difference {diff:.2} levels above {max}")
             }
         }
     }
@@ -311,6 +363,31 @@ mod tests {
         }
         let v = ImageThresholds::DEFAULT.judge(compare_rgb(&b, &a));
         assert!(v.holds(), "{}", v.explain());
+    }
+
+    #[test]
+    fn the_same_structure_two_levels_off_is_rejected_by_the_pixel_bar_alone() {
+        let a = picture(64, 64, 0.0);
+        // The same picture two levels brighter: what another sampling step or LoRA weight does
+        // to a smooth region.
+        let b = RgbImage::from_fn(64, 64, |x, y| image::Rgb(a.get_pixel(x, y).0.map(|v| v.saturating_add(2))));
+        let e = compare_rgb(&b, &a);
+        assert!(ImageThresholds::STRUCTURAL.judge(e).holds(), "{e}");
+        let v = ImageThresholds::DEFAULT.judge(e);
+        let ImageVerdict::Rejected { reasons, .. } = &v else {
+            panic!("two levels off held: {}", v.explain());
+        };
+        assert!(matches!(reasons[..], [ImageReason::MeanDifference { diff, max: 1.0 }] if diff > 1.5), "{reasons:?}");
+        assert!(v.explain().contains("mean difference"), "{}", v.explain());
+    }
+
+    #[test]
+    fn thresholds_print_their_bars() {
+        assert_eq!(
+            ImageThresholds::DEFAULT.to_string(),
+            "SSIM >= 0.95, pHash distance <= 6, mean difference <= 1 levels"
+        );
+        assert_eq!(ImageThresholds::STRUCTURAL.to_string(), "SSIM >= 0.95, pHash distance <= 6");
     }
 
     #[test]

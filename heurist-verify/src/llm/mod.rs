@@ -14,6 +14,9 @@
 //! [`check_greedy_submission`] takes the wire types as they come (a job and the
 //! `miner_submit` answering it), builds the request the way a miner does ([`chat_request`])
 //! and checks the first choice's text; this is what `heurist verify` runs.
+//! [`check_sampled_submission`] does the same for a sampled job, by the answer's likelihood
+//! ([`likelihood`], any engine's sampler) or by replaying this project's seeded sampler
+//! ([`seeded`], miners running `heurist-inference`), as [`SampledJudge`] says.
 //! [`check_usage_submission`] recounts the token usage the same submission claims ([`usage`]),
 //! without a forward pass.
 
@@ -30,6 +33,7 @@ pub use seeded::{SeededCheck, SeededMiss, SeededThresholds, check_seeded};
 pub use usage::{ClaimedUsage, UsageCheck, UsageTolerance, check_usage, claimed_usage};
 
 use heurist_inference::{ChatEngine, ChatRequest};
+use heurist_protocol::openai::{Choice, FinishReason};
 use heurist_protocol::{Job, JobParams, MinerLimits, MinerSubmit};
 
 use crate::error::{Result, VerifyError};
@@ -83,16 +87,20 @@ pub fn check_greedy(engine: &ChatEngine, request: &ChatRequest, claimed: &str) -
 
 /// The answer a chat submission claims: the text of its first choice.
 pub fn submitted_answer(submit: &MinerSubmit) -> Result<String> {
+    Ok(first_choice(submit)?.message.text_content())
+}
+
+/// The first choice (lowest index) of a chat submission.
+fn first_choice(submit: &MinerSubmit) -> Result<Choice> {
     let choices = match submit.result.choices() {
         None => return Err(VerifyError::NotChatResult { job_id: submit.job_id.clone() }),
         Some(c) => c.map_err(|e| VerifyError::MalformedSubmit { source: Box::new(e) })?,
     };
-    let first = choices.into_iter().min_by_key(|c| c.index).ok_or_else(|| VerifyError::InvalidClaim {
+    choices.into_iter().min_by_key(|c| c.index).ok_or_else(|| VerifyError::InvalidClaim {
         field: "result.Text",
         value: "[]".to_owned(),
         expected: "a choices array with at least one choice",
-    })?;
-    Ok(first.message.text_content())
+    })
 }
 
 /// Re-checks the answer `submit` claims for the greedy chat job `job` on `engine`, by one
@@ -121,20 +129,103 @@ pub fn check_usage_submission(
     check_usage(engine, &request, &submitted_answer(submit)?, claimed, tolerance).map(Some)
 }
 
+/// How [`check_sampled_submission`] judges a sampled answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SampledJudge {
+    /// By its likelihood under the claimed model ([`check_sampled`]): for an answer from any
+    /// engine's sampler (vLLM, llama.cpp, this project's).
+    Likelihood(SampledThresholds),
+    /// By replaying `heurist-inference`'s seeded draws ([`check_seeded`]): for a miner that
+    /// runs this project's engine; catches close substitutes the likelihood cannot. The job
+    /// must carry its seed.
+    SeededReplay(SeededThresholds),
+}
+
+/// The outcome of [`check_sampled_submission`]: the check that ran, with its numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SampledSubmissionCheck {
+    /// [`SampledJudge::Likelihood`] ran.
+    Likelihood(SampledCheck),
+    /// [`SampledJudge::SeededReplay`] ran.
+    SeededReplay(SeededCheck),
+}
+
+impl SampledSubmissionCheck {
+    /// Whether the answer holds.
+    pub fn holds(&self) -> bool {
+        match self {
+            Self::Likelihood(c) => c.holds,
+            Self::SeededReplay(c) => c.holds,
+        }
+    }
+
+    /// Why it does not hold, with the numbers (empty when it holds).
+    pub fn reasons(&self) -> &[String] {
+        match self {
+            Self::Likelihood(c) => &c.reasons,
+            Self::SeededReplay(c) => &c.reasons,
+        }
+    }
+
+    /// Tokens of the re-encoded answer.
+    pub fn tokens(&self) -> usize {
+        match self {
+            Self::Likelihood(c) => c.tokens,
+            Self::SeededReplay(c) => c.tokens,
+        }
+    }
+}
+
+/// Re-checks the answer `submit` claims for the sampled chat job `job` on `engine`, as `judge`
+/// says. Whether generation ran to `max_tokens` is the first choice's `finish_reason`
+/// (`length`).
+///
+/// Errors as [`check_greedy_submission`]'s, with [`VerifyError::NotSampled`] for a greedy
+/// job, [`VerifyError::UnmodelledSampling`] for the likelihood test of a request it does not
+/// model, and [`VerifyError::NotSeeded`] for a replay of a job that left its seed to the miner
+/// (`seed` absent or -1: nothing to replay).
+pub fn check_sampled_submission(
+    engine: &ChatEngine,
+    job: &Job,
+    submit: &MinerSubmit,
+    judge: &SampledJudge,
+) -> Result<SampledSubmissionCheck> {
+    let (request, seed_was_random) = submission_request_and_seed(job, submit)?;
+    let claimed = submitted_answer(submit)?;
+    let ran_to_limit = first_choice(submit)?.finish_reason == Some(FinishReason::Length);
+    match judge {
+        SampledJudge::Likelihood(t) => {
+            check_sampled(engine, &request, &claimed, ran_to_limit, t).map(SampledSubmissionCheck::Likelihood)
+        }
+        SampledJudge::SeededReplay(t) => {
+            if seed_was_random && request.temperature > 0.0 {
+                return Err(VerifyError::NotSeeded { temperature: request.temperature, seed: None });
+            }
+            check_seeded(engine, &request, &claimed, ran_to_limit, t).map(SampledSubmissionCheck::SeededReplay)
+        }
+    }
+}
+
 /// The engine request of the chat job `job` that `submit` answers.
 fn submission_request(job: &Job, submit: &MinerSubmit) -> Result<ChatRequest> {
+    submission_request_and_seed(job, submit).map(|(request, _)| request)
+}
+
+/// [`submission_request`], and whether the job left its seed to the miner (the request then
+/// carries seed 0: the seed changes neither the prompt, nor the limits, nor a greedy answer,
+/// and a fixed one keeps the request deterministic).
+fn submission_request_and_seed(job: &Job, submit: &MinerSubmit) -> Result<(ChatRequest, bool)> {
     if submit.job_id != job.job_id {
         return Err(VerifyError::NoJob { job_id: submit.job_id.clone(), miner_id: submit.miner_id.to_string() });
     }
-    // The seed does not change the prompt, the limits or a greedy answer; a fixed one keeps
-    // the request deterministic.
     let clamped = MinerLimits::default()
         .clamp(job, || 0)
         .map_err(|e| VerifyError::MalformedJob { job_id: job.job_id.clone(), source: Box::new(e) })?;
     let JobParams::Llm(params) = &clamped.params else {
         return Err(VerifyError::NotChatResult { job_id: job.job_id.clone() });
     };
-    chat_request(params).map_err(|e| VerifyError::Inference { reason: e.to_string() })
+    let request = chat_request(params).map_err(|e| VerifyError::Inference { reason: e.to_string() })?;
+    Ok((request, params.seed_was_random))
 }
 
 /// Byte offset of the first difference between two texts, `None` when equal.

@@ -8,7 +8,7 @@ use heurist_inference::image::noise::NoiseDType;
 use heurist_inference::image::{ImageEngine, ImageJob, PromptEncoding};
 use heurist_inference::Result as InferenceResult;
 use heurist_verify::image::rerun::{check_rgb, reference_image, rerun};
-use heurist_verify::image::{ImageThresholds, ImageVerdict, compare_rgb, rgb_image};
+use heurist_verify::image::{ImageReason, ImageThresholds, ImageVerdict, compare_rgb, rgb_image};
 
 use crate::sibling_fixture;
 
@@ -72,18 +72,42 @@ fn honest_diffusers_images_hold_in_f32_and_f16() {
     let engine = engine();
     let tok = tokenizer(&h);
     let th = ImageThresholds::DEFAULT;
-    let mut worst = (1.0f64, 0u32);
+    let mut worst = (1.0f64, 0u32, 0.0f64);
     for (i, job) in h.jobs.iter().enumerate() {
         for (name, image, noise) in [("f32", &h.f32[i], NoiseDType::F32), ("f16", &h.half[i], NoiseDType::F16)] {
             let ours = reference_image(&rerun(&engine, job, PromptEncoding::TokenIds(&tok), noise).unwrap()).unwrap();
             let e = compare_rgb(&rgb_image(64, 64, image.clone()).unwrap(), &ours);
-            worst = (worst.0.min(e.ssim), worst.1.max(e.hash_distance));
+            worst = (worst.0.min(e.ssim), worst.1.max(e.hash_distance), worst.2.max(e.mean_abs_diff));
             assert!(th.judge(e).holds(), "job {i}, diffusers {name}: {e}");
         }
     }
-    println!("honest diffusers vs our re-run, worst: SSIM {:.4}, pHash distance {}", worst.0, worst.1);
+    println!(
+        "honest diffusers vs our re-run, worst: SSIM {:.4}, pHash distance {}, mean difference {:.3}",
+        worst.0, worst.1, worst.2
+    );
     // The default bars keep a margin over what honest images measured.
     assert!(worst.0 > th.min_ssim + 0.02 && worst.1 + 2 <= th.max_hash_distance, "{worst:?}");
+    assert!(worst.2 * 2.5 <= th.max_mean_abs_diff, "{worst:?}");
+}
+
+#[test]
+fn one_step_fewer_is_caught_by_the_pixel_bar() {
+    let h = honest();
+    let engine = engine();
+    let tok = tokenizer(&h);
+    for job in h.jobs.iter().take(3) {
+        let reference = reference_image(&rerun(&engine, job, PromptEncoding::TokenIds(&tok), NoiseDType::F32).unwrap()).unwrap();
+        let fewer = ImageJob { steps: job.steps - 1, ..job.clone() };
+        let cheat = reference_image(&rerun(&engine, &fewer, PromptEncoding::TokenIds(&tok), NoiseDType::F32).unwrap()).unwrap();
+        let e = compare_rgb(&cheat, &reference);
+        // The structure alone lets it through; the pixels do not.
+        assert!(ImageThresholds::STRUCTURAL.judge(e).holds(), "{e}");
+        let v = ImageThresholds::DEFAULT.judge(e);
+        let ImageVerdict::Rejected { reasons, .. } = &v else {
+            panic!("{} steps for {} held: {}", fewer.steps, job.steps, v.explain());
+        };
+        assert!(reasons.iter().any(|r| matches!(r, ImageReason::MeanDifference { .. })), "{reasons:?}");
+    }
 }
 
 #[test]
