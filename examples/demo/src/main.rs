@@ -9,7 +9,8 @@
 //! of jobs, verdicts and points.
 //!
 //! Image audits (`heurist_sequencer::audit::ImageAuditor`) fetch the PNG from S3, re-run the
-//! job and compare SSIM and a perceptual hash within [`IMAGE_TOLERANCE`].
+//! job and compare SSIM, a perceptual hash and the mean pixel difference within
+//! [`IMAGE_TOLERANCE`].
 
 use std::path::PathBuf;
 use std::sync::Arc;

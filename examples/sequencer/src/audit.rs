@@ -80,14 +80,16 @@ pub use image::{ImageAuditor, ImageRerun, RgbImage, decode_png};
 pub use heurist_verify::image::{ImageEvidence, ImageThresholds, ImageVerdict};
 
 /// Image audits: the claimed PNG fetched from S3, the job re-run on the claimed model, the two
-/// compared by `heurist_verify::image`: a structural similarity (SSIM) and a perceptual hash,
-/// both of which must agree within [`ImageThresholds`] (calibrated on honest images from
-/// diffusers in f32 and f16 against this engine's re-runs; see heurist-verify's crate docs).
+/// compared by `heurist_verify::image`: a structural similarity (SSIM), a perceptual hash and
+/// the mean pixel difference, all of which must agree within [`ImageThresholds`] (calibrated on
+/// honest images from diffusers in f32 and f16 against this engine's re-runs; see
+/// heurist-verify's crate docs).
 ///
 /// The same seed, steps, size and sampler on the same checkpoint give the same picture up to
-/// floating-point noise (thread counts, kernels, f16 rounding), which leaves SSIM near 1 and
-/// the hashes equal; a substituted model, another seed, fewer steps or a smaller image scaled
-/// up change the picture itself.
+/// floating-point noise (thread counts, kernels, f16 rounding), which leaves SSIM near 1, the
+/// hashes equal and the pixels within a fraction of a level; a substituted model, another
+/// seed, fewer steps, another LoRA weight or a smaller image scaled up change the picture
+/// itself.
 #[cfg(feature = "s3")]
 pub mod image {
     use std::sync::Arc;
