@@ -145,7 +145,7 @@ fn run_batch(
     // Every row is its sequence's last token.
     ops::rms_norm(&s.x, &w.output_norm, w.eps, &mut s.normed);
     s.q8.quantize(&s.normed, hidden);
-    w.output.matmul(isa, &s.q8, &mut s.logits, &mut s.transposed);
+    w.output.matmul(isa, &s.q8, &mut s.logits);
 }
 
 #[cfg(test)]

@@ -135,7 +135,6 @@ struct Scratch {
     normed: Vec<f32>,
     q8: Q8Activations,
     wide: Vec<f32>,
-    transposed: Vec<f32>,
     q: Vec<f32>,
     attn: Vec<f32>,
     act: Vec<f32>,
@@ -224,6 +223,8 @@ impl CpuLlama {
             w.embedding.dequantize_row(t as usize, x);
         }
         tap(taps, 0, &s.x, hidden);
+        w.rope.table(position..position + n_tok, &mut s.cos_sin);
+        let pairs = w.rope.pairs();
         for (l, layer) in w.layers.iter().enumerate() {
             project_qkv(w, isa, layer, s);
 
@@ -235,10 +236,11 @@ impl CpuLlama {
                 let (q, kv) = row.split_at(q_dim);
                 let q_out = &mut s.q[t * q_dim..(t + 1) * q_dim];
                 q_out.copy_from_slice(q);
-                w.rope.apply(q_out, heads.head_dim, position + t, &mut s.cos_sin);
+                let cos_sin = &s.cos_sin[t * pairs..(t + 1) * pairs];
+                Rope::rotate(q_out, heads.head_dim, cos_sin);
                 let start = k_cache.len();
                 k_cache.extend_from_slice(&kv[..kv_dim]);
-                w.rope.apply(&mut k_cache[start..], heads.head_dim, position + t, &mut s.cos_sin);
+                Rope::rotate(&mut k_cache[start..], heads.head_dim, cos_sin);
                 v_cache.extend_from_slice(&kv[kv_dim..]);
             }
 
@@ -275,22 +277,22 @@ impl CpuLlama {
 fn project_qkv(w: &Weights, isa: Isa, layer: &Layer, s: &mut Scratch) {
     ops::rms_norm(&s.x, &layer.attn_norm, w.eps, &mut s.normed);
     s.q8.quantize(&s.normed, w.hidden);
-    layer.qkv.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+    layer.qkv.matmul(isa, &s.q8, &mut s.wide);
 }
 
 /// A layer's second half from the attention output `s.attn`: output projection and residual,
 /// then the SwiGLU feed-forward and its residual, into `s.x`.
 fn finish_layer(w: &Weights, isa: Isa, layer: &Layer, s: &mut Scratch) {
     s.q8.quantize(&s.attn, w.heads.q_dim());
-    layer.wo.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+    layer.wo.matmul(isa, &s.q8, &mut s.wide);
     add(&mut s.x, &s.wide);
 
     ops::rms_norm(&s.x, &layer.ffn_norm, w.eps, &mut s.normed);
     s.q8.quantize(&s.normed, w.hidden);
-    layer.gate_up.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+    layer.gate_up.matmul(isa, &s.q8, &mut s.wide);
     ops::swiglu(&s.wide, w.ff, &mut s.act);
     s.q8.quantize(&s.act, w.ff);
-    layer.down.matmul(isa, &s.q8, &mut s.wide, &mut s.transposed);
+    layer.down.matmul(isa, &s.q8, &mut s.wide);
     add(&mut s.x, &s.wide);
 }
 
@@ -353,7 +355,7 @@ fn project(w: &Weights, isa: Isa, s: &mut Scratch, tokens: std::ops::Range<usize
     let rows = &s.x[tokens.start * w.hidden..tokens.end * w.hidden];
     ops::rms_norm(rows, &w.output_norm, w.eps, &mut s.normed);
     s.q8.quantize(&s.normed, w.hidden);
-    w.output.matmul(isa, &s.q8, &mut s.logits, &mut s.transposed);
+    w.output.matmul(isa, &s.q8, &mut s.logits);
 }
 
 /// Teacher-forced scoring: logits at many positions from one pass.

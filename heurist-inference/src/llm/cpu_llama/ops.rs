@@ -43,13 +43,31 @@ impl Rope {
     /// values of a head turn by `position · inv_freq[i]` (GGUF conversion permuted Q and K so
     /// that this equals Hugging Face's half-split rotation).
     pub(super) fn apply(&self, x: &mut [f32], head_dim: usize, position: usize, cos_sin: &mut Vec<(f32, f32)>) {
-        cos_sin.clear();
-        cos_sin.extend(self.inv_freq.iter().map(|&f| {
-            let (s, c) = (position as f64 * f).sin_cos();
-            (c as f32, s as f32)
-        }));
+        self.table(position..position + 1, cos_sin);
+        Self::rotate(x, head_dim, cos_sin);
+    }
+
+    /// `(cos, sin)` of every angle of `positions`, `rope_dim / 2` per position, into `out`: a
+    /// pass computes them once for all its layers and for both Q and K.
+    pub(super) fn table(&self, positions: std::ops::Range<usize>, out: &mut Vec<(f32, f32)>) {
+        out.clear();
+        for position in positions {
+            out.extend(self.inv_freq.iter().map(|&f| {
+                let (s, c) = (position as f64 * f).sin_cos();
+                (c as f32, s as f32)
+            }));
+        }
+    }
+
+    /// Angles per position in [`Self::table`].
+    pub(super) fn pairs(&self) -> usize {
+        self.inv_freq.len()
+    }
+
+    /// [`Self::apply`] with one position's slice of a [`Self::table`].
+    pub(super) fn rotate(x: &mut [f32], head_dim: usize, cos_sin: &[(f32, f32)]) {
         for head in x.chunks_exact_mut(head_dim) {
-            for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cos_sin.iter()) {
+            for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cos_sin) {
                 let (a, b) = (pair[0], pair[1]);
                 pair[0] = a * c - b * s;
                 pair[1] = a * s + b * c;

@@ -1,11 +1,12 @@
 //! Dot products of quantized weight rows with quantized activations, one implementation per
 //! instruction set, chosen at run time.
 //!
-//! [`rows_dot`] computes `out[r · T + t] = W[r] · x[t]` for a run of weight rows and `T`
-//! activation vectors. In prefill (and one-pass scoring, and batched decode of four or more)
-//! a tile of several rows × four tokens runs at once: each weight block is unpacked once for
-//! four tokens and each activation block loaded once for the tile's rows (2 rows under AVX2,
-//! 3 under AVX-VNNI, 4 with AVX-512VL's 32 registers); in decode four rows run side by side,
+//! [`rows_dot_into`] computes `out(r, t) = W[r] · x[t]` for a run of weight rows and `T`
+//! activation vectors, into an [`OutView`] of either layout. In prefill (and one-pass
+//! scoring, and batched decode of four or more) a tile of several rows × four tokens runs at
+//! once: each weight block is unpacked once for four tokens and each activation block loaded
+//! once for the tile's rows (2 rows under AVX2, 3 under AVX-VNNI, 4 with AVX-512VL's 32
+//! registers); in decode four rows run side by side,
 //! so four streams of weights are in flight at once. Every tile keeps one accumulator per
 //! (row, token) and adds the blocks in order, so a result is bit for bit the same whatever the
 //! tile or the number of tokens ([`Tiling`]), and the same on every x86 instruction set (the
@@ -88,16 +89,69 @@ pub(crate) enum Tiling {
     Single,
 }
 
-/// `out[r · x.rows() + t] = row r of rows · x[t]`, for every whole row in `rows`.
-///
-/// # Panics
-/// When `out` is not `rows × x.rows()` or the activations are not `cols` wide; callers
-/// check shapes once per matmul ([`super::matmul`]), so this is an internal invariant.
-pub(crate) fn rows_dot(isa: Isa, format: WeightFormat, cols: usize, rows: &[u8], x: &Q8Activations, out: &mut [f32]) {
-    rows_dot_tiled(isa, format, cols, rows, x, out, Tiling::Best);
+/// Where a kernel writes the dot product of row `r` and token `t`: `ptr[r · row_stride + t ·
+/// token_stride]`. `[row][token]` (`token_stride` 1) is what [`rows_dot_tiled`] hands out; the
+/// matmul has its threads write `[token][row]` (`row_stride` 1) into one buffer, each its own
+/// rows, so that no transpose follows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OutView {
+    ptr: *mut f32,
+    row_stride: usize,
+    token_stride: usize,
 }
 
-/// [`rows_dot`] with the tiling chosen by the caller (the tests and the kernel bench).
+// SAFETY: a view is a pointer with a promise (`new`): the matmul's tasks write disjoint
+// rows of one buffer, which outlives them, and nothing reads it until they are done.
+unsafe impl Send for OutView {}
+// SAFETY: as for Send; a shared view is only copied, never written through concurrently at
+// one cell.
+unsafe impl Sync for OutView {}
+
+impl OutView {
+    /// # Safety
+    /// Every `(r, t)` a kernel writes (the rows it is given × the activations' tokens) must
+    /// address memory that is valid for writes and that nothing else reads or writes meanwhile.
+    pub(crate) unsafe fn new(ptr: *mut f32, row_stride: usize, token_stride: usize) -> Self {
+        Self { ptr, row_stride, token_stride }
+    }
+
+    /// The same view with row 0 at row `r0`.
+    ///
+    /// # Safety
+    /// The rows the kernel then writes, shifted by `r0`, are inside what [`Self::new`] was
+    /// promised.
+    pub(crate) unsafe fn offset_rows(self, r0: usize) -> Self {
+        // SAFETY: the caller's promise.
+        Self { ptr: unsafe { self.ptr.add(r0 * self.row_stride) }, ..self }
+    }
+
+    /// The view's pointer at `(r, t)`.
+    ///
+    /// # Safety
+    /// `(r, t)` is inside what [`Self::new`] was promised.
+    #[inline(always)]
+    unsafe fn at(self, r: usize, t: usize) -> *mut f32 {
+        // SAFETY: the caller's promise.
+        unsafe { self.ptr.add(r * self.row_stride + t * self.token_stride) }
+    }
+
+    /// Writes `(r, t)`.
+    ///
+    /// # Safety
+    /// As [`Self::at`].
+    #[inline(always)]
+    unsafe fn write(self, r: usize, t: usize, v: f32) {
+        // SAFETY: the caller's promise.
+        unsafe { *self.at(r, t) = v };
+    }
+}
+
+/// `out[r · x.rows() + t] = row r of rows · x[t]`, for every whole row in `rows`, walked as
+/// `tiling` says (the tests and the kernel bench; the matmul calls [`rows_dot_into`]).
+///
+/// # Panics
+/// When `out` is not `rows × x.rows()` or the activations are not `cols` wide.
+#[cfg(test)]
 pub(crate) fn rows_dot_tiled(
     isa: Isa,
     format: WeightFormat,
@@ -107,15 +161,38 @@ pub(crate) fn rows_dot_tiled(
     out: &mut [f32],
     tiling: Tiling,
 ) {
+    assert_eq!(out.len(), rows.len() / format.row_bytes(cols).max(1) * x.rows());
+    // SAFETY: `out` holds rows × tokens values, row-major by row, and is borrowed mutably.
+    let view = unsafe { OutView::new(out.as_mut_ptr(), x.rows(), 1) };
+    // SAFETY: the view covers every (row, token) of these shapes.
+    unsafe { rows_dot_into(isa, format, cols, rows, x, view, tiling) }
+}
+
+/// [`rows_dot_tiled`] into any [`OutView`].
+///
+/// # Safety
+/// `out` covers every `(r, t)` with `r` a row of `rows` and `t` a token of `x` (see
+/// [`OutView::new`]).
+///
+/// # Panics
+/// When the activations are not `cols` wide or `rows` is not whole rows.
+pub(crate) unsafe fn rows_dot_into(
+    isa: Isa,
+    format: WeightFormat,
+    cols: usize,
+    rows: &[u8],
+    x: &Q8Activations,
+    out: OutView,
+    tiling: Tiling,
+) {
     let row_bytes = format.row_bytes(cols);
     assert!(cols.is_multiple_of(QK) && row_bytes > 0 && rows.len().is_multiple_of(row_bytes));
     assert_eq!(x.cols(), cols);
-    assert_eq!(out.len(), rows.len() / row_bytes * x.rows());
     match isa {
-        Isa::Scalar => scalar::rows_dot(format, row_bytes, rows, x, out, tiling),
+        Isa::Scalar => unsafe { scalar::rows_dot(format, row_bytes, rows, x, out, tiling) },
         // SAFETY (all three): `available()` only lists an instruction set after
-        // `is_x86_feature_detected!` confirmed every feature its functions enable, and the
-        // shapes were checked above.
+        // `is_x86_feature_detected!` confirmed every feature its functions enable, the shapes
+        // were checked above, and the caller promised `out`.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::rows_dot(format, row_bytes, rows, x, out, tiling) },
         #[cfg(target_arch = "x86_64")]
@@ -139,26 +216,32 @@ mod scalar {
     /// Tokens one unpacked weight block is multiplied with.
     const TOKENS: usize = 4;
 
-    pub(super) fn rows_dot(
+    /// # Safety
+    /// `out` covers every (row, token) of these shapes.
+    pub(super) unsafe fn rows_dot(
         format: WeightFormat,
         row_bytes: usize,
         rows: &[u8],
         x: &Q8Activations,
-        out: &mut [f32],
+        out: OutView,
         tiling: Tiling,
     ) {
         let tokens = x.rows();
-        for (row, out) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tokens)) {
+        for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
             let mut t = 0;
             if tiling != Tiling::Single {
                 while t + TOKENS <= tokens {
                     let xs: [Q8Row<'_>; TOKENS] = std::array::from_fn(|i| x.row(t + i));
-                    out[t..t + TOKENS].copy_from_slice(&dot_many(format, row, &xs));
+                    for (i, v) in dot_many(format, row, &xs).into_iter().enumerate() {
+                        // SAFETY: (r, t + i) is a (row, token) of these shapes.
+                        unsafe { out.write(r, t + i, v) };
+                    }
                     t += TOKENS;
                 }
             }
-            for (t, o) in out.iter_mut().enumerate().skip(t) {
-                *o = dot_many(format, row, &[x.row(t)])[0];
+            for t in t..tokens {
+                // SAFETY: as above.
+                unsafe { out.write(r, t, dot_many(format, row, &[x.row(t)])[0]) };
             }
         }
     }
@@ -207,20 +290,20 @@ macro_rules! x86_kernels {
 
             use super::super::activation::Q8Activations;
             use super::super::block::{QK, WeightFormat};
-            use super::Tiling;
+            use super::{OutView, Tiling};
 
             $udot
 
             /// # Safety
             /// The CPU must support `$features`; `rows` holds whole rows of `row_bytes`, `out`
-            /// is rows × `x.rows()`, and `x` has `nb` blocks per vector.
+            /// covers rows × `x.rows()`, and `x` has `nb` blocks per vector.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn rows_dot(
                 format: WeightFormat,
                 row_bytes: usize,
                 rows: &[u8],
                 x: &Q8Activations,
-                out: &mut [f32],
+                out: OutView,
                 tiling: Tiling,
             ) {
                 let nb = row_bytes / format.block_bytes();
@@ -229,14 +312,13 @@ macro_rules! x86_kernels {
                 let (qs, d, s) = x.raw();
                 let cols = nb * QK;
                 let w = rows.as_ptr();
-                let o = out.as_mut_ptr();
                 // Tokens' codes and scales are contiguous: token t starts at t · cols and t · nb.
                 // SAFETY (every use): rows r..r + R and tokens t..t + N exist, so the pointers
                 // stay inside `rows`, `x` and `out`.
                 macro_rules! tile_at {
                     ($r:expr, $t:expr, $R:literal, $N:literal) => {
                         unsafe {
-                            tile::<$R, $N>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, o.add($r * tokens + $t), tokens)
+                            tile::<$R, $N>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, out, $r, $t)
                         }
                     };
                 }
@@ -309,12 +391,12 @@ macro_rules! x86_kernels {
                 }
             }
 
-            /// `R` rows times `N` activation vectors: `out[r · stride + t] = W[r] · x[t]`.
+            /// `R` rows times `N` activation vectors: `out(r0 + r, t0 + t) = W[r] · x[t]`.
             ///
             /// # Safety
             /// `w` points at `R` rows of `nb` blocks (`row_bytes` apart); `qs`, `d`, `s` at `N`
-            /// tokens' codes (`cols` apart) and scales and sums (`nb` apart); `out` reaches
-            /// index `(R - 1) · stride + N - 1`. The CPU supports `$features`.
+            /// tokens' codes (`cols` apart) and scales and sums (`nb` apart); `out` covers rows
+            /// `r0..r0 + R` × tokens `t0..t0 + N`. The CPU supports `$features`.
             #[target_feature(enable = $features)]
             #[inline]
             #[allow(clippy::too_many_arguments)]
@@ -327,8 +409,9 @@ macro_rules! x86_kernels {
                 d: *const f32,
                 s: *const f32,
                 cols: usize,
-                out: *mut f32,
-                stride: usize,
+                out: OutView,
+                r0: usize,
+                t0: usize,
             ) {
                 let mut acc = [[_mm256_setzero_ps(); N]; R];
                 let mut mins = [[0f32; N]; R];
@@ -397,7 +480,7 @@ macro_rules! x86_kernels {
                 for r in 0..R {
                     for t in 0..N {
                         // SAFETY: inside `out` (this function's contract).
-                        unsafe { *out.add(r * stride + t) = hsum(acc[r][t]) + mins[r][t] };
+                        unsafe { out.write(r0 + r, t0 + t, hsum(acc[r][t]) + mins[r][t]) };
                     }
                 }
             }

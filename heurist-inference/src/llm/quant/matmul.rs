@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::activation::Q8Activations;
 use super::block::{QK, WeightFormat};
-use super::kernels::{Isa, rows_dot};
+use super::kernels::{Isa, OutView, Tiling, rows_dot_into};
 
 /// A matrix of `rows × cols` weights in one GGUF block format.
 #[derive(Debug, Clone)]
@@ -101,44 +101,32 @@ impl QMatrix {
         self.format.dequantize_row(&self.data[r * bytes..(r + 1) * bytes], out);
     }
 
-    /// `out[t · rows + r] = W[r] · x[t]` for every activation vector in `x`; `scratch` is
-    /// reused between calls.
+    /// `out[t · rows + r] = W[r] · x[t]` for every activation vector in `x`.
+    ///
+    /// The row range is split among the pool's threads; each writes its rows of every token
+    /// straight into `out` (`[token][row]`, the layout the next operation reads), so no
+    /// transpose follows, and a (row, token) sum is the same whoever computes it.
     ///
     /// # Panics
     /// When `x` does not have `cols` values per vector (the model's shapes make it so).
-    pub(crate) fn matmul(&self, isa: Isa, x: &Q8Activations, out: &mut Vec<f32>, scratch: &mut Vec<f32>) {
+    pub(crate) fn matmul(&self, isa: Isa, x: &Q8Activations, out: &mut Vec<f32>) {
         assert_eq!(x.cols(), self.cols, "activation width");
         let tokens = x.rows();
+        // Every cell is written below: what a reused buffer held does not matter.
         out.resize(tokens * self.rows, 0.0);
-        // One token: `out` is already row-major by row. More: rows × tokens, then transposed.
-        let by_row = if tokens == 1 { &mut *out } else { scratch.resize(tokens * self.rows, 0.0); &mut *scratch };
         let row_bytes = self.format.row_bytes(self.cols);
         let threads = rayon::current_num_threads().max(1);
         let chunk_rows = self.rows.div_ceil(threads * 8).max(4);
-        by_row
-            .par_chunks_mut(chunk_rows * tokens)
-            .zip(self.data.par_chunks(chunk_rows * row_bytes))
-            .for_each(|(out, rows)| rows_dot(isa, self.format, self.cols, rows, x, out));
-        if tokens > 1 {
-            transpose(scratch, self.rows, tokens, out);
-        }
+        // SAFETY: `out` holds tokens × rows values and stays borrowed until every task is done;
+        // task i writes only rows i · chunk_rows.. of its chunk (disjoint cells).
+        let view = unsafe { OutView::new(out.as_mut_ptr(), 1, self.rows) };
+        self.data.par_chunks(chunk_rows * row_bytes).enumerate().for_each(|(i, rows)| {
+            // SAFETY: this chunk's rows, offset to their place, × every token: inside `out`.
+            let view = unsafe { view.offset_rows(i * chunk_rows) };
+            // SAFETY: as above; the shapes were checked.
+            unsafe { rows_dot_into(isa, self.format, self.cols, rows, x, view, Tiling::Best) };
+        });
     }
-}
-
-/// `to[t · rows + r] = from[r · tokens + t]`, eight tokens per task: each task reads 32
-/// contiguous bytes per row and writes eight output rows.
-fn transpose(from: &[f32], rows: usize, tokens: usize, to: &mut [f32]) {
-    const TOKENS: usize = 8;
-    to.par_chunks_mut(rows * TOKENS).enumerate().for_each(|(i, to)| {
-        let t0 = i * TOKENS;
-        let n = to.len() / rows;
-        for r in 0..rows {
-            let from = &from[r * tokens + t0..r * tokens + t0 + n];
-            for (t, &v) in from.iter().enumerate() {
-                to[t * rows + r] = v;
-            }
-        }
-    });
 }
 
 #[cfg(test)]
@@ -204,8 +192,8 @@ mod tests {
                 let want = exact(&q, &x);
                 let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
                 for isa in Isa::available() {
-                    let (mut out, mut scratch) = (Vec::new(), Vec::new());
-                    m.matmul(isa, &x, &mut out, &mut scratch);
+                    let mut out = Vec::new();
+                    m.matmul(isa, &x, &mut out);
                     assert_eq!(out.len(), tokens * rows);
                     for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
                         // Q4_1's minimum uses the f16-rounded block sum, like llama.cpp.
@@ -227,11 +215,11 @@ mod tests {
             let (m, _) = weights(format, rows, cols, 3);
             let mut x = Q8Activations::default();
             x.quantize(&activations(6, cols, 5), cols);
-            let (mut reference, mut scratch) = (Vec::new(), Vec::new());
-            m.matmul(Isa::Scalar, &x, &mut reference, &mut scratch);
+            let mut reference = Vec::new();
+            m.matmul(Isa::Scalar, &x, &mut reference);
             for isa in Isa::available() {
                 let mut out = Vec::new();
-                m.matmul(isa, &x, &mut out, &mut scratch);
+                m.matmul(isa, &x, &mut out);
                 for (i, (&a, &b)) in out.iter().zip(&reference).enumerate() {
                     assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{format:?} {isa:?} [{i}]: {a} vs {b}");
                 }
@@ -247,8 +235,8 @@ mod tests {
             let xf = activations(tokens, cols, 13);
             let mut x = Q8Activations::default();
             x.quantize(&xf, cols);
-            let (mut ours, mut scratch) = (Vec::new(), Vec::new());
-            m.matmul(Isa::detect(), &x, &mut ours, &mut scratch);
+            let mut ours = Vec::new();
+            m.matmul(Isa::detect(), &x, &mut ours);
             let input = Tensor::from_vec(xf.clone(), (tokens, cols), &Device::Cpu).unwrap();
             let w = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
             let theirs = QMatMul::from_qtensor(q).unwrap().forward(&input).unwrap();

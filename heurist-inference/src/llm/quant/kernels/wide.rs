@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 
 use super::super::activation::Q8Activations;
 use super::super::block::{QK, WeightFormat};
+use super::OutView;
 use super::avx512vnni::{hsum, tile as narrow_tile};
 
 /// Tokens per tile: four registers of two tokens each.
@@ -30,29 +31,29 @@ const ROWS: usize = 4;
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/DQ/VL/VNNI; `rows` holds whole rows
-/// of `row_bytes`, `out` is rows × `x.rows()`, and `x` is `row_bytes / block_bytes` blocks wide.
+/// of `row_bytes`, `out` covers rows × `x.rows()`, and `x` is `row_bytes / block_bytes` blocks
+/// wide.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &Q8Activations, out: &mut [f32]) {
+pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &Q8Activations, out: OutView) {
     let nb = row_bytes / format.block_bytes();
     let tokens = x.rows();
     let n_rows = rows.len() / row_bytes;
     let (qs, d, s) = x.raw();
     let cols = nb * QK;
     let w = rows.as_ptr();
-    let o = out.as_mut_ptr();
     // SAFETY (every use): rows r..r + R and tokens t..t + N exist, so the pointers stay inside
     // `rows`, `x` and `out`; the CPU supports every feature the tiles enable.
     macro_rules! wide_at {
         ($r:expr, $t:expr, $R:literal) => {
             unsafe {
-                tile::<$R>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, o.add($r * tokens + $t), tokens)
+                tile::<$R>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, out, $r, $t)
             }
         };
     }
     macro_rules! narrow_at {
         ($r:expr, $t:expr, $R:literal, $N:literal) => {
             unsafe {
-                narrow_tile::<$R, $N>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, o.add($r * tokens + $t), tokens)
+                narrow_tile::<$R, $N>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, out, $r, $t)
             }
         };
     }
@@ -83,12 +84,12 @@ pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8
     }
 }
 
-/// `R` rows times [`TOKENS`] activation vectors: `out[r · stride + t] = W[r] · x[t]`.
+/// `R` rows times [`TOKENS`] activation vectors: `out(r0 + r, t0 + t) = W[r] · x[t]`.
 ///
 /// # Safety
 /// `w` points at `R` rows of `nb` blocks (`row_bytes` apart); `qs`, `d`, `s` at [`TOKENS`]
-/// tokens' codes (`cols` apart) and scales and sums (`nb` apart); `out` reaches index
-/// `(R - 1) · stride + TOKENS - 1`. The CPU supports the enabled features.
+/// tokens' codes (`cols` apart) and scales and sums (`nb` apart); `out` covers rows
+/// `r0..r0 + R` × tokens `t0..t0 + TOKENS`. The CPU supports the enabled features.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
@@ -101,8 +102,9 @@ unsafe fn tile<const R: usize>(
     d: *const f32,
     s: *const f32,
     cols: usize,
-    out: *mut f32,
-    stride: usize,
+    out: OutView,
+    r0: usize,
+    t0: usize,
 ) {
     let mut acc = [[_mm512_setzero_ps(); PAIRS]; R];
     // Q4_1's minimum terms, the eight tokens in one register per row.
@@ -180,8 +182,8 @@ unsafe fn tile<const R: usize>(
             let hi = _mm512_extractf32x8_ps::<1>(acc[r][p]);
             // SAFETY: inside `out` (this function's contract).
             unsafe {
-                *out.add(r * stride + 2 * p) = hsum(lo) + m[2 * p];
-                *out.add(r * stride + 2 * p + 1) = hsum(hi) + m[2 * p + 1];
+                out.write(r0 + r, t0 + 2 * p, hsum(lo) + m[2 * p]);
+                out.write(r0 + r, t0 + 2 * p + 1, hsum(hi) + m[2 * p + 1]);
             }
         }
     }
