@@ -17,7 +17,8 @@
 //!
 //! On x86-64 the integer products use AVX2 (`vpmaddubsw` + `vpmaddwd`), or `vpdpbusd` where
 //! AVX-VNNI or AVX-512 VNNI is present; with AVX-512, prompts of eight tokens or more run on
-//! 512-bit registers holding two tokens each ([`wide`]), bit for bit the 256-bit results.
+//! 512-bit registers holding two tokens each, and decode on 512-bit registers holding two
+//! weight rows each ([`wide`]), bit for bit the 256-bit results.
 //! [`Isa::detect`] picks the best the CPU has, so one
 //! binary runs everywhere without `-C target-cpu=native`. The scalar code is the portable
 //! fallback and the tests' reference.
@@ -90,7 +91,7 @@ pub(crate) enum Tiling {
 }
 
 /// Where a kernel writes the dot product of row `r` and token `t`: `ptr[r · row_stride + t ·
-/// token_stride]`. `[row][token]` (`token_stride` 1) is what [`rows_dot_tiled`] hands out; the
+/// token_stride]`. `[row][token]` (`token_stride` 1) is what the tests hand out; the
 /// matmul has its threads write `[token][row]` (`row_stride` 1) into one buffer, each its own
 /// rows, so that no transpose follows.
 #[derive(Debug, Clone, Copy)]
@@ -168,7 +169,7 @@ pub(crate) fn rows_dot_tiled(
     unsafe { rows_dot_into(isa, format, cols, rows, x, view, tiling) }
 }
 
-/// [`rows_dot_tiled`] into any [`OutView`].
+/// `out(r, t) = row r of rows · x[t]` for every whole row in `rows`, into any [`OutView`].
 ///
 /// # Safety
 /// `out` covers every `(r, t)` with `r` a row of `rows` and `t` a token of `x` (see
@@ -200,6 +201,10 @@ pub(crate) unsafe fn rows_dot_into(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if tiling == Tiling::Best && x.rows() >= wide::TOKENS => unsafe {
             wide::rows_dot(format, row_bytes, rows, x, out)
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if tiling == Tiling::Best && x.rows() < 4 => unsafe {
+            wide::rows_dot_decode(format, row_bytes, rows, x, out)
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe { avx512vnni::rows_dot(format, row_bytes, rows, x, out, tiling) },

@@ -1,16 +1,21 @@
-//! Prefill tiles on full 512-bit registers (AVX-512 F, BW, DQ, VL and VNNI): two tokens per
-//! register, one in each 256-bit half, so each half runs for its token exactly the lanes,
-//! integer products, roundings and additions of the 256-bit kernels, and gives the same bits
-//! with half the instructions (on CPUs whose vector units are 512 bits wide, such as Zen 5 and
-//! Intel's server cores, that is up to twice the multiply rate; Zen 4 runs them in two halves).
+//! Tiles on full 512-bit registers (AVX-512 F, BW, DQ, VL and VNNI), for prompts and for
+//! decode. In prefill a register holds two tokens, one in each 256-bit half; in decode it holds
+//! two weight rows against one token copied to both halves. Either way each half runs for its
+//! (row, token) exactly the lanes, integer products, roundings and additions of the 256-bit
+//! kernels, and gives the same bits with half the instructions (on CPUs whose vector units are
+//! 512 bits wide, such as Zen 5 and Intel's server cores, that is up to twice the multiply
+//! rate; Zen 4 runs them in two halves).
 //!
-//! Why tokens, and not the next block, in the upper half: a half holding block `b + 1` would
-//! add it beside block `b` instead of after it, changing the order of the f32 additions, and a
-//! prompt's logits would no longer equal a decode step's bit for bit (see [`super::Tiling`]).
+//! Why tokens or rows, and not the next block, in the upper half: a half holding block `b + 1`
+//! would add it beside block `b` instead of after it, changing the order of the f32 additions,
+//! and a prompt's logits would no longer equal a decode step's bit for bit (see
+//! [`super::Tiling`]).
 //!
-//! A tile is `R` rows × [`TOKENS`] tokens: the weights of a block are unpacked once, copied to
-//! both halves, and multiplied with four registers of token pairs. Tokens left over (fewer than
-//! [`TOKENS`]) take the 256-bit tiles, which give the same bits.
+//! A prefill tile is `R` rows × [`TOKENS`] tokens: the weights of a block are unpacked once,
+//! copied to both halves, and multiplied with four registers of token pairs. Tokens left over
+//! (fewer than [`TOKENS`]) take the 256-bit tiles, which give the same bits. A decode tile is
+//! [`DECODE_ROWS`] rows (four register pairs) × one token; an odd last row takes the 256-bit
+//! tile.
 
 use std::arch::x86_64::*;
 
@@ -27,7 +32,7 @@ const PAIRS: usize = TOKENS / 2;
 /// 32 registers.
 const ROWS: usize = 4;
 
-/// [`super::rows_dot`] for at least [`TOKENS`] tokens.
+/// [`super::rows_dot_into`] for at least [`TOKENS`] tokens.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/DQ/VL/VNNI; `rows` holds whole rows
@@ -81,6 +86,144 @@ pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8
     }
     for r in r..n_rows {
         row_block!(r, 1);
+    }
+}
+
+/// Rows per decode tile: four registers of two rows each.
+const DECODE_ROWS: usize = 8;
+
+/// [`super::rows_dot_into`] for decode (fewer than four tokens): two weight rows per 512-bit
+/// register, one in each half, against the token's codes copied to both halves. Each half runs
+/// the lanes, products, roundings and additions of the 256-bit decode tile for its row, so the
+/// bits are theirs, with half the multiply instructions for the same bytes of weights.
+///
+/// # Safety
+/// As [`rows_dot`].
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub(super) unsafe fn rows_dot_decode(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &Q8Activations, out: OutView) {
+    let nb = row_bytes / format.block_bytes();
+    let tokens = x.rows();
+    let n_rows = rows.len() / row_bytes;
+    let (qs, d, s) = x.raw();
+    let cols = nb * QK;
+    let w = rows.as_ptr();
+    // SAFETY (every use): rows r..r + 2P and token t exist, so the pointers stay inside
+    // `rows`, `x` and `out`; the CPU supports every feature the tiles enable.
+    macro_rules! pairs_at {
+        ($r:expr, $t:expr, $P:literal) => {
+            unsafe { row_pairs::<$P>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), out, $r, $t) }
+        };
+    }
+    let mut r = 0;
+    while r + DECODE_ROWS <= n_rows {
+        for t in 0..tokens {
+            pairs_at!(r, t, 4);
+        }
+        r += DECODE_ROWS;
+    }
+    while r + 2 <= n_rows {
+        for t in 0..tokens {
+            pairs_at!(r, t, 1);
+        }
+        r += 2;
+    }
+    if r < n_rows {
+        for t in 0..tokens {
+            // SAFETY: as above, one row.
+            unsafe { narrow_tile::<1, 1>(format, nb, w.add(r * row_bytes), row_bytes, qs.as_ptr().add(t * cols), d.as_ptr().add(t * nb), s.as_ptr().add(t * nb), cols, out, r, t) };
+        }
+    }
+}
+
+/// `2P` rows times one activation vector: `out(r0 + r, t0) = W[r] · x`, rows `2p` and `2p + 1`
+/// in the halves of register `p`.
+///
+/// # Safety
+/// `w` points at `2P` rows of `nb` blocks (`row_bytes` apart); `qs`, `d`, `s` at one token's
+/// codes, scales and sums; `out` covers rows `r0..r0 + 2P` × token `t0`. The CPU supports the
+/// enabled features.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_pairs<const P: usize>(
+    format: WeightFormat,
+    nb: usize,
+    w: *const u8,
+    row_bytes: usize,
+    qs: *const i8,
+    d: *const f32,
+    s: *const f32,
+    out: OutView,
+    r0: usize,
+    t0: usize,
+) {
+    let mut acc = [_mm512_setzero_ps(); P];
+    let mut mins = [[0f32; 2]; P];
+    // The scales of a row pair, each row's `dw · d_x` in its half (the 256-bit tile's
+    // `set1(dw · d_x)`, the product rounded once in f32).
+    let pair_scale = |a: f32, b: f32| _mm512_insertf32x8::<1>(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b));
+    let halves = |lo: __m256i, hi: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    for b in 0..nb {
+        // SAFETY: the token's block b is inside `x` (this function's contract).
+        let (xq, xd) = unsafe { (_mm512_broadcast_i64x4(_mm256_loadu_si256(qs.add(b * QK) as *const __m256i)), *d.add(b)) };
+        match format {
+            WeightFormat::Q4_1 => {
+                let low = _mm256_set1_epi8(0x0f);
+                // SAFETY: as above.
+                let xs = unsafe { *s.add(b) };
+                for p in 0..P {
+                    let mut scale = [0f32; 2];
+                    let mut codes = [_mm256_setzero_si256(); 2];
+                    for h in 0..2 {
+                        // SAFETY: block b of row 2p + h is inside `w`; the loads are unaligned.
+                        let (dm, q) = unsafe {
+                            let ptr = w.add((2 * p + h) * row_bytes + b * 20);
+                            let dm = (ptr as *const i32).read_unaligned();
+                            (_mm_cvtph_ps(_mm_cvtsi32_si128(dm)), _mm_loadu_si128(ptr.add(4) as *const __m128i))
+                        };
+                        scale[h] = _mm_cvtss_f32(dm) * xd;
+                        mins[p][h] += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * xs;
+                        // Low nibbles are values 0..16, high nibbles 16..32.
+                        codes[h] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low);
+                    }
+                    let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), halves(codes[0], codes[1]), xq));
+                    acc[p] = _mm512_fmadd_ps(pair_scale(scale[0], scale[1]), dot, acc[p]);
+                }
+            }
+            WeightFormat::Q8_0 => {
+                // With x + 128 as the unsigned operand, Σ (x + 128) · w − Σ 128 · w = Σ x · w
+                // per lane: the 256-bit tile's integers (see the prefill tile).
+                let flip = _mm512_set1_epi8(i8::MIN);
+                let xu = _mm512_xor_si512(xq, flip);
+                for p in 0..P {
+                    let mut scale = [0f32; 2];
+                    let mut codes = [_mm256_setzero_si256(); 2];
+                    for h in 0..2 {
+                        // SAFETY: block b of row 2p + h is inside `w` (34-byte blocks).
+                        let (dw, wq) = unsafe {
+                            let ptr = w.add((2 * p + h) * row_bytes + b * 34);
+                            let dw = i32::from((ptr as *const u16).read_unaligned());
+                            (_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(dw))), _mm256_loadu_si256(ptr.add(2) as *const __m256i))
+                        };
+                        scale[h] = dw * xd;
+                        codes[h] = wq;
+                    }
+                    let wq = halves(codes[0], codes[1]);
+                    let offset = _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, wq);
+                    let dot = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, wq), offset);
+                    acc[p] = _mm512_fmadd_ps(pair_scale(scale[0], scale[1]), _mm512_cvtepi32_ps(dot), acc[p]);
+                }
+            }
+        }
+    }
+    for p in 0..P {
+        let lo = _mm512_castps512_ps256(acc[p]);
+        let hi = _mm512_extractf32x8_ps::<1>(acc[p]);
+        // SAFETY: inside `out` (this function's contract).
+        unsafe {
+            out.write(r0 + 2 * p, t0, hsum(lo) + mins[p][0]);
+            out.write(r0 + 2 * p + 1, t0, hsum(hi) + mins[p][1]);
+        }
     }
 }
 
