@@ -199,12 +199,8 @@ pub(crate) unsafe fn rows_dot_into(
         #[cfg(target_arch = "x86_64")]
         Isa::AvxVnni => unsafe { avxvnni::rows_dot(format, row_bytes, rows, x, out, tiling) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni if tiling == Tiling::Best && x.rows() >= wide::TOKENS => unsafe {
+        Isa::Avx512Vnni if tiling == Tiling::Best && (x.rows() >= wide::TOKENS || x.rows() < 4) => unsafe {
             wide::rows_dot(format, row_bytes, rows, x, out)
-        },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni if tiling == Tiling::Best && x.rows() < 4 => unsafe {
-            wide::rows_dot_decode(format, row_bytes, rows, x, out)
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe { avx512vnni::rows_dot(format, row_bytes, rows, x, out, tiling) },

@@ -31,8 +31,12 @@ const PAIRS: usize = TOKENS / 2;
 /// Rows per tile: 4 × 4 accumulators, 4 activation registers and the row's weights fit in the
 /// 32 registers.
 const ROWS: usize = 4;
+/// Rows per decode tile: four registers of two rows each.
+const DECODE_ROWS: usize = 8;
 
-/// [`super::rows_dot_into`] for at least [`TOKENS`] tokens.
+/// [`super::rows_dot_into`] for prompts of at least [`TOKENS`] tokens (two tokens per
+/// register) and for decode, fewer than four tokens (two weight rows per register, against the
+/// token's codes copied to both halves).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-512 F/BW/DQ/VL/VNNI; `rows` holds whole rows
@@ -46,8 +50,8 @@ pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8
     let (qs, d, s) = x.raw();
     let cols = nb * QK;
     let w = rows.as_ptr();
-    // SAFETY (every use): rows r..r + R and tokens t..t + N exist, so the pointers stay inside
-    // `rows`, `x` and `out`; the CPU supports every feature the tiles enable.
+    // SAFETY (every use): the tile's rows and tokens exist, so the pointers stay inside `rows`,
+    // `x` and `out`; the CPU supports every feature the tiles enable.
     macro_rules! wide_at {
         ($r:expr, $t:expr, $R:literal) => {
             unsafe {
@@ -61,6 +65,32 @@ pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8
                 narrow_tile::<$R, $N>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, out, $r, $t)
             }
         };
+    }
+    macro_rules! pairs_at {
+        ($r:expr, $t:expr, $P:literal) => {
+            unsafe { row_pairs::<$P>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), out, $r, $t) }
+        };
+    }
+    if tokens < 4 {
+        let mut r = 0;
+        while r + DECODE_ROWS <= n_rows {
+            for t in 0..tokens {
+                pairs_at!(r, t, 4);
+            }
+            r += DECODE_ROWS;
+        }
+        while r + 2 <= n_rows {
+            for t in 0..tokens {
+                pairs_at!(r, t, 1);
+            }
+            r += 2;
+        }
+        if r < n_rows {
+            for t in 0..tokens {
+                narrow_at!(r, t, 1, 1);
+            }
+        }
+        return;
     }
     macro_rules! row_block {
         ($r:expr, $R:literal) => {{
@@ -86,52 +116,6 @@ pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8
     }
     for r in r..n_rows {
         row_block!(r, 1);
-    }
-}
-
-/// Rows per decode tile: four registers of two rows each.
-const DECODE_ROWS: usize = 8;
-
-/// [`super::rows_dot_into`] for decode (fewer than four tokens): two weight rows per 512-bit
-/// register, one in each half, against the token's codes copied to both halves. Each half runs
-/// the lanes, products, roundings and additions of the 256-bit decode tile for its row, so the
-/// bits are theirs, with half the multiply instructions for the same bytes of weights.
-///
-/// # Safety
-/// As [`rows_dot`].
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-pub(super) unsafe fn rows_dot_decode(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &Q8Activations, out: OutView) {
-    let nb = row_bytes / format.block_bytes();
-    let tokens = x.rows();
-    let n_rows = rows.len() / row_bytes;
-    let (qs, d, s) = x.raw();
-    let cols = nb * QK;
-    let w = rows.as_ptr();
-    // SAFETY (every use): rows r..r + 2P and token t exist, so the pointers stay inside
-    // `rows`, `x` and `out`; the CPU supports every feature the tiles enable.
-    macro_rules! pairs_at {
-        ($r:expr, $t:expr, $P:literal) => {
-            unsafe { row_pairs::<$P>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), out, $r, $t) }
-        };
-    }
-    let mut r = 0;
-    while r + DECODE_ROWS <= n_rows {
-        for t in 0..tokens {
-            pairs_at!(r, t, 4);
-        }
-        r += DECODE_ROWS;
-    }
-    while r + 2 <= n_rows {
-        for t in 0..tokens {
-            pairs_at!(r, t, 1);
-        }
-        r += 2;
-    }
-    if r < n_rows {
-        for t in 0..tokens {
-            // SAFETY: as above, one row.
-            unsafe { narrow_tile::<1, 1>(format, nb, w.add(r * row_bytes), row_bytes, qs.as_ptr().add(t * cols), d.as_ptr().add(t * nb), s.as_ptr().add(t * nb), cols, out, r, t) };
-        }
     }
 }
 
