@@ -147,6 +147,58 @@ impl OutView {
     }
 }
 
+/// One call's operands as the x86 tiles read them: a tile at row `r0` and token `t0` finds
+/// its weights, codes, scales and sums with [`Self::at`] (tokens' codes and scales are
+/// contiguous: token `t` starts at `t · cols` and `t · nb`).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Operands {
+    format: WeightFormat,
+    /// Blocks per row.
+    nb: usize,
+    row_bytes: usize,
+    /// Values per activation vector.
+    cols: usize,
+    rows: usize,
+    tokens: usize,
+    w: *const u8,
+    qs: *const i8,
+    d: *const f32,
+    s: *const f32,
+    out: OutView,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Operands {
+    fn new(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &Q8Activations, out: OutView) -> Self {
+        let nb = row_bytes / format.block_bytes();
+        let (qs, d, s) = x.raw();
+        Self {
+            format,
+            nb,
+            row_bytes,
+            cols: nb * QK,
+            rows: rows.len() / row_bytes,
+            tokens: x.rows(),
+            w: rows.as_ptr(),
+            qs: qs.as_ptr(),
+            d: d.as_ptr(),
+            s: s.as_ptr(),
+            out,
+        }
+    }
+
+    /// Row `r0`'s weights and token `t0`'s codes, scales and sums.
+    ///
+    /// # Safety
+    /// `r0` and `t0` are inside the call's rows and tokens.
+    #[inline(always)]
+    unsafe fn at(&self, r0: usize, t0: usize) -> (*const u8, *const i8, *const f32, *const f32) {
+        // SAFETY: the caller's promise keeps every offset inside its slice.
+        unsafe { (self.w.add(r0 * self.row_bytes), self.qs.add(t0 * self.cols), self.d.add(t0 * self.nb), self.s.add(t0 * self.nb)) }
+    }
+}
+
 /// `out[r · x.rows() + t] = row r of rows · x[t]`, for every whole row in `rows`, walked as
 /// `tiling` says (the tests and the kernel bench; the matmul calls [`rows_dot_into`]).
 ///
@@ -291,7 +343,7 @@ macro_rules! x86_kernels {
 
             use super::super::activation::Q8Activations;
             use super::super::block::{QK, WeightFormat};
-            use super::{OutView, Tiling};
+            use super::{Operands, OutView, Tiling};
 
             $udot
 
@@ -307,20 +359,13 @@ macro_rules! x86_kernels {
                 out: OutView,
                 tiling: Tiling,
             ) {
-                let nb = row_bytes / format.block_bytes();
-                let tokens = x.rows();
-                let n_rows = rows.len() / row_bytes;
-                let (qs, d, s) = x.raw();
-                let cols = nb * QK;
-                let w = rows.as_ptr();
-                // Tokens' codes and scales are contiguous: token t starts at t · cols and t · nb.
-                // SAFETY (every use): rows r..r + R and tokens t..t + N exist, so the pointers
-                // stay inside `rows`, `x` and `out`.
+                let ops = Operands::new(format, row_bytes, rows, x, out);
+                let (n_rows, tokens) = (ops.rows, ops.tokens);
+                // SAFETY (every use): rows r..r + R and tokens t..t + N exist, so the tile stays
+                // inside `rows`, `x` and `out`.
                 macro_rules! tile_at {
                     ($r:expr, $t:expr, $R:literal, $N:literal) => {
-                        unsafe {
-                            tile::<$R, $N>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, out, $r, $t)
-                        }
+                        unsafe { tile::<$R, $N>(&ops, $r, $t) }
                     };
                 }
                 match tiling {
@@ -392,28 +437,17 @@ macro_rules! x86_kernels {
                 }
             }
 
-            /// `R` rows times `N` activation vectors: `out(r0 + r, t0 + t) = W[r] · x[t]`.
+            /// `R` rows times `N` activation vectors: `out(r0 + r, t0 + t) = W[r0 + r] · x[t0 + t]`.
             ///
             /// # Safety
-            /// `w` points at `R` rows of `nb` blocks (`row_bytes` apart); `qs`, `d`, `s` at `N`
-            /// tokens' codes (`cols` apart) and scales and sums (`nb` apart); `out` covers rows
-            /// `r0..r0 + R` × tokens `t0..t0 + N`. The CPU supports `$features`.
+            /// Rows `r0..r0 + R` and tokens `t0..t0 + N` are inside the call's. The CPU supports
+            /// `$features`.
             #[target_feature(enable = $features)]
             #[inline]
-            #[allow(clippy::too_many_arguments)]
-            pub(super) unsafe fn tile<const R: usize, const N: usize>(
-                format: WeightFormat,
-                nb: usize,
-                w: *const u8,
-                row_bytes: usize,
-                qs: *const i8,
-                d: *const f32,
-                s: *const f32,
-                cols: usize,
-                out: OutView,
-                r0: usize,
-                t0: usize,
-            ) {
+            pub(super) unsafe fn tile<const R: usize, const N: usize>(ops: &Operands, r0: usize, t0: usize) {
+                // SAFETY: this function's contract.
+                let (w, qs, d, s) = unsafe { ops.at(r0, t0) };
+                let Operands { format, nb, row_bytes, cols, out, .. } = *ops;
                 let mut acc = [[_mm256_setzero_ps(); N]; R];
                 let mut mins = [[0f32; N]; R];
                 match format {

@@ -21,8 +21,8 @@ use std::arch::x86_64::*;
 
 use super::super::activation::Q8Activations;
 use super::super::block::{QK, WeightFormat};
-use super::OutView;
 use super::avx512vnni::{hsum, tile as narrow_tile};
+use super::{Operands, OutView};
 
 /// Tokens per tile: four registers of two tokens each.
 pub(super) const TOKENS: usize = 8;
@@ -44,31 +44,23 @@ const DECODE_ROWS: usize = 8;
 /// wide.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8], x: &Q8Activations, out: OutView) {
-    let nb = row_bytes / format.block_bytes();
-    let tokens = x.rows();
-    let n_rows = rows.len() / row_bytes;
-    let (qs, d, s) = x.raw();
-    let cols = nb * QK;
-    let w = rows.as_ptr();
-    // SAFETY (every use): the tile's rows and tokens exist, so the pointers stay inside `rows`,
-    // `x` and `out`; the CPU supports every feature the tiles enable.
+    let ops = Operands::new(format, row_bytes, rows, x, out);
+    let (n_rows, tokens) = (ops.rows, ops.tokens);
+    // SAFETY (every use): the tile's rows and tokens exist, so it stays inside `rows`, `x` and
+    // `out`; the CPU supports every feature the tiles enable.
     macro_rules! wide_at {
         ($r:expr, $t:expr, $R:literal) => {
-            unsafe {
-                tile::<$R>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, out, $r, $t)
-            }
+            unsafe { tile::<$R>(&ops, $r, $t) }
         };
     }
     macro_rules! narrow_at {
         ($r:expr, $t:expr, $R:literal, $N:literal) => {
-            unsafe {
-                narrow_tile::<$R, $N>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), cols, out, $r, $t)
-            }
+            unsafe { narrow_tile::<$R, $N>(&ops, $r, $t) }
         };
     }
     macro_rules! pairs_at {
         ($r:expr, $t:expr, $P:literal) => {
-            unsafe { row_pairs::<$P>(format, nb, w.add($r * row_bytes), row_bytes, qs.as_ptr().add($t * cols), d.as_ptr().add($t * nb), s.as_ptr().add($t * nb), out, $r, $t) }
+            unsafe { row_pairs::<$P>(&ops, $r, $t) }
         };
     }
     if tokens < 4 {
@@ -119,28 +111,18 @@ pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8
     }
 }
 
-/// `2P` rows times one activation vector: `out(r0 + r, t0) = W[r] · x`, rows `2p` and `2p + 1`
-/// in the halves of register `p`.
+/// `2P` rows times one activation vector: `out(r0 + r, t0) = W[r0 + r] · x[t0]`, rows `2p`
+/// and `2p + 1` in the halves of register `p`.
 ///
 /// # Safety
-/// `w` points at `2P` rows of `nb` blocks (`row_bytes` apart); `qs`, `d`, `s` at one token's
-/// codes, scales and sums; `out` covers rows `r0..r0 + 2P` × token `t0`. The CPU supports the
-/// enabled features.
+/// Rows `r0..r0 + 2P` and token `t0` are inside the call's. The CPU supports the enabled
+/// features.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_pairs<const P: usize>(
-    format: WeightFormat,
-    nb: usize,
-    w: *const u8,
-    row_bytes: usize,
-    qs: *const i8,
-    d: *const f32,
-    s: *const f32,
-    out: OutView,
-    r0: usize,
-    t0: usize,
-) {
+unsafe fn row_pairs<const P: usize>(ops: &Operands, r0: usize, t0: usize) {
+    // SAFETY: this function's contract.
+    let (w, qs, d, s) = unsafe { ops.at(r0, t0) };
+    let Operands { format, nb, row_bytes, out, .. } = *ops;
     let mut acc = [_mm512_setzero_ps(); P];
     let mut mins = [[0f32; 2]; P];
     // The scales of a row pair, each row's `dw · d_x` in its half (the 256-bit tile's
@@ -211,28 +193,17 @@ unsafe fn row_pairs<const P: usize>(
     }
 }
 
-/// `R` rows times [`TOKENS`] activation vectors: `out(r0 + r, t0 + t) = W[r] · x[t]`.
+/// `R` rows times [`TOKENS`] activation vectors: `out(r0 + r, t0 + t) = W[r0 + r] · x[t0 + t]`.
 ///
 /// # Safety
-/// `w` points at `R` rows of `nb` blocks (`row_bytes` apart); `qs`, `d`, `s` at [`TOKENS`]
-/// tokens' codes (`cols` apart) and scales and sums (`nb` apart); `out` covers rows
-/// `r0..r0 + R` × tokens `t0..t0 + TOKENS`. The CPU supports the enabled features.
+/// Rows `r0..r0 + R` and tokens `t0..t0 + TOKENS` are inside the call's. The CPU supports the
+/// enabled features.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
-    format: WeightFormat,
-    nb: usize,
-    w: *const u8,
-    row_bytes: usize,
-    qs: *const i8,
-    d: *const f32,
-    s: *const f32,
-    cols: usize,
-    out: OutView,
-    r0: usize,
-    t0: usize,
-) {
+unsafe fn tile<const R: usize>(ops: &Operands, r0: usize, t0: usize) {
+    // SAFETY: this function's contract.
+    let (w, qs, d, s) = unsafe { ops.at(r0, t0) };
+    let Operands { format, nb, row_bytes, cols, out, .. } = *ops;
     let mut acc = [[_mm512_setzero_ps(); PAIRS]; R];
     // Q4_1's minimum terms, the eight tokens in one register per row.
     let mut mins = [_mm256_setzero_ps(); R];
