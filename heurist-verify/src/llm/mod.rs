@@ -191,8 +191,8 @@ pub fn check_sampled_submission(
     judge: &SampledJudge,
 ) -> Result<SampledSubmissionCheck> {
     let (request, seed_was_random) = submission_request_and_seed(job, submit)?;
-    let claimed = submitted_answer(submit)?;
-    let ran_to_limit = first_choice(submit)?.finish_reason == Some(FinishReason::Length);
+    let choice = first_choice(submit)?;
+    let (claimed, ran_to_limit) = (choice.message.text_content(), choice.finish_reason == Some(FinishReason::Length));
     match judge {
         SampledJudge::Likelihood(t) => {
             check_sampled(engine, &request, &claimed, ran_to_limit, t).map(SampledSubmissionCheck::Likelihood)
