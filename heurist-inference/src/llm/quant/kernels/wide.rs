@@ -12,10 +12,10 @@
 //! [`super::Tiling`]).
 //!
 //! A prefill tile is `R` rows × [`TOKENS`] tokens: the weights of a block are unpacked once,
-//! copied to both halves, and multiplied with four registers of token pairs. Tokens left over
-//! (fewer than [`TOKENS`]) take the 256-bit tiles, which give the same bits. A decode tile is
-//! [`DECODE_ROWS`] rows (four register pairs) × one token; an odd last row takes the 256-bit
-//! tile.
+//! copied to both halves, and multiplied with four registers of token pairs. Four tokens left
+//! over take a tile of two registers, and the last one to three the 256-bit tiles, which give
+//! the same bits. A decode tile is [`DECODE_ROWS`] rows (four register pairs) × one token; an
+//! odd last row takes the 256-bit tile.
 
 use std::arch::x86_64::*;
 
@@ -24,9 +24,10 @@ use super::super::block::{QK, WeightFormat};
 use super::avx512vnni::{hsum, tile as narrow_tile};
 use super::{Operands, OutView};
 
-/// Tokens per tile: four registers of two tokens each.
-pub(super) const TOKENS: usize = 8;
-/// Token pairs per tile.
+/// Tokens per full prefill tile: four registers of two tokens each (a tile of two registers
+/// takes four tokens left over).
+const TOKENS: usize = 8;
+/// Token pairs per full tile.
 const PAIRS: usize = TOKENS / 2;
 /// Rows per tile: 4 × 4 accumulators, 4 activation registers and the row's weights fit in the
 /// 32 registers.
@@ -34,8 +35,8 @@ const ROWS: usize = 4;
 /// Rows per decode tile: four registers of two rows each.
 const DECODE_ROWS: usize = 8;
 
-/// [`super::rows_dot_into`] for prompts of at least [`TOKENS`] tokens (two tokens per
-/// register) and for decode, fewer than four tokens (two weight rows per register, against the
+/// [`super::rows_dot_into`] for four tokens or more (prompts, scoring, batched decode: two
+/// tokens per register) and for fewer (decode: two weight rows per register, against the
 /// token's codes copied to both halves).
 ///
 /// # Safety
@@ -49,8 +50,8 @@ pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8
     // SAFETY (every use): the tile's rows and tokens exist, so it stays inside `rows`, `x` and
     // `out`; the CPU supports every feature the tiles enable.
     macro_rules! wide_at {
-        ($r:expr, $t:expr, $R:literal) => {
-            unsafe { tile::<$R>(&ops, $r, $t) }
+        ($r:expr, $t:expr, $R:literal, $P:tt) => {
+            unsafe { tile::<$R, $P>(&ops, $r, $t) }
         };
     }
     macro_rules! narrow_at {
@@ -88,11 +89,11 @@ pub(super) unsafe fn rows_dot(format: WeightFormat, row_bytes: usize, rows: &[u8
         ($r:expr, $R:literal) => {{
             let mut t = 0;
             while t + TOKENS <= tokens {
-                wide_at!($r, t, $R);
+                wide_at!($r, t, $R, PAIRS);
                 t += TOKENS;
             }
-            while t + 4 <= tokens {
-                narrow_at!($r, t, $R, 4);
+            if t + 4 <= tokens {
+                wide_at!($r, t, $R, 2);
                 t += 4;
             }
             while t < tokens {
@@ -193,26 +194,30 @@ unsafe fn row_pairs<const P: usize>(ops: &Operands, r0: usize, t0: usize) {
     }
 }
 
-/// `R` rows times [`TOKENS`] activation vectors: `out(r0 + r, t0 + t) = W[r0 + r] · x[t0 + t]`.
+/// `R` rows times `2P` activation vectors (`P` ≤ 4 registers of token pairs):
+/// `out(r0 + r, t0 + t) = W[r0 + r] · x[t0 + t]`.
 ///
 /// # Safety
-/// Rows `r0..r0 + R` and tokens `t0..t0 + TOKENS` are inside the call's. The CPU supports the
+/// Rows `r0..r0 + R` and tokens `t0..t0 + 2P` are inside the call's. The CPU supports the
 /// enabled features.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 #[inline]
-unsafe fn tile<const R: usize>(ops: &Operands, r0: usize, t0: usize) {
+unsafe fn tile<const R: usize, const P: usize>(ops: &Operands, r0: usize, t0: usize) {
     // SAFETY: this function's contract.
     let (w, qs, d, s) = unsafe { ops.at(r0, t0) };
     let Operands { format, nb, row_bytes, cols, out, .. } = *ops;
-    let mut acc = [[_mm512_setzero_ps(); PAIRS]; R];
-    // Q4_1's minimum terms, the eight tokens in one register per row.
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    // Q4_1's minimum terms, the tile's tokens in one register per row (lanes past 2P repeat
+    // the last token and are not stored).
     let mut mins = [_mm256_setzero_ps(); R];
     // Token t's block sums are nb apart.
-    let sum_index = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(nb as i32));
+    let sum_at: [i32; TOKENS] = std::array::from_fn(|t| (t.min(2 * P - 1) * nb) as i32);
+    // SAFETY: `sum_at` holds eight i32.
+    let sum_index = unsafe { _mm256_loadu_si256(sum_at.as_ptr() as *const __m256i) };
     for b in 0..nb {
-        let mut xq = [_mm512_setzero_si512(); PAIRS];
-        let mut xd = [_mm512_setzero_ps(); PAIRS];
-        for p in 0..PAIRS {
+        let mut xq = [_mm512_setzero_si512(); P];
+        let mut xd = [_mm512_setzero_ps(); P];
+        for p in 0..P {
             let (t0, t1) = (2 * p, 2 * p + 1);
             // SAFETY: tokens t0 and t1's block b are inside `x` (this function's contract).
             unsafe {
@@ -240,7 +245,7 @@ unsafe fn tile<const R: usize>(ops: &Operands, r0: usize, t0: usize) {
                     // Low nibbles are values 0..16, high nibbles 16..32; the same codes in
                     // both halves.
                     let wq = _mm512_broadcast_i64x4(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low));
-                    for p in 0..PAIRS {
+                    for p in 0..P {
                         let dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, xq[p]));
                         // dw · d_x per lane is the 256-bit kernels' `set1(dw · d_x)`.
                         acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd[p]), dot, acc[r][p]);
@@ -252,7 +257,7 @@ unsafe fn tile<const R: usize>(ops: &Operands, r0: usize, t0: usize) {
                 // AVX-512 has no byte `sign`: with x + 128 as the unsigned operand,
                 // Σ (x + 128) · w − Σ 128 · w = Σ x · w, exactly the 256-bit kernels' integers.
                 let flip = _mm512_set1_epi8(i8::MIN);
-                let xu: [__m512i; PAIRS] = std::array::from_fn(|p| _mm512_xor_si512(xq[p], flip));
+                let xu: [__m512i; P] = std::array::from_fn(|p| _mm512_xor_si512(xq[p], flip));
                 for r in 0..R {
                     // SAFETY: block b of row r is inside `w` (34-byte blocks).
                     let (dw, wq) = unsafe {
@@ -263,7 +268,7 @@ unsafe fn tile<const R: usize>(ops: &Operands, r0: usize, t0: usize) {
                     let dw = _mm512_set1_ps(dw);
                     let wq = _mm512_broadcast_i64x4(wq);
                     let offset = _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, wq);
-                    for p in 0..PAIRS {
+                    for p in 0..P {
                         let dot = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu[p], wq), offset);
                         acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(dw, xd[p]), _mm512_cvtepi32_ps(dot), acc[r][p]);
                     }
@@ -275,7 +280,7 @@ unsafe fn tile<const R: usize>(ops: &Operands, r0: usize, t0: usize) {
         let mut m = [0f32; TOKENS];
         // SAFETY: `m` holds eight floats.
         unsafe { _mm256_storeu_ps(m.as_mut_ptr(), mins[r]) };
-        for p in 0..PAIRS {
+        for p in 0..P {
             let lo = _mm512_castps512_ps256(acc[r][p]);
             let hi = _mm512_extractf32x8_ps::<1>(acc[r][p]);
             // SAFETY: inside `out` (this function's contract).
