@@ -12,6 +12,8 @@
 //! Without tools/.venv-image the peer is skipped and a folder already there is used; with neither
 //! the bench says so and stops.
 //!
+//! The bench sets the allocator as the miner does ([`heurist_inference::tune_allocator`]).
+//!
 //! `HEURIST_BENCH_SD15_TINY=1`: the same plumbing on the tiny test model (an 8x8 latent, a 64x64
 //! job), a smoke run that measures nothing of interest. candle uses every core unless
 //! `RAYON_NUM_THREADS` says otherwise; torch gets the same count. Run on a quiet machine.
@@ -158,6 +160,8 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn bench(c: &mut Criterion) {
+    // What the miner and `heurist generate` do at start (heurist_inference::tune_allocator).
+    let tuned = heurist_inference::tune_allocator();
     let threads = candle_core::utils::get_num_threads();
     let Some((s, peer)) = setup(threads) else {
         return;
@@ -189,12 +193,15 @@ fn bench(c: &mut Criterion) {
     let ours = ours[PEER_STEPS / 2];
     match peer.as_ref().and_then(|p| p["unet_step_s"].as_f64()) {
         Some(theirs) => eprintln!(
-            "image_sd15 [{label}, {threads} threads]: UNet step heurist {ours:.4} s, diffusers \
-             {theirs:.4} s (torch {}), speed ratio heurist/diffusers {:.2}x",
+            "image_sd15 [{label}, {threads} threads, allocator tuned: {tuned}]: UNet step heurist \
+             {ours:.4} s, diffusers {theirs:.4} s (torch {}), speed ratio heurist/diffusers {:.2}x",
             peer.as_ref().map_or("?".into(), |p| p["torch"].to_string()),
             theirs / ours
         ),
-        None => eprintln!("image_sd15 [{label}, {threads} threads]: UNet step heurist {ours:.4} s"),
+        None => eprintln!(
+            "image_sd15 [{label}, {threads} threads, allocator tuned: {tuned}]: UNet step heurist \
+             {ours:.4} s"
+        ),
     }
 
     let job = ImageJob {

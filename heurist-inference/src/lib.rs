@@ -75,6 +75,7 @@
 //! - `cuda` (off): CUDA devices through candle. Needs nvcc at build time. Without it,
 //!   [`DeviceSpec::Cuda`] is the typed error [`InferenceError::CudaNotCompiled`].
 
+mod allocator;
 mod device;
 mod error;
 pub mod fastmath;
@@ -83,6 +84,7 @@ mod llm;
 mod model_cache;
 mod weights;
 
+pub use allocator::tune_allocator;
 pub use device::{DeviceSpec, ParseDeviceError, cuda_device_count};
 pub use error::{InferenceError, Result};
 pub use llm::batch::{ChatEvent, ChatHandle, ChatServer};

@@ -66,6 +66,8 @@ pub(crate) enum Outcome {
 }
 
 fn main() -> ExitCode {
+    // `generate` and image `verify` run UNets on the CPU: keep their buffers warm.
+    heurist_inference::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

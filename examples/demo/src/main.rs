@@ -254,6 +254,8 @@ fn smollm2() -> anyhow::Result<PathBuf> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // The demo's miner runs image jobs on the CPU: keep their tensors' buffers warm.
+    heurist_inference::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .init();
