@@ -23,6 +23,9 @@ pub(crate) struct Q8Activations {
     d: Vec<f32>,
     /// `rows × cols / 32` scaled block sums (`d · Σ q`).
     s: Vec<f32>,
+    /// `rows × cols / 32` integer block sums times 128 (`128 · Σ q`): what the kernels take
+    /// off a product with Q8_0 weights stored as `q + 128`.
+    c: Vec<i32>,
 }
 
 /// One quantized activation vector.
@@ -48,21 +51,24 @@ impl Q8Activations {
         self.qs.resize(x.len(), 0);
         self.d.resize(blocks, 0.0);
         self.s.resize(blocks, 0.0);
+        self.c.resize(blocks, 0);
         let nb = cols / QK;
-        type Row<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [f32]));
-        let quantize_row = |((x, qs), (d, s)): Row<'_>| {
-            let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()));
-            for ((x, qs), (d, s)) in blocks {
-                (*d, *s) = quantize_block(x, qs);
+        type Row<'a> = ((&'a [f32], &'a mut [i8]), ((&'a mut [f32], &'a mut [f32]), &'a mut [i32]));
+        let quantize_row = |((x, qs), ((d, s), c)): Row<'_>| {
+            let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(c));
+            for ((x, qs), ((d, s), c)) in blocks {
+                let sum;
+                (*d, *s, sum) = quantize_block(x, qs);
+                *c = 128 * sum;
             }
         };
         if rows == 1 {
-            quantize_row(((x, &mut self.qs[..]), (&mut self.d[..], &mut self.s[..])));
+            quantize_row(((x, &mut self.qs[..]), ((&mut self.d[..], &mut self.s[..]), &mut self.c[..])));
         } else {
             // A prompt's rows in parallel (inside the kernels' pool when the model runs).
             x.par_chunks(cols)
                 .zip(self.qs.par_chunks_mut(cols))
-                .zip(self.d.par_chunks_mut(nb).zip(self.s.par_chunks_mut(nb)))
+                .zip(self.d.par_chunks_mut(nb).zip(self.s.par_chunks_mut(nb)).zip(self.c.par_chunks_mut(nb)))
                 .for_each(quantize_row);
         }
     }
@@ -77,9 +83,10 @@ impl Q8Activations {
         self.rows
     }
 
-    /// All codes, scales and sums, vector after vector (for the SIMD kernels).
-    pub(crate) fn raw(&self) -> (&[i8], &[f32], &[f32]) {
-        (&self.qs, &self.d, &self.s)
+    /// All codes, scales, scaled sums and `128 · Σ q`, vector after vector (for the SIMD
+    /// kernels).
+    pub(crate) fn raw(&self) -> (&[i8], &[f32], &[f32], &[i32]) {
+        (&self.qs, &self.d, &self.s, &self.c)
     }
 
     /// Vector `t`.
@@ -93,8 +100,8 @@ impl Q8Activations {
     }
 }
 
-/// Quantizes one block of 32; returns `(d, s)`.
-fn quantize_block(x: &[f32], qs: &mut [i8]) -> (f32, f32) {
+/// Quantizes one block of 32; returns `(d, s, Σ q)`.
+fn quantize_block(x: &[f32], qs: &mut [i8]) -> (f32, f32, i32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -107,7 +114,7 @@ fn quantize_block(x: &[f32], qs: &mut [i8]) -> (f32, f32) {
         *q = r;
         sum += i32::from(r);
     }
-    (f16::from_f32(d).to_f32(), f16::from_f32(d * sum as f32).to_f32())
+    (f16::from_f32(d).to_f32(), f16::from_f32(d * sum as f32).to_f32(), sum)
 }
 
 #[cfg(test)]

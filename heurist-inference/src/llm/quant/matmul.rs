@@ -1,8 +1,9 @@
 //! A quantized weight matrix and its product with quantized activations, rows split across
 //! the CPU pool.
 //!
-//! `y[t][r] = W[r] · x[t]`: the rows are cut into chunks that the pool's threads take (several
-//! chunks per thread so an unlucky thread does not hold the others up); each chunk multiplies
+//! `y[t][r] = W[r] · x[t]`: the matrix is held as panels of 16 rows ([`super::panel`]), cut
+//! into chunks of panels that the pool's threads take (several chunks per thread so an
+//! unlucky thread does not hold the others up); each chunk multiplies
 //! its rows with every activation vector, so a chunk's weights are read once per matmul even
 //! when the prompt has hundreds of tokens. Callers run this inside [`super::pool`]'s
 //! `install`, where the current thread does its share instead of waiting.
@@ -11,15 +12,17 @@ use rayon::prelude::*;
 
 use super::activation::Q8Activations;
 use super::block::{QK, WeightFormat};
-use super::kernels::{Isa, OutView, Tiling, rows_dot_into};
+use super::kernels::{Isa, OutView, Panels, panels_dot_into};
+use super::panel::{PANEL, pack, panel_block_bytes, unpack_row};
 
-/// A matrix of `rows × cols` weights in one GGUF block format.
+/// A matrix of `rows × cols` weights in one GGUF block format, as panels.
 #[derive(Debug, Clone)]
 pub(crate) struct QMatrix {
     format: WeightFormat,
     rows: usize,
     cols: usize,
-    data: Vec<u8>,
+    /// `rows.div_ceil(16)` panels.
+    panels: Vec<u8>,
 }
 
 /// The bytes do not make the matrix they are said to make.
@@ -51,7 +54,7 @@ pub(crate) enum MatrixError {
 }
 
 impl QMatrix {
-    /// Wraps `data`, checking it holds `rows × cols` values in `format`.
+    /// Packs `data` (GGUF rows), checking it holds `rows × cols` values in `format`.
     pub(crate) fn new(format: WeightFormat, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, MatrixError> {
         if cols == 0 || !cols.is_multiple_of(QK) {
             return Err(MatrixError::Cols { cols });
@@ -60,22 +63,28 @@ impl QMatrix {
         if data.len() != needed {
             return Err(MatrixError::Bytes { format, rows, cols, needed, found: data.len() });
         }
-        Ok(Self { format, rows, cols, data })
+        Ok(Self { format, rows, cols, panels: pack(format, rows, cols, &data) })
     }
 
     /// The rows of `parts`, one after another, as one matrix: one matmul instead of several
     /// over the same activations (Q, K and V; gate and up).
     pub(crate) fn stack(parts: Vec<QMatrix>) -> Result<Self, MatrixError> {
-        let mut parts = parts.into_iter();
-        let Some(mut first) = parts.next() else { return Err(MatrixError::Cols { cols: 0 }) };
-        for part in parts {
-            if (part.format, part.cols) != (first.format, first.cols) {
-                return Err(MatrixError::Stack(part.format, part.cols, first.format, first.cols));
-            }
-            first.rows += part.rows;
-            first.data.extend_from_slice(&part.data);
+        let Some(first) = parts.first() else { return Err(MatrixError::Cols { cols: 0 }) };
+        let (format, cols) = (first.format, first.cols);
+        if let Some(part) = parts.iter().find(|p| (p.format, p.cols) != (format, cols)) {
+            return Err(MatrixError::Stack(part.format, part.cols, format, cols));
         }
-        Ok(first)
+        // Back to rows and packed again: a part's last panel may be partly padding.
+        let row_bytes = format.row_bytes(cols);
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let mut data = vec![0u8; rows * row_bytes];
+        let mut at = data.chunks_exact_mut(row_bytes);
+        for part in &parts {
+            for (r, row) in (0..part.rows).zip(&mut at) {
+                unpack_row(format, cols, &part.panels, r, row);
+            }
+        }
+        Self::new(format, rows, cols, data)
     }
 
     /// Rows (outputs).
@@ -97,8 +106,16 @@ impl QMatrix {
 
     /// Row `r`, dequantized into `out` (`cols` values).
     pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let mut row = [0u8; 4096];
         let bytes = self.format.row_bytes(self.cols);
-        self.format.dequantize_row(&self.data[r * bytes..(r + 1) * bytes], out);
+        if bytes <= row.len() {
+            unpack_row(self.format, self.cols, &self.panels, r, &mut row[..bytes]);
+            self.format.dequantize_row(&row[..bytes], out);
+        } else {
+            let mut row = vec![0u8; bytes];
+            unpack_row(self.format, self.cols, &self.panels, r, &mut row);
+            self.format.dequantize_row(&row, out);
+        }
     }
 
     /// `out[t · rows + r] = W[r] · x[t]` for every activation vector in `x`.
@@ -114,17 +131,19 @@ impl QMatrix {
         let tokens = x.rows();
         // Every cell is written below: what a reused buffer held does not matter.
         out.resize(tokens * self.rows, 0.0);
-        let row_bytes = self.format.row_bytes(self.cols);
+        let panel_bytes = self.cols / QK * panel_block_bytes(self.format);
         let threads = rayon::current_num_threads().max(1);
-        let chunk_rows = self.rows.div_ceil(threads * 8).max(4);
+        let chunk_panels = self.rows.div_ceil(PANEL).div_ceil(threads * 8).max(1);
         // SAFETY: `out` holds tokens × rows values and stays borrowed until every task is done;
-        // task i writes only rows i · chunk_rows.. of its chunk (disjoint cells).
+        // task i writes only the real rows of its chunk's panels (disjoint cells).
         let view = unsafe { OutView::new(out.as_mut_ptr(), 1, self.rows) };
-        self.data.par_chunks(chunk_rows * row_bytes).enumerate().for_each(|(i, rows)| {
+        self.panels.par_chunks(chunk_panels * panel_bytes).enumerate().for_each(|(i, data)| {
+            let r0 = i * chunk_panels * PANEL;
+            let w = Panels { format: self.format, cols: self.cols, rows: (self.rows - r0).min(data.len() / panel_bytes * PANEL), data };
             // SAFETY: this chunk's rows, offset to their place, × every token: inside `out`.
-            let view = unsafe { view.offset_rows(i * chunk_rows) };
+            let view = unsafe { view.offset_rows(r0) };
             // SAFETY: as above; the shapes were checked.
-            unsafe { rows_dot_into(isa, self.format, self.cols, rows, x, view, Tiling::Best) };
+            unsafe { panels_dot_into(isa, w, x, view) };
         });
     }
 }

@@ -2,8 +2,8 @@
 //! (Q4_1 weights, Q8_0 embeddings), for [`super::cpu_llama`].
 //!
 //! candle 0.11 multiplies Q4_1 with a scalar loop and its CPU threads spin while they wait, which
-//! left SmolLM2-135M at a third of llama.cpp's speed. Here the weights stay in the file's blocks
-//! ([`block`]), activations are quantized to 8 bits per block of 32 as llama.cpp does
+//! left SmolLM2-135M at a third of llama.cpp's speed. Here the weights keep the file's blocks
+//! ([`block`]), reordered into panels of 16 rows ([`panel`]), activations are quantized to 8 bits per block of 32 as llama.cpp does
 //! ([`activation`]), integer dot products run in SIMD kernels picked at run time ([`kernels`]),
 //! and a matmul's rows are split across a pool of threads that sleep when idle ([`matmul`],
 //! [`pool`]).
@@ -12,6 +12,7 @@ pub(crate) mod activation;
 pub(crate) mod block;
 pub(crate) mod kernels;
 pub(crate) mod matmul;
+pub(crate) mod panel;
 
 use std::sync::OnceLock;
 
