@@ -21,7 +21,9 @@ fn sampled_answers_hold_and_substitutes_do_not() {
         let at_limit = honest.finish_reason == FinishReason::Length;
         let c = check_sampled(&engine, &request, &honest.text, at_limit, &t).unwrap();
         assert!(c.holds, "{c:?} {:?}", honest.text);
-        assert!(c.z.abs() < 4.0, "{c:?}");
+        // Inside the calibrated bar, not merely by some other rule: honest 40-token answers
+        // have heavier tails than a normal z (seed 1 gives -4.26 with the panel kernels).
+        assert!(c.z.abs() < t.max_abs_z, "{c:?}");
 
         // Made-up text from another "model": implausible tokens.
         let fake = "Zebra quantum ukulele; 7731 marmalade!! ¿Por qué? ∑ the the the.";
