@@ -25,7 +25,8 @@ use crate::llm::model::CausalLm;
 use crate::llm::generation::{Generation, Next};
 use crate::llm::observer::{HiddenStates, NoObserver, TokenEvent, TokenObserver};
 use crate::llm::request::{ChatMessage, ChatOutput, ChatRequest, Usage};
-use crate::llm::sampler::log_prob;
+use crate::llm::cpu_llama::ScoredRows;
+use crate::llm::sampler::{log_prob, log_prob_given};
 use crate::llm::stream::WordPieces;
 use crate::llm::template::ChatTemplate;
 use crate::llm::tokenizer::Tokenizer;
@@ -294,12 +295,19 @@ impl ChatEngine {
         let mut session = Session::new(self, &layers);
         if let Some((_, fed)) = completion.split_last() {
             let tokens: Vec<u32> = prompt_ids.iter().chain(fed).copied().collect();
-            let mut each = |index: usize, logits: &[f32], hidden: &[f32]| {
-                let token_id = completion[index];
-                let lp = log_prob(logits, token_id);
-                let hidden_states = HiddenStates::new(&layers, hidden);
-                observer.on_token(&TokenEvent { index, token_id, log_prob: lp, logits, hidden_states });
-                log_probs.push(lp);
+            let mut each = |rows: ScoredRows<'_>| {
+                let mut events = Vec::with_capacity(rows.len());
+                let per_row = rows.hidden.len() / rows.len().max(1);
+                for j in 0..rows.len() {
+                    let index = rows.first + j;
+                    let token_id = completion[index];
+                    let logits = &rows.logits[j * rows.vocab..(j + 1) * rows.vocab];
+                    let lp = log_prob_given(logits, token_id, rows.log_norms[j]);
+                    let hidden_states = HiddenStates::new(&layers, &rows.hidden[j * per_row..(j + 1) * per_row]);
+                    events.push(TokenEvent { index, token_id, log_prob: lp, logits, hidden_states });
+                    log_probs.push(lp);
+                }
+                observer.on_tokens(&events);
             };
             if let Some(done) = session.model.forward_positions(&tokens, 0, completion.len(), &layers, &mut each) {
                 done.map_err(|source| InferenceError::Forward {

@@ -191,17 +191,18 @@ impl CausalLm {
 }
 
 impl CausalLm {
-    /// Runs `tokens` at positions `position..` in one pass and calls `each(i, logits, hidden)`
-    /// with the logits (and hidden states at `layers`) after each of the last `k` tokens, in
-    /// order; `None` when this body returns the last position's logits only (candle's bodies),
-    /// and the caller feeds tokens one at a time.
+    /// Runs `tokens` at positions `position..` in one pass and calls `each` with the logits
+    /// (their normalisers, and the hidden states at `layers`) after each of the last `k`
+    /// tokens, a chunk of consecutive positions at a time, in order; `None` when this body
+    /// returns the last position's logits only (candle's bodies), and the caller feeds tokens
+    /// one at a time.
     pub(crate) fn forward_positions(
         &mut self,
         tokens: &[u32],
         position: usize,
         k: usize,
         layers: &[usize],
-        each: &mut dyn FnMut(usize, &[f32], &[f32]),
+        each: &mut dyn FnMut(crate::llm::cpu_llama::ScoredRows<'_>),
     ) -> Option<candle_core::Result<()>> {
         match self {
             CausalLm::CpuLlama(model) => Some(

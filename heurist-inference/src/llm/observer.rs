@@ -87,6 +87,18 @@ pub trait TokenObserver {
     /// Called once per generated token, the end-of-generation token included.
     fn on_token(&mut self, event: &TokenEvent<'_>);
 
+    /// Called with several consecutive events when the engine has them at once: teacher-forced
+    /// scoring ([`crate::ChatEngine::score`]) hands over up to 64 positions of one pass
+    /// together. By default each goes to [`TokenObserver::on_token`], in order; an observer
+    /// whose work per position does not depend on the other positions (a verifier's statistics
+    /// over the whole vocabulary) can spread it over threads here. Either way every event is
+    /// delivered exactly once, in order of `index`.
+    fn on_tokens(&mut self, events: &[TokenEvent<'_>]) {
+        for event in events {
+            self.on_token(event);
+        }
+    }
+
     /// The layers whose hidden states each event should carry (see the [module docs](self));
     /// asked once, before the request runs. None by default, which costs nothing.
     fn hidden_layers(&self) -> &[usize] {
@@ -140,6 +152,10 @@ impl<O: TokenObserver> WithHiddenStates<O> {
 impl<O: TokenObserver> TokenObserver for WithHiddenStates<O> {
     fn on_token(&mut self, event: &TokenEvent<'_>) {
         self.inner.on_token(event)
+    }
+
+    fn on_tokens(&mut self, events: &[TokenEvent<'_>]) {
+        self.inner.on_tokens(events)
     }
 
     fn hidden_layers(&self) -> &[usize] {

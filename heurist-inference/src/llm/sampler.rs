@@ -355,8 +355,13 @@ pub(crate) fn argmax(logits: &[f32]) -> Option<u32> {
 /// `log softmax(logits)[id]`: the exponentials in f32 ([`crate::fastmath`]), their sum and the
 /// logarithm in f64.
 pub(crate) fn log_prob(logits: &[f32], id: u32) -> f32 {
+    log_prob_given(logits, id, crate::fastmath::log_sum_exp(logits, 1.0))
+}
+
+/// [`log_prob`] with the row's `log_sum_exp(logits, 1.0)` already at hand.
+pub(crate) fn log_prob_given(logits: &[f32], id: u32, log_norm: f64) -> f32 {
     let chosen = logits.get(id as usize).copied().unwrap_or(f32::NAN);
-    (f64::from(chosen) - crate::fastmath::log_sum_exp(logits, 1.0)) as f32
+    (f64::from(chosen) - log_norm) as f32
 }
 
 #[cfg(test)]

@@ -85,65 +85,65 @@ struct Tally<'a> {
     end_log_prob: Option<f64>,
 }
 
-impl TokenObserver for Tally<'_> {
-    fn on_token(&mut self, event: &TokenEvent<'_>) {
+/// What one scored position adds to a [`Tally`]; computed apart from the others, so a batch
+/// of positions is spread over threads.
+enum Figures {
+    /// An answer token: its tempered log-probability, and the mean and variance of that
+    /// statistic under honest sampling.
+    Token { index: usize, log_prob: f64, mean: f64, variance: f64 },
+    /// The appended end probe: the log-probability that the model ends the answer here.
+    End(f64),
+}
+
+impl Tally<'_> {
+    fn figures(&self, event: &TokenEvent<'_>) -> Figures {
         let t = self.temperature;
-        let max = event.logits.iter().copied().filter(|l| !l.is_nan()).fold(f32::NEG_INFINITY, f32::max);
-        let scaled = |l: f32| if l.is_nan() { f64::NEG_INFINITY } else { (f64::from(l) - f64::from(max)) / t };
         if event.index >= self.answer_len {
+            let max = event.logits.iter().copied().filter(|l| !l.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+            let scaled = |l: f32| if l.is_nan() { f64::NEG_INFINITY } else { (f64::from(l) - f64::from(max)) / t };
             let z_sum: f64 = event.logits.iter().map(|&l| scaled(l).exp()).sum();
             let end: f64 =
                 event.logits.iter().zip(self.ends).filter(|(_, e)| **e).map(|(&l, _)| scaled(l).exp()).sum::<f64>();
-            self.end_log_prob = Some(end.ln() - z_sum.ln());
-            return;
+            return Figures::End(end.ln() - z_sum.ln());
         }
-        // One exp per logit (this loop is most of a check's cost beside the scoring pass):
-        // with e = exp(u), u the scaled logit, Z = Σe and ln p = u - ln Z,
-        //   μ = Σ p·ln p = Σe·u / Z - ln Z,   Var[ln p] = Σe·u² / Z - (Σe·u / Z)².
-        // u ≤ 0 and e ≤ 1, so the sums stay in range; the variance is O(1) against
-        // Σe·u²/Z of a few tens, far from cancelling in f64.
-        let (z_sum, s1, s2) = moments(event.logits, max, (1.0 / t) as f32);
-        let log_z = z_sum.ln();
-        let (m1, m2) = (s1 / z_sum, s2 / z_sum);
-        let mean = m1 - log_z;
-        let variance = m2 - m1 * m1;
-        let s = event.logits.get(event.token_id as usize).map_or(f64::NEG_INFINITY, |&l| scaled(l) - log_z);
-        self.sum_dev += s - mean;
-        self.sum_var += variance.max(0.0);
-        if self.least.is_none_or(|(_, v)| s < v) {
-            self.least = Some((event.index, s));
+        // One exponential per logit (this is most of a check's cost beside the scoring pass).
+        let m = heurist_inference::fastmath::tempered_moments(event.logits, t);
+        let log_prob = event.logits.get(event.token_id as usize).map_or(f64::NEG_INFINITY, |&l| {
+            if l.is_nan() { f64::NEG_INFINITY } else { (f64::from(l) - f64::from(m.max)) / t - m.log_norm() }
+        });
+        Figures::Token { index: event.index, log_prob, mean: m.mean_log_prob(), variance: m.var_log_prob() }
+    }
+
+    /// Adds one position's figures; positions come in order, so the sums do not depend on how
+    /// the figures were computed.
+    fn absorb(&mut self, figures: Figures) {
+        match figures {
+            Figures::End(lp) => self.end_log_prob = Some(lp),
+            Figures::Token { index, log_prob, mean, variance } => {
+                self.sum_dev += log_prob - mean;
+                self.sum_var += variance;
+                if self.least.is_none_or(|(_, v)| log_prob < v) {
+                    self.least = Some((index, log_prob));
+                }
+            }
         }
     }
 }
 
-/// `(Σe, Σe·u, Σe·u²)` over the logits with `u = (l − max) · inv` finite and `e = exp(u)`:
-/// `u` and `e` in f32 (the exponential vectorizes, within 2 ulp; libm's f64 `exp` per logit
-/// cost a tenth of a check), the products and sums in f64, sixteen lanes side by side.
-fn moments(logits: &[f32], max: f32, inv: f32) -> (f64, f64, f64) {
-    const LANES: usize = 16;
-    let term = |l: f32| {
-        let u = (l - max) * inv;
-        // NaN and −∞ logits (masked tokens) carry no probability.
-        if u > f32::NEG_INFINITY { (f64::from(heurist_inference::fastmath::exp_nonpositive(u)), f64::from(u)) } else { (0.0, 0.0) }
-    };
-    let (mut z, mut s1, mut s2) = ([0f64; LANES], [0f64; LANES], [0f64; LANES]);
-    let mut chunks = logits.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for i in 0..LANES {
-            let (e, u) = term(chunk[i]);
-            z[i] += e;
-            s1[i] += e * u;
-            s2[i] += e * u * u;
+impl TokenObserver for Tally<'_> {
+    fn on_token(&mut self, event: &TokenEvent<'_>) {
+        let figures = self.figures(event);
+        self.absorb(figures);
+    }
+
+    fn on_tokens(&mut self, events: &[TokenEvent<'_>]) {
+        use rayon::prelude::*;
+        let this = &*self;
+        let figures: Vec<Figures> = events.par_iter().map(|e| this.figures(e)).collect();
+        for f in figures {
+            self.absorb(f);
         }
     }
-    let (mut z, mut s1, mut s2) = (z.iter().sum::<f64>(), s1.iter().sum::<f64>(), s2.iter().sum::<f64>());
-    for &l in chunks.remainder() {
-        let (e, u) = term(l);
-        z += e;
-        s1 += e * u;
-        s2 += e * u * u;
-    }
-    (z, s1, s2)
 }
 
 /// Whether each token id ends an answer: an end-of-generation token, or a token that begins a

@@ -358,6 +358,28 @@ fn project(w: &Weights, isa: Isa, s: &mut Scratch, tokens: std::ops::Range<usize
     w.output.matmul(isa, &s.q8, &mut s.logits);
 }
 
+/// Consecutive scored positions of [`CpuLlama::forward_positions`]: row `j` is position
+/// `first + j`.
+pub(crate) struct ScoredRows<'a> {
+    /// The first row's position among the scored ones.
+    pub first: usize,
+    /// Logits per row.
+    pub vocab: usize,
+    /// `rows × vocab` logits.
+    pub logits: &'a [f32],
+    /// Each row's `ln Σ exp(logits)` ([`crate::fastmath::log_sum_exp`] at temperature 1).
+    pub log_norms: &'a [f64],
+    /// Each row's hidden states at the asked layers, row after row (empty when none).
+    pub hidden: &'a [f32],
+}
+
+impl ScoredRows<'_> {
+    /// Rows held.
+    pub(crate) fn len(&self) -> usize {
+        self.log_norms.len()
+    }
+}
+
 /// Teacher-forced scoring: logits at many positions from one pass.
 impl CpuLlama {
     /// Positions whose logits are projected together in [`Self::forward_positions`]: bounds
@@ -365,9 +387,9 @@ impl CpuLlama {
     const PROJECT_CHUNK: usize = 64;
 
     /// Runs `tokens` at positions `position..` in one forward pass (as [`Self::forward_last`]
-    /// does with a prompt) and calls `each(i, logits)` with the logits after each of the last
-    /// `k` tokens, `i = 0..k` in order; the final norm and the vocabulary projection run for
-    /// those `k` positions only.
+    /// does with a prompt) and calls `each` with the logits after each of the last `k` tokens,
+    /// [`Self::PROJECT_CHUNK`] positions at a time, `i = 0..k` in order; the final norm and the
+    /// vocabulary projection run for those `k` positions only.
     ///
     /// The logits are bitwise those that feeding the same tokens one step at a time gives:
     /// every operation of a pass is computed per token by the same code whatever the number of
@@ -384,7 +406,7 @@ impl CpuLlama {
         position: usize,
         k: usize,
         layers: &[usize],
-        each: &mut dyn FnMut(usize, &[f32], &[f32]),
+        each: &mut dyn FnMut(ScoredRows<'_>),
     ) -> Result<(), ForwardError> {
         self.check(tokens, position)?;
         self.check_layers(layers)?;
@@ -398,14 +420,24 @@ impl CpuLlama {
         let taps = if layers.is_empty() { &mut [][..] } else { &mut taps[..] };
         pool.install(|| self.run(tokens, position, 0, taps));
         let per_row = layers.len() * hidden;
+        let mut log_norms = Vec::with_capacity(Self::PROJECT_CHUNK);
         for start in (n - k..n).step_by(Self::PROJECT_CHUNK) {
             let end = (start + Self::PROJECT_CHUNK).min(n);
             let (w, s) = (&*self.weights, &mut self.scratch);
-            pool.install(|| project(w, self.isa, s, start..end));
-            for (j, logits) in s.logits.chunks_exact(vocab).enumerate() {
-                let i = start + j - (n - k);
-                each(i, logits, &states[i * per_row..(i + 1) * per_row]);
-            }
+            pool.install(|| {
+                project(w, self.isa, s, start..end);
+                // Every row's normaliser on the kernels' threads: one thread alone spent a
+                // tenth of a scoring pass on them.
+                s.logits.par_chunks(vocab).map(|row| crate::fastmath::log_sum_exp(row, 1.0)).collect_into_vec(&mut log_norms);
+            });
+            let first = start - (n - k);
+            each(ScoredRows {
+                first,
+                vocab,
+                logits: &s.logits,
+                log_norms: &log_norms,
+                hidden: &states[first * per_row..(first + end - start) * per_row],
+            });
         }
         Ok(())
     }
