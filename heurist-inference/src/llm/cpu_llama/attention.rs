@@ -72,21 +72,19 @@ fn body<const AVX512: bool>(hd: usize, kv_dim: usize, off: usize, q: &[f32], k: 
 fn sized<const HD: usize, const AVX512: bool>(kv_dim: usize, off: usize, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
     let scale = 1.0 / (HD as f32).sqrt();
     let q: &[f32; HD] = q.try_into().expect("a query head of HD values");
-    for (p, s) in scores.iter_mut().enumerate() {
-        let key: &[f32; HD] = k[p * kv_dim + off..p * kv_dim + off + HD].try_into().expect("a key head");
-        #[cfg(target_arch = "x86_64")]
-        if AVX512 {
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 {
+        // Sixteen keys at a time, their lane folds done together (see `dots16_avx512`).
+        done = scores.len() / LANES * LANES;
+        for (i, chunk) in scores[..done].chunks_exact_mut(LANES).enumerate() {
             // SAFETY: `AVX512` is only set in `head_avx512`, on a CPU with AVX-512F.
-            *s = unsafe { dot_avx512(q, key) } * scale;
-            continue;
+            unsafe { dots16_avx512(q, &k[i * LANES * kv_dim..], kv_dim, off, scale, chunk) };
         }
-        let mut lanes = [0f32; LANES];
-        for (q, key) in q.chunks_exact(LANES).zip(key.chunks_exact(LANES)) {
-            for i in 0..LANES {
-                lanes[i] += q[i] * key[i];
-            }
-        }
-        *s = fold(lanes) * scale;
+    }
+    for (p, s) in scores.iter_mut().enumerate().skip(done) {
+        *s = key_score::<HD, AVX512>(q, k, kv_dim, off, p, scale);
     }
     let inv = 1.0 / softmax_numerators(scores);
     for s in scores.iter_mut() {
@@ -102,6 +100,135 @@ fn sized<const HD: usize, const AVX512: bool>(kv_dim: usize, off: usize, q: &[f3
         }
     }
     out.copy_from_slice(&acc);
+}
+
+/// `dot(q, key p) · scale`, in the module docs' order.
+#[inline(always)]
+fn key_score<const HD: usize, const AVX512: bool>(q: &[f32; HD], k: &[f32], kv_dim: usize, off: usize, p: usize, scale: f32) -> f32 {
+    let key: &[f32; HD] = k[p * kv_dim + off..p * kv_dim + off + HD].try_into().expect("a key head");
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 {
+        // SAFETY: `AVX512` is only set in `head_avx512` and `block_avx512`, on a CPU with
+        // AVX-512F.
+        return unsafe { dot_avx512(q, key) } * scale;
+    }
+    let mut lanes = [0f32; LANES];
+    for (q, key) in q.chunks_exact(LANES).zip(key.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            lanes[i] += q[i] * key[i];
+        }
+    }
+    fold(lanes) * scale
+}
+
+/// Queries per [`head_block`]: a prompt pass's consecutive tokens share each key and value
+/// they read, so the cache streams from L2 once per four queries instead of once per query
+/// (what bounded a scoring pass's attention).
+pub(super) const BLOCK: usize = 4;
+
+/// [`head`] for the [`BLOCK`] queries of consecutive positions `len0 − 1, len0, …`: query `i`
+/// attends over positions `0..len0 + i`. Each query's output is [`head`]'s, bit for bit: the
+/// same operations in the same order, only interleaved across the queries.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn head_block(hd: usize, kv_dim: usize, off: usize, qs: [&[f32]; BLOCK], len0: usize, k: &[f32], v: &[f32], scores: &mut Vec<f32>, outs: [&mut [f32]; BLOCK]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, all the function enables.
+            return unsafe { block_avx512(hd, kv_dim, off, qs, len0, k, v, scores, outs) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, all the function enables.
+            return unsafe { block_avx2(hd, kv_dim, off, qs, len0, k, v, scores, outs) };
+        }
+    }
+    block_body::<false>(hd, kv_dim, off, qs, len0, k, v, scores, outs);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+fn block_avx512(hd: usize, kv_dim: usize, off: usize, qs: [&[f32]; BLOCK], len0: usize, k: &[f32], v: &[f32], scores: &mut Vec<f32>, outs: [&mut [f32]; BLOCK]) {
+    block_body::<true>(hd, kv_dim, off, qs, len0, k, v, scores, outs);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+fn block_avx2(hd: usize, kv_dim: usize, off: usize, qs: [&[f32]; BLOCK], len0: usize, k: &[f32], v: &[f32], scores: &mut Vec<f32>, outs: [&mut [f32]; BLOCK]) {
+    block_body::<false>(hd, kv_dim, off, qs, len0, k, v, scores, outs);
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_body<const AVX512: bool>(hd: usize, kv_dim: usize, off: usize, qs: [&[f32]; BLOCK], len0: usize, k: &[f32], v: &[f32], scores: &mut Vec<f32>, outs: [&mut [f32]; BLOCK]) {
+    let stride = len0 + BLOCK - 1;
+    scores.resize(BLOCK * stride, 0.0);
+    let mut rows = scores.chunks_exact_mut(stride);
+    let rows: [&mut [f32]; BLOCK] = std::array::from_fn(|i| &mut rows.next().expect("BLOCK rows")[..len0 + i]);
+    match hd {
+        64 => block_sized::<64, AVX512>(kv_dim, off, qs, k, v, rows, outs),
+        128 => block_sized::<128, AVX512>(kv_dim, off, qs, k, v, rows, outs),
+        _ => {
+            for ((q, scores), out) in qs.into_iter().zip(rows).zip(outs) {
+                any(hd, kv_dim, off, q, k, v, scores, out);
+            }
+        }
+    }
+}
+
+/// [`sized`] for a block of queries; `rows[i]` is query `i`'s scores, one longer than the
+/// previous query's.
+#[inline(always)]
+fn block_sized<const HD: usize, const AVX512: bool>(kv_dim: usize, off: usize, qs: [&[f32]; BLOCK], k: &[f32], v: &[f32], mut rows: [&mut [f32]; BLOCK], outs: [&mut [f32]; BLOCK]) {
+    let scale = 1.0 / (HD as f32).sqrt();
+    let qs: [&[f32; HD]; BLOCK] = qs.map(|q| q.try_into().expect("a query head of HD values"));
+    let len0 = rows[0].len();
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 {
+        // Sixteen keys, then every query on them while they are in L1.
+        done = len0 / LANES * LANES;
+        for b in 0..done / LANES {
+            for (q, row) in qs.iter().zip(rows.iter_mut()) {
+                // SAFETY: `AVX512` is only set in `block_avx512`, on a CPU with AVX-512F.
+                unsafe { dots16_avx512(q, &k[b * LANES * kv_dim..], kv_dim, off, scale, &mut row[b * LANES..][..LANES]) };
+            }
+        }
+    }
+    for (q, row) in qs.iter().zip(rows.iter_mut()) {
+        for (p, s) in row.iter_mut().enumerate().skip(done) {
+            *s = key_score::<HD, AVX512>(q, k, kv_dim, off, p, scale);
+        }
+        let inv = 1.0 / softmax_numerators(row);
+        for s in row.iter_mut() {
+            *s *= inv;
+        }
+    }
+    // The positions all queries see, each value read once for the block; then each query's
+    // own last positions, still in order of position.
+    let mut acc = [[0f32; HD]; BLOCK];
+    for p in 0..len0 {
+        let value: &[f32; HD] = v[p * kv_dim + off..p * kv_dim + off + HD].try_into().expect("a value head");
+        for (acc, row) in acc.iter_mut().zip(&rows) {
+            let w = row[p];
+            for d in 0..HD {
+                acc[d] += w * value[d];
+            }
+        }
+    }
+    for (acc, row) in acc.iter_mut().zip(&rows).skip(1) {
+        for (p, &w) in row.iter().enumerate().skip(len0) {
+            let value: &[f32; HD] = v[p * kv_dim + off..p * kv_dim + off + HD].try_into().expect("a value head");
+            for d in 0..HD {
+                acc[d] += w * value[d];
+            }
+        }
+    }
+    for (out, acc) in outs.into_iter().zip(&acc) {
+        out.copy_from_slice(acc);
+    }
 }
 
 /// The lanes of [`sized`]'s dot product in one register: products added group after group
@@ -122,6 +249,49 @@ fn dot_avx512<const HD: usize>(q: &[f32; HD], k: &[f32; HD]) -> f32 {
     let x = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
     let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
     _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
+}
+
+/// `out[j] = dot(q, key j) · scale` for 16 consecutive keys (`keys[j · kv_dim + off..]`), each
+/// in [`dot_avx512`]'s order: a key's 16 lanes are summed as before, and the pairwise folds of
+/// the 16 keys run as one tree of shuffles and additions (each addition the same pair of
+/// lanes as in [`fold`]) instead of 16 separate horizontal sums.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn dots16_avx512<const HD: usize>(q: &[f32; HD], keys: &[f32], kv_dim: usize, off: usize, scale: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(out.len() == LANES && keys.len() >= (LANES - 1) * kv_dim + off + HD);
+    let mut acc = [_mm512_setzero_ps(); LANES];
+    for c in 0..HD / LANES {
+        // SAFETY: c · 16 + 16 ≤ HD values of `q`; key j's are inside `keys` (asserted).
+        let a = unsafe { _mm512_loadu_ps(q.as_ptr().add(c * LANES)) };
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let b = unsafe { _mm512_loadu_ps(keys.as_ptr().add(j * kv_dim + off + c * LANES)) };
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(a, b));
+        }
+    }
+    // 8 apart: keys 2m and 2m + 1 share a register, lanes 0..8 each (128-bit quarters
+    // [a0 + a2, a1 + a3, b0 + b2, b1 + b3]).
+    let l1: [__m512; 8] = std::array::from_fn(|m| {
+        let (a, b) = (acc[2 * m], acc[2 * m + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xEE>(a, b))
+    });
+    // 4 apart: quarter c of register n holds key 4n + c, lanes 0..4.
+    let l2: [__m512; 4] = std::array::from_fn(|n| {
+        let (a, b) = (l1[2 * n], l1[2 * n + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b))
+    });
+    // 2 apart, within quarters: quarter c of register o holds keys 8o + c and 8o + 4 + c.
+    let l3: [__m512; 2] = std::array::from_fn(|o| {
+        let (a, b) = (l2[2 * o], l2[2 * o + 1]);
+        _mm512_add_ps(_mm512_shuffle_ps::<0x44>(a, b), _mm512_shuffle_ps::<0xEE>(a, b))
+    });
+    // 1 apart: lane 4c + j holds key c + 4j; the permutation puts key i in lane i.
+    let sums = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(l3[0], l3[1]), _mm512_shuffle_ps::<0xDD>(l3[0], l3[1]));
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let scores = _mm512_mul_ps(_mm512_permutexvar_ps(order, sums), _mm512_set1_ps(scale));
+    // SAFETY: `out` holds 16 values (asserted).
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), scores) };
 }
 
 /// Any head size, in the same order as [`sized`].
@@ -228,6 +398,29 @@ mod tests {
             let want = reference(hd, kv_dim, off, &q, &k, &v, n);
             for (d, (&got, &want)) in out.iter().zip(&want).enumerate() {
                 assert!((f64::from(got) - want).abs() < 2e-6, "hd {hd}, {n} positions, [{d}]: {got} vs {want}");
+            }
+        }
+    }
+
+    /// A block of queries gives each query [`head`]'s bits, for the sized and general paths,
+    /// short and long caches.
+    #[test]
+    fn a_block_of_queries_gives_each_its_own_heads_bits() {
+        for (hd, kv_dim, off, len0) in [(64, 192, 64, 300), (64, 64, 0, 1), (64, 192, 128, 17), (128, 256, 128, 45), (40, 80, 40, 9)] {
+            let n = len0 + BLOCK - 1;
+            let (k, v) = (data(n * kv_dim, 7), data(n * kv_dim, 8));
+            let qs: Vec<Vec<f32>> = (0..BLOCK).map(|i| data(hd, 9 + i as u32)).collect();
+            let mut outs = vec![vec![0f32; hd]; BLOCK];
+            let mut scores = Vec::new();
+            let q: [&[f32]; BLOCK] = std::array::from_fn(|i| &qs[i][..]);
+            let mut rows = outs.iter_mut();
+            let o: [&mut [f32]; BLOCK] = std::array::from_fn(|_| &mut rows.next().expect("BLOCK outputs")[..]);
+            head_block(hd, kv_dim, off, q, len0, &k, &v, &mut scores, o);
+            for (i, got) in outs.iter().enumerate() {
+                let (mut scores, mut want) = (vec![0f32; len0 + i], vec![0f32; hd]);
+                head(hd, kv_dim, off, &qs[i], &k, &v, &mut scores, &mut want);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&want), "hd {hd}, len0 {len0}, query {i}");
             }
         }
     }

@@ -253,9 +253,21 @@ impl CpuLlama {
             } else if n_tok == 1 {
                 ops::attend_par(heads, &s.q, k, v, position, &mut s.attn);
             } else {
-                s.attn.par_chunks_mut(q_dim).zip(s.q.par_chunks(q_dim)).enumerate().for_each_init(
+                // Blocks of consecutive tokens share the cache reads (`attention::BLOCK`); a
+                // short last block goes token by token.
+                const BLOCK: usize = attention::BLOCK;
+                s.attn.par_chunks_mut(BLOCK * q_dim).zip(s.q.par_chunks(BLOCK * q_dim)).enumerate().for_each_init(
                     Vec::new,
-                    |scores, (t, (out, q))| ops::attend(heads, q, k, v, position + t, scores, out),
+                    |scores, (b, (out, q))| {
+                        let first = position + b * BLOCK;
+                        if out.len() == BLOCK * q_dim {
+                            ops::attend_block(heads, q, k, v, first, scores, out);
+                        } else {
+                            for (t, (out, q)) in out.chunks_exact_mut(q_dim).zip(q.chunks_exact(q_dim)).enumerate() {
+                                ops::attend(heads, q, k, v, first + t, scores, out);
+                            }
+                        }
+                    },
                 );
             }
             finish_layer(w, isa, layer, s);

@@ -115,6 +115,22 @@ pub(super) fn attend_par(heads: Heads, q: &[f32], k: &[f32], v: &[f32], position
     });
 }
 
+/// [`attend`] for [`BLOCK`](super::attention::BLOCK) consecutive tokens, the first at
+/// `position` (`q` and `out`: their rows of `q_dim`), head by head: each token's output is
+/// what [`attend`] gives it, bit for bit.
+pub(super) fn attend_block(heads: Heads, q: &[f32], k: &[f32], v: &[f32], position: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+    use super::attention::{BLOCK, head_block};
+    let (hd, q_dim) = (heads.head_dim, heads.q_dim());
+    let group = heads.n_head / heads.n_kv_head;
+    let mut rows = out.chunks_exact_mut(q_dim);
+    let mut rows: [&mut [f32]; BLOCK] = std::array::from_fn(|_| rows.next().expect("BLOCK output rows"));
+    for h in 0..heads.n_head {
+        let qs: [&[f32]; BLOCK] = std::array::from_fn(|i| &q[i * q_dim + h * hd..][..hd]);
+        let outs = rows.each_mut().map(|row| &mut row[h * hd..(h + 1) * hd]);
+        head_block(hd, heads.kv_dim(), (h / group) * hd, qs, position + 1, k, v, scores, outs);
+    }
+}
+
 /// Head `h` of [`attend`]; `scores` holds one value per cached position.
 fn attend_head(heads: Heads, h: usize, q: &[f32], k: &[f32], v: &[f32], scores: &mut [f32], out: &mut [f32]) {
     let group = heads.n_head / heads.n_kv_head;

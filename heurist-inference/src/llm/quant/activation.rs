@@ -93,13 +93,29 @@ impl Q8Activations {
     }
 }
 
-/// Quantizes one block of 32; returns `(d, s, Σ q)`.
 /// One vector's blocks: codes `qs`, scales `d`, scaled sums `s` and `128 ×` code sums `c`.
-// Compiled for AVX-512, for AVX2 and for the baseline, the best picked at run time (the
-// baseline build did it 4 lanes wide: 6% of a scoring pass); the same operations in every
-// copy, so the same codes.
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+///
+/// The compiler does not vectorize [`quantize_block`] (the `max` reduction and the saturating
+/// cast keep it scalar: 6% of a scoring pass), so x86 gets explicit AVX-512 and AVX2 copies
+/// doing the same arithmetic lane-wise; the test below holds them to the portable codes.
 fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], c: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") {
+            // SAFETY: the features were detected; the slices are whole blocks (`x`, `qs`:
+            // 32 per entry of `d`, `s`, `c`), which the function checks.
+            return unsafe { simd::avx512(x, qs, d, s, c) };
+        }
+        if has!("avx2") {
+            // SAFETY: as above.
+            return unsafe { simd::avx2(x, qs, d, s, c) };
+        }
+    }
+    portable(x, qs, d, s, c)
+}
+
+fn portable(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], c: &mut [i32]) {
     let blocks = x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(d.iter_mut().zip(s.iter_mut()).zip(c));
     for ((x, qs), ((d, s), c)) in blocks {
         let sum;
@@ -108,13 +124,12 @@ fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], c: &mut 
     }
 }
 
-#[inline(always)]
+/// Quantizes one block of 32; returns `(d, s, Σ q)`.
 fn quantize_block(x: &[f32], qs: &mut [i8]) -> (f32, f32, i32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let (d, id) = scales(amax);
     // Adding and removing 1.5 · 2^23 rounds half to even in the default rounding mode for
-    // |v| ≤ 2^22 (here |v| ≤ 127), and vectorizes where `round_ties_even` would be a libm call.
+    // |v| ≤ 2^22 (here |v| ≤ 127).
     const MAGIC: f32 = 12_582_912.0;
     let mut sum = 0i32;
     for (q, &v) in qs.iter_mut().zip(x) {
@@ -122,7 +137,103 @@ fn quantize_block(x: &[f32], qs: &mut [i8]) -> (f32, f32, i32) {
         *q = r;
         sum += i32::from(r);
     }
+    finish(d, sum)
+}
+
+/// The block scale and its inverse from the largest magnitude.
+#[inline(always)]
+fn scales(amax: f32) -> (f32, f32) {
+    (amax / 127.0, if amax != 0.0 { 127.0 / amax } else { 0.0 })
+}
+
+/// `(d, s, Σ q)` with llama.cpp's f16 roundings.
+#[inline(always)]
+fn finish(d: f32, sum: i32) -> (f32, f32, i32) {
     (f16::from_f32(d).to_f32(), f16::from_f32(d * sum as f32).to_f32(), sum)
+}
+
+/// [`portable`] lane-wise. Codes: `v · id` rounded half to even by the rounding instruction
+/// (the default mode, as the portable trick), converted exactly (|v · id| ≤ 127) and narrowed.
+/// A NaN activation converts to `i32::MIN`, whose low byte is 0: the portable cast's 0.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::{QK, finish, scales};
+
+    fn check(x: &[f32], qs: &[i8], d: &[f32], s: &[f32], c: &[i32]) -> usize {
+        let nb = d.len();
+        assert!(x.len() == nb * QK && qs.len() == nb * QK && s.len() == nb && c.len() == nb);
+        nb
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512 F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn avx512(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], c: &mut [i32]) {
+        let nb = check(x, qs, d, s, c);
+        for b in 0..nb {
+            // SAFETY: block b's 32 values and codes are inside `x` and `qs` (checked).
+            let (v0, v1) = unsafe {
+                let p = x.as_ptr().add(b * QK);
+                (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+            };
+            // NaNs count as 0 in the maximum, as `f32::max` skips them in the portable fold.
+            let abs = |v| _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(v, v), _mm512_abs_ps(v));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs(v0), abs(v1)));
+            let (db, id) = scales(amax);
+            let id = _mm512_set1_ps(id);
+            const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            let q0 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(v0, id)));
+            let q1 = _mm512_cvtps_epi32(_mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(v1, id)));
+            // SAFETY: as above; the stores are unaligned.
+            unsafe {
+                let p = qs.as_mut_ptr().add(b * QK);
+                _mm_storeu_si128(p as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+                _mm_storeu_si128(p.add(16) as *mut __m128i, _mm512_cvtepi32_epi8(q1));
+            }
+            // The narrowed codes' sum (a NaN's i32::MIN counts as its byte, 0).
+            let narrow = |q| _mm512_cvtepi8_epi32(_mm512_cvtepi32_epi8(q));
+            let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(narrow(q0), narrow(q1)));
+            let (dd, ss, sum) = finish(db, sum);
+            (d[b], s[b], c[b]) = (dd, ss, 128 * sum);
+        }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn avx2(x: &[f32], qs: &mut [i8], d: &mut [f32], s: &mut [f32], c: &mut [i32]) {
+        let nb = check(x, qs, d, s, c);
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+        for b in 0..nb {
+            // SAFETY: block b's 32 values are inside `x` (checked).
+            let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(x.as_ptr().add(b * QK + 8 * i)) });
+            // NaNs count as 0 (the ordered mask clears them), as in the portable fold.
+            let abs = |v| _mm256_and_ps(_mm256_and_ps(v, abs_mask), _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            let m = _mm256_max_ps(_mm256_max_ps(abs(v[0]), abs(v[1])), _mm256_max_ps(abs(v[2]), abs(v[3])));
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+            let amax = lanes.iter().fold(0f32, |a, &v| a.max(v));
+            let (db, id) = scales(amax);
+            let id = _mm256_set1_ps(id);
+            const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            let q = v.map(|v| _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(v, id))));
+            let mut wide = [0i32; QK];
+            // SAFETY: `wide` holds 32 i32.
+            for (i, q) in q.iter().enumerate() {
+                unsafe { _mm256_storeu_si256(wide.as_mut_ptr().add(8 * i) as *mut __m256i, *q) };
+            }
+            let mut sum = 0i32;
+            for (code, &w) in qs[b * QK..(b + 1) * QK].iter_mut().zip(&wide) {
+                *code = w as i8;
+                sum += i32::from(*code);
+            }
+            let (dd, ss, sum) = finish(db, sum);
+            (d[b], s[b], c[b]) = (dd, ss, 128 * sum);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -156,5 +267,46 @@ mod tests {
         // An all-zero block has scale 0 and codes 0, not NaN.
         q.quantize(&[0.0; 32], 32);
         assert_eq!((q.row(0).d[0], q.row(0).qs[5]), (0.0, 0));
+    }
+
+    /// Every x86 copy gives the portable codes, scales and sums on activations with ties,
+    /// zeros, outliers, infinities and NaNs.
+    #[test]
+    fn simd_quantizers_match_the_portable_one() {
+        let nb = 9;
+        let mut x: Vec<f32> = (0..nb * QK).map(|i| ((i * 7919) % 523) as f32 * 0.0137 - 3.1).collect();
+        x[5] = 0.5;
+        x[40] = 300.0;
+        for v in &mut x[64..96] {
+            *v = 0.0;
+        }
+        x[100] = f32::INFINITY;
+        x[140] = f32::NAN;
+        // A block whose largest magnitude makes exact ties: codes k + 0.5.
+        for (k, v) in x[160..192].iter_mut().enumerate() {
+            *v = if k == 0 { 127.0 } else { (k as f32 - 16.0) + 0.5 };
+        }
+        type Quantizer<'a> = &'a dyn Fn(&[f32], &mut [i8], &mut [f32], &mut [f32], &mut [i32]);
+        let run = |f: Quantizer<'_>| {
+            let (mut qs, mut d, mut s, mut c) = (vec![0i8; nb * QK], vec![0f32; nb], vec![0f32; nb], vec![0i32; nb]);
+            f(&x, &mut qs, &mut d, &mut s, &mut c);
+            (qs, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), c)
+        };
+        let expected = run(&portable);
+        // The NaN block's other codes are what they are; its NaN code is 0 in every copy.
+        assert_eq!(expected.0[140], 0);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") {
+                // SAFETY: detected.
+                assert_eq!(run(&|x, q, d, s, c| unsafe { simd::avx512(x, q, d, s, c) }), expected, "AVX-512");
+            }
+            if has!("avx2") {
+                // SAFETY: detected.
+                assert_eq!(run(&|x, q, d, s, c| unsafe { simd::avx2(x, q, d, s, c) }), expected, "AVX2");
+            }
+        }
+        assert_eq!(run(&quantize_row), expected);
     }
 }
