@@ -16,7 +16,7 @@
 //! bodies (no one-pass scoring) the pass still runs token by token and the verdict still
 //! holds, at generation's cost.
 
-use heurist_inference::{ChatEngine, ChatRequest, TokenEvent};
+use heurist_inference::{ChatEngine, ChatRequest, TokenEvent, TokenObserver};
 
 use super::{GreedyCheck, check_greedy};
 use crate::error::{Result, VerifyError};
@@ -78,19 +78,45 @@ fn confirmed_by_scoring(engine: &ChatEngine, request: &ChatRequest, claimed: &st
     if !at_limit {
         tokens.push(tokenizer.eos_token_id());
     }
-    let (mut all_argmax, mut ends) = (true, at_limit);
-    let mut observe = |e: &TokenEvent<'_>| {
-        let best = first_argmax(e.logits);
-        if e.index < answer_len {
-            all_argmax &= best == Some(e.token_id);
-        } else {
-            ends = best.is_some_and(|b| tokenizer.is_end_of_generation(b));
-        }
-    };
-    match engine.score_request(request, &tokens, &mut observe) {
-        Ok(_) => Ok((all_argmax && ends).then_some(answer_len)),
+    let mut probe = ArgmaxProbe { answer_len, all_argmax: true, ends: at_limit, tokenizer };
+    match engine.score_request(request, &tokens, &mut probe) {
+        Ok(_) => Ok((probe.all_argmax && probe.ends).then_some(answer_len)),
         // Too long for the context with the probe, say: the re-generation decides.
         Err(_) => Ok(None),
+    }
+}
+
+/// The scoring pass's observer: whether every answer token is its position's first argmax,
+/// and whether the model ends the answer after the last one (the probe position).
+struct ArgmaxProbe<'t> {
+    answer_len: usize,
+    all_argmax: bool,
+    ends: bool,
+    tokenizer: &'t heurist_inference::Tokenizer,
+}
+
+impl ArgmaxProbe<'_> {
+    fn absorb(&mut self, event: &TokenEvent<'_>, best: Option<u32>) {
+        if event.index < self.answer_len {
+            self.all_argmax &= best == Some(event.token_id);
+        } else {
+            self.ends = best.is_some_and(|b| self.tokenizer.is_end_of_generation(b));
+        }
+    }
+}
+
+impl TokenObserver for ArgmaxProbe<'_> {
+    fn on_token(&mut self, event: &TokenEvent<'_>) {
+        self.absorb(event, first_argmax(event.logits));
+    }
+
+    /// A chunk's argmaxes (a scan of the vocabulary each) on all threads, then in order.
+    fn on_tokens(&mut self, events: &[TokenEvent<'_>]) {
+        use rayon::prelude::*;
+        let best: Vec<Option<u32>> = events.par_iter().map(|e| first_argmax(e.logits)).collect();
+        for (event, best) in events.iter().zip(best) {
+            self.absorb(event, best);
+        }
     }
 }
 
