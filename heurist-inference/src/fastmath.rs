@@ -53,14 +53,21 @@ pub fn log_sum_exp(logits: &[f32], temperature: f32) -> f64 {
     f64::from(max * inv) + sum_exp(logits, max, inv).ln()
 }
 
-/// The largest non-NaN logit (`−∞` when there is none).
+/// The largest non-NaN logit (`−∞` when there is none), as a fold with `f32::max` gives it.
+///
+/// ```
+/// use heurist_inference::fastmath::max_finite;
+///
+/// assert_eq!(max_finite(&[1.0, f32::NAN, 3.0]), 3.0);
+/// assert_eq!(max_finite(&[f32::NAN]), f32::NEG_INFINITY);
+/// ```
 // Each row loop below is compiled for AVX-512, for AVX2 and for the baseline, and the CPU's
 // best is picked at run time: the workspace builds for baseline x86-64, where these loops ran
 // 2 lanes wide, and over a 49,152-token vocabulary at every scored position they were a
 // sixth of a verification. The same operations run in the same order in every copy (Rust
 // never fuses a multiply and an add), so every copy gives the same bits.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
-fn max_finite(logits: &[f32]) -> f32 {
+pub fn max_finite(logits: &[f32]) -> f32 {
     const LANES: usize = 16;
     // max is exact and order-free, so lanes give the same answer as a fold.
     let mut lanes = [f32::NEG_INFINITY; LANES];

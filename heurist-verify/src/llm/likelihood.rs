@@ -99,7 +99,7 @@ impl Tally<'_> {
     fn figures(&self, event: &TokenEvent<'_>) -> Figures {
         let t = self.temperature;
         if event.index >= self.answer_len {
-            let max = event.logits.iter().copied().filter(|l| !l.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+            let max = heurist_inference::fastmath::max_finite(event.logits);
             let scaled = |l: f32| if l.is_nan() { f64::NEG_INFINITY } else { (f64::from(l) - f64::from(max)) / t };
             let z_sum: f64 = event.logits.iter().map(|&l| scaled(l).exp()).sum();
             let end: f64 =
