@@ -3,11 +3,12 @@
 //! It is derived from a 12-word BIP-39 English mnemonic at `m/44'/60'/0'/0/0` (what
 //! eth-account's `Account.from_mnemonic` does), and stored as the reference stores it:
 //! `~/.heurist-keys/<reward address lower case>.txt` holding two lines,
-//! `Seed Phrase: <words>` and `Identity Wallet Address: <address lower case>`.
+//! `Seed Phrase: <words>` and `Identity Wallet Address: <address lower case>`, mode 0600 on
+//! Unix (a looser file is tightened when written or read, and the read reports it).
 //! The key never leaves this type: `Debug` prints the address only.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use alloy_signer::SignerSync;
@@ -25,6 +26,10 @@ pub const KEYS_DIR_NAME: &str = ".heurist-keys";
 
 const PHRASE_PREFIX: &str = "Seed Phrase: ";
 const ADDRESS_PREFIX: &str = "Identity Wallet Address: ";
+
+/// The mode of a key file: read and write for its owner only.
+#[cfg(unix)]
+const OWNER_ONLY: u32 = 0o600;
 
 /// A signing identity derived from a mnemonic.
 pub struct IdentityWallet {
@@ -84,28 +89,46 @@ impl IdentityWallet {
         self.sign_text(&signing_message(miner_id, unix_time))
     }
 
-    /// Writes the reference's two-line key file (mode 0600 on Unix), creating the folder.
+    /// Writes the reference's two-line key file, creating the folder. On Unix the file ends at
+    /// mode 0600 even when it existed with a looser mode (`--force`): the mode is set on the
+    /// open file before it is emptied and before a word of the phrase goes in, so a failure to
+    /// set it leaves the old file as it was.
     pub fn write_key_file(&self, path: &Path) -> Result<()> {
         let io = |error| ProtocolError::Io { path: path.to_owned(), error };
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(io)?;
         }
         let mut opts = fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        // Emptied below, once the mode is 0600.
+        opts.write(true).create(true).truncate(false);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
+            opts.mode(OWNER_ONLY);
         }
         let mut f = opts.open(path).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(OWNER_ONLY)).map_err(io)?;
+        }
+        f.set_len(0).map_err(io)?;
         write!(f, "{PHRASE_PREFIX}{}\n{ADDRESS_PREFIX}{}\n", self.phrase, self.address).map_err(io)?;
         f.sync_all().map_err(io)
     }
 
     /// Reads a key file and checks that its words derive the address it names.
-    pub fn read_key_file(path: &Path) -> Result<Self> {
+    ///
+    /// On Unix a file that group or others may read or write is set to 0600 before it is read
+    /// (on the open file, so the check and the read see the same file); what was found and
+    /// done is in [`LoadedIdentity::loose_permissions`], for the caller to report.
+    pub fn read_key_file(path: &Path) -> Result<LoadedIdentity> {
         let bad = |reason: String| ProtocolError::KeyFile { path: path.to_owned(), reason };
-        let text = fs::read_to_string(path).map_err(|error| ProtocolError::Io { path: path.to_owned(), error })?;
+        let io = |error| ProtocolError::Io { path: path.to_owned(), error };
+        let mut file = fs::File::open(path).map_err(io)?;
+        let loose_permissions = tighten(&file).map_err(io)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io)?;
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
         let phrase = lines
             .next()
@@ -123,12 +146,13 @@ impl IdentityWallet {
                 wallet.address
             )));
         }
-        Ok(wallet)
+        Ok(LoadedIdentity { wallet, path: path.to_owned(), loose_permissions })
     }
 
     /// Loads the identity for `miner_id` from `keys_dir`: `<reward address>.txt`, or, as the
     /// reference's generator writes it, `<miner id lower case>.txt`.
-    pub fn load_for(keys_dir: &Path, miner_id: &MinerId) -> Result<Self> {
+    /// Permissions are checked and tightened as [`read_key_file`](Self::read_key_file) does.
+    pub fn load_for(keys_dir: &Path, miner_id: &MinerId) -> Result<LoadedIdentity> {
         let primary = key_file_path(keys_dir, miner_id);
         if primary.exists() {
             return Self::read_key_file(&primary);
@@ -148,6 +172,63 @@ impl std::fmt::Debug for IdentityWallet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdentityWallet").field("address", &self.address).finish_non_exhaustive()
     }
+}
+
+/// An identity read from its key file, with what the read found wrong with the file's mode.
+#[derive(Debug)]
+#[must_use = "a key file that others could read must be reported: see `warning`"]
+pub struct LoadedIdentity {
+    /// The identity.
+    pub wallet: IdentityWallet,
+    /// The key file it was read from.
+    pub path: PathBuf,
+    /// Set when group or others could read or write the file (Unix only).
+    pub loose_permissions: Option<LoosePermissions>,
+}
+
+impl LoadedIdentity {
+    /// The line to log when the file's mode was loose, naming the file, the mode it had and
+    /// whether it is now 0600.
+    pub fn warning(&self) -> Option<String> {
+        self.loose_permissions.as_ref().map(|l| format!("identity key file {}: {l}", self.path.display()))
+    }
+}
+
+/// A key file found readable or writable by group or others.
+#[derive(Debug)]
+pub struct LoosePermissions {
+    /// The permission bits it had, e.g. `0o644`.
+    pub mode: u32,
+    /// `Ok` once the file is 0600; otherwise why its mode could not be changed.
+    pub tightened: std::io::Result<()>,
+}
+
+impl std::fmt::Display for LoosePermissions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mode was {:04o}: group or others could read or change the seed phrase; ", self.mode)?;
+        match &self.tightened {
+            Ok(()) => f.write_str("set to 0600"),
+            Err(e) => write!(f, "could not set it to 0600 ({e}): run chmod 600 on it"),
+        }
+    }
+}
+
+/// Sets an open key file to 0600 when group or others have any access to it.
+#[cfg(unix)]
+fn tighten(file: &fs::File) -> std::io::Result<Option<LoosePermissions>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    let tightened = file.set_permissions(fs::Permissions::from_mode(OWNER_ONLY));
+    Ok(Some(LoosePermissions { mode, tightened }))
+}
+
+/// Unix modes only: nothing to check elsewhere.
+#[cfg(not(unix))]
+fn tighten(_file: &fs::File) -> std::io::Result<Option<LoosePermissions>> {
+    Ok(None)
 }
 
 /// `<keys_dir>/<reward address lower case>.txt`.

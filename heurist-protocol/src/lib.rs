@@ -42,6 +42,7 @@
 //! - `client` (off): [`client::SequencerClient`], with reqwest and tokio. Without it the crate
 //!   pulls in no async runtime and no HTTP stack.
 
+mod binding;
 pub mod decode;
 mod error;
 mod identity;
@@ -57,9 +58,12 @@ pub mod stream;
 #[cfg(feature = "client")]
 pub mod client;
 
+pub use binding::{BindIdentity, binding_message};
 pub use decode::DEFAULT_MAX_BODY_BYTES;
 pub use error::{ProtocolError, Result};
-pub use identity::{DERIVATION_PATH, IdentityWallet, KEYS_DIR_NAME, default_keys_dir, key_file_path};
+pub use identity::{
+    DERIVATION_PATH, IdentityWallet, KEYS_DIR_NAME, LoadedIdentity, LoosePermissions, default_keys_dir, key_file_path,
+};
 pub use job::{Job, LlmInput, LlmPayload, ModelInput, ModelKind, SamplerSpec, SdInput, TempCredentials};
 pub use limits::{ClampedJob, JobParams, LlmParams, MinerLimits, SdParams};
 pub use messages::{

@@ -119,7 +119,9 @@ fn key_files_round_trip_in_the_reference_format() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text, format!("Seed Phrase: {}\nIdentity Wallet Address: {}\n", v.mnemonic, v.identity_address));
     let back = IdentityWallet::load_for(dir.path(), &id).unwrap();
-    assert_eq!(back.address(), wallet.address());
+    assert_eq!(back.wallet.address(), wallet.address());
+    assert_eq!(back.path, path);
+    assert!(back.loose_permissions.is_none() && back.warning().is_none());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -131,6 +133,61 @@ fn key_files_round_trip_in_the_reference_format() {
     assert!(matches!(IdentityWallet::load_for(dir.path(), &id), Err(ProtocolError::KeyFile { .. })));
     std::fs::write(&path, "garbage").unwrap();
     assert!(matches!(IdentityWallet::load_for(dir.path(), &id), Err(ProtocolError::KeyFile { .. })));
+}
+
+#[cfg(unix)]
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[cfg(unix)]
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn overwriting_a_world_readable_key_file_leaves_it_0600() {
+    // `wallet new --force` over a file someone left at 0666: the mode only applies to
+    // creation, so the write itself must tighten it.
+    let dir = tempfile::tempdir().unwrap();
+    let v = &vectors()[1];
+    let id: MinerId = v.miner_id.parse().unwrap();
+    let path = heurist_protocol::key_file_path(dir.path(), &id);
+    std::fs::write(&path, "an old, longer file that must not leave a tail behind the new two lines\n".repeat(4)).unwrap();
+    set_mode(&path, 0o666);
+    let wallet = IdentityWallet::from_phrase(&v.mnemonic).unwrap();
+    wallet.write_key_file(&path).unwrap();
+    assert_eq!(mode_of(&path), 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text, format!("Seed Phrase: {}\nIdentity Wallet Address: {}\n", v.mnemonic, v.identity_address));
+}
+
+#[cfg(unix)]
+#[test]
+fn loading_a_group_readable_key_file_tightens_it_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = &vectors()[1];
+    let id: MinerId = v.miner_id.parse().unwrap();
+    let path = heurist_protocol::key_file_path(dir.path(), &id);
+    IdentityWallet::from_phrase(&v.mnemonic).unwrap().write_key_file(&path).unwrap();
+    set_mode(&path, 0o644);
+    let loaded = IdentityWallet::load_for(dir.path(), &id).unwrap();
+    assert_eq!(loaded.wallet.address().as_str(), v.identity_address);
+    let loose = loaded.loose_permissions.as_ref().expect("a 0644 key file is reported");
+    assert_eq!(loose.mode, 0o644);
+    assert!(loose.tightened.is_ok(), "{loose}");
+    assert_eq!(mode_of(&path), 0o600);
+    let warning = loaded.warning().unwrap();
+    assert!(warning.contains(&path.display().to_string()) && warning.contains("0644"), "{warning}");
+    // Group-writable only is loose too; owner-only modes are left alone.
+    set_mode(&path, 0o620);
+    assert_eq!(IdentityWallet::read_key_file(&path).unwrap().loose_permissions.map(|l| l.mode), Some(0o620));
+    set_mode(&path, 0o400);
+    assert!(IdentityWallet::read_key_file(&path).unwrap().loose_permissions.is_none());
+    assert_eq!(mode_of(&path), 0o400);
 }
 
 #[test]
