@@ -1,5 +1,6 @@
 //! The portal in a real headless browser (Debian's chromium): the page loads, shows the
-//! miners and their points after a run, and logs no console errors.
+//! miners and their points after a run (in the table and as a chart over time, never a
+//! `-0.000000`), and logs no console errors.
 //!
 //! Needs `/usr/bin/chromium` (`.ci/run` installs it). Without it the test is skipped with a
 //! message, except under `CI=true`, where that is a failure.
@@ -92,6 +93,25 @@ async fn portal_loads_with_miners_and_points_and_no_console_errors() {
     let cells: Vec<&str> = row.split("<td>").collect();
     let waifu: f64 = cells[6].trim_end_matches("</td>").parse().unwrap();
     assert!(waifu > 0.0, "{row}");
+    assert!(cells[7].starts_with("0.000000</td>"), "no Llama points, printed as a plain zero: {row}");
+    assert!(!dom.contains("-0.000000"), "a negative zero: {dom}");
+    // The chart: one inline SVG, the miner's Waifu balance as a polyline, the miner in the legend.
+    assert_eq!((dom.matches("<svg").count(), dom.matches("</svg>").count()), (1, 1), "{dom}");
+    let svg = &dom[dom.find("<svg").unwrap()..dom.find("</svg>").unwrap()];
+    let line = format!("<polyline class=\"series\" data-miner=\"{id}\" data-currency=\"waifu\"");
+    assert_eq!(svg.matches(&line).count(), 1, "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 1, "one miner, one currency: {svg}");
+    assert!(svg.contains(&format!("{waifu:.6} Waifu points")), "the line ends at the balance: {svg}");
+    let legend = &dom[dom.find("id=\"chart-legend\"").unwrap()..];
+    assert!(legend.contains(&format!("<code>{id}</code>")), "{legend}");
+    assert!(!dom.contains("chart-empty"));
+    // The same series in the JSON view.
+    let portal: serde_json::Value = reqwest::get(format!("{}/api/portal", seq.url())).await.unwrap().json().await.unwrap();
+    let series = portal["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1, "{portal}");
+    assert_eq!((series[0]["miner_id"].as_str(), series[0]["currency"].as_str(), series[0]["entries"].as_u64()), (Some(id.to_string().as_str()), Some("waifu"), Some(1)));
+    let last = series[0]["points"].as_array().unwrap().last().unwrap().clone();
+    assert!(last[0].as_i64().unwrap() > 0 && (last[1].as_f64().unwrap() - waifu).abs() < 1e-6, "{last}");
     let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
     assert!(console.is_empty(), "console messages: {console:?}");
     seq.shutdown().await.unwrap();
