@@ -3,9 +3,32 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use heurist_protocol::{Address, MinerLimits, Registry};
+use heurist_protocol::{Address, MinerLimits, Registry, TempCredentials};
+
+/// How long after its deadline an image job's scoped S3 key stays valid, and so how late its
+/// miner may still upload and deliver while the job has no result: an hour.
+pub const LATE_RESULT_GRACE_MS: i64 = 3_600_000;
+
+/// Mints S3 credentials good for one object only: what an image job's miner gets, so that
+/// no miner can read, list, overwrite or delete another's results.
+pub trait CredentialIssuer: Send + Sync {
+    /// Credentials allowing only `PutObject` (and `HeadObject`, `GetObject`) of `key` in
+    /// `bucket`, until `expires_at_ms` (Unix ms). `Err` says why none can be made.
+    fn issue(&self, bucket: &str, key: &str, expires_at_ms: i64) -> Result<TempCredentials, String>;
+}
+
+/// A shared [`CredentialIssuer`] (for instance [`crate::s3::LocalS3::issuer`]).
+#[derive(Clone)]
+pub struct Issuer(pub Arc<dyn CredentialIssuer>);
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Issuer(..)")
+    }
+}
 
 /// Temporary S3 credentials handed to image jobs, and where results go.
 #[derive(Clone, Debug)]
@@ -55,8 +78,17 @@ pub struct SequencerConfig {
     pub max_attempts: i64,
     /// How often expired assignments are re-queued.
     pub requeue_interval: Duration,
-    /// Credentials for image uploads.
+    /// Where image results go, and the key the sequencer itself reads them with. Handed to
+    /// image jobs as it is only when there is no [`SequencerConfig::s3_issuer`] (an external
+    /// endpoint with a static key: then every miner holds the bucket's key; see the README).
     pub s3: Option<S3Grant>,
+    /// Mints per-job keys scoped to the job's one object (the embedded S3 server does).
+    pub s3_issuer: Option<Issuer>,
+    /// Jobs that requests without the wallet's signature may hold at once, per client
+    /// address: requests under made-up miner ids cannot take the whole queue.
+    pub max_unsigned_assignments_per_peer: i64,
+    /// The longest `miner_submit_stream` body: a chat answer of 4,096 tokens is well under.
+    pub max_stream_bytes: usize,
     /// Refuse an image result whose object is not in the bucket (a signed `HEAD` to the S3
     /// endpoint with the grant's key, for region `us-east-1`, before accepting). Needs the
     /// `s3` feature.
@@ -86,6 +118,9 @@ impl SequencerConfig {
             max_attempts: 3,
             requeue_interval: Duration::from_secs(1),
             s3: None,
+            s3_issuer: None,
+            max_unsigned_assignments_per_peer: 32,
+            max_stream_bytes: 1 << 20,
             verify_s3_objects: false,
             max_body_bytes: heurist_protocol::DEFAULT_MAX_BODY_BYTES,
             audit: None,

@@ -52,15 +52,25 @@ pub enum SequencerError {
         /// The id.
         job_id: String,
     },
-    /// The job is not (or no longer) assigned to this miner.
-    #[error("job {job_id:?} is not assigned to {miner_id} (assigned to {assigned_to:?})")]
+    /// The job was never handed to this miner.
+    #[error("job {job_id:?} was never handed to {miner_id}: {}", where_it_is(*status, assigned_to.as_deref()))]
     NotAssigned {
         /// The job.
         job_id: String,
         /// Who submitted.
         miner_id: String,
-        /// Who holds it.
+        /// Where the job is.
+        status: crate::store::JobStatus,
+        /// Who holds it, or last held it.
         assigned_to: Option<String>,
+    },
+    /// Unsigned requests from one address hold as many jobs as they may.
+    #[error("requests from {peer} without the wallet's signature hold {held} jobs already: deliver them first, or sign requests with the bound identity")]
+    TooManyAssignments {
+        /// The requesting address.
+        peer: String,
+        /// Jobs it holds.
+        held: i64,
     },
     /// A result was accepted for this job already (a replay or a duplicate).
     #[error("job {job_id:?} has a result already")]
@@ -118,6 +128,17 @@ pub enum SequencerError {
     Task(String),
 }
 
+fn where_it_is(status: crate::store::JobStatus, assigned_to: Option<&str>) -> String {
+    use crate::store::JobStatus;
+    match (status, assigned_to) {
+        (JobStatus::Assigned, Some(m)) => format!("it is assigned to {m}"),
+        (JobStatus::Queued, _) => "it is queued".into(),
+        (JobStatus::Done, _) => "it has a result".into(),
+        (JobStatus::Failed, _) => "it failed".into(),
+        (JobStatus::Assigned, None) => "it is assigned".into(),
+    }
+}
+
 impl SequencerError {
     pub(crate) fn store(what: impl std::fmt::Display, error: rusqlite::Error) -> Self {
         Self::Store { what: what.to_string(), error }
@@ -131,6 +152,7 @@ impl SequencerError {
                 StatusCode::BAD_REQUEST
             }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooManyAssignments { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::DuplicateJob { .. } | Self::AlreadySubmitted { .. } => StatusCode::CONFLICT,
             Self::UnknownJob { .. } => StatusCode::NOT_FOUND,
             // Not 409: a miner takes that as "the sequencer has this result already".

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use heurist_points::RuleSet;
 
 pub use audit::{AuditPolicy, AuditVerdict, Auditor};
-pub use config::{Bindings, S3Grant, SequencerConfig};
+pub use config::{Bindings, CredentialIssuer, Issuer, S3Grant, SequencerConfig};
 pub use error::{Result, SequencerError};
 
 use app::{AppState, Shared};
@@ -78,7 +78,12 @@ pub async fn start(config: SequencerConfig) -> Result<RunningSequencer> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| SequencerError::BadInput { what: "data_dir", reason: format!("{}: {e}", config.data_dir.display()) })?;
     let rules = RuleSet::load(&config.rules)?;
-    let store = store::JobStore::open(&config.data_dir.join("jobs.sqlite"))?;
+    let mut store = store::JobStore::open(&config.data_dir.join("jobs.sqlite"))?;
+    // The operator's bindings are final; the others (signed by a reward wallet, or first use)
+    // live in the store and survive restarts.
+    for (reward, identity) in &config.bindings.table {
+        store.bind(reward.as_str(), identity.as_str(), store::BindingSource::Operator, 0, app::now_ms())?;
+    }
     let (ledger, rules) = ledger::open(config.ledger_location(), rules, app::now_ms()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

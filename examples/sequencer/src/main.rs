@@ -28,9 +28,13 @@ struct Args {
     /// Folder with models.json (and lora.json, vae.json) [default: the bundled registry].
     #[arg(long)]
     registry: Option<PathBuf>,
-    /// API key accepted on submit_job (repeat for several).
-    #[arg(long = "api-key", env = "HEURIST_API_KEY")]
+    /// API key accepted on submit_job (repeat for several). A key on the command line shows
+    /// in `ps`: prefer $HEURIST_API_KEY or --api-key-file.
+    #[arg(long = "api-key", env = "HEURIST_API_KEY", hide_env_values = true)]
     api_keys: Vec<String>,
+    /// A file of API keys, one a line (blank lines and `#` comments skipped).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
     /// Bind a reward wallet to an identity: REWARD=IDENTITY (repeat for several).
     #[arg(long = "bind", value_name = "REWARD=IDENTITY")]
     bindings: Vec<String>,
@@ -60,9 +64,13 @@ struct Args {
     /// S3 access key id handed to image jobs.
     #[arg(long, env = "HEURIST_S3_KEY")]
     s3_key: Option<String>,
-    /// S3 secret key handed to image jobs.
-    #[arg(long, env = "HEURIST_S3_SECRET")]
+    /// S3 secret key (shows in `ps` on the command line: prefer $HEURIST_S3_SECRET or
+    /// --s3-secret-file).
+    #[arg(long, env = "HEURIST_S3_SECRET", hide_env_values = true)]
     s3_secret: Option<String>,
+    /// A file holding the S3 secret key (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "s3_secret")]
+    s3_secret_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -79,7 +87,22 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// The lines of a secrets file that hold a value (blank lines and `#` comments skipped).
+fn secret_lines(path: &std::path::Path, flag: &str) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))?;
+    let lines: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
+    anyhow::ensure!(!lines.is_empty(), "{flag} {}: no value in the file", path.display());
+    Ok(lines)
+}
+
+async fn run(mut args: Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.api_key_file {
+        args.api_keys.extend(secret_lines(path, "--api-key-file")?);
+    }
+    if let Some(path) = &args.s3_secret_file {
+        args.s3_secret = secret_lines(path, "--s3-secret-file")?.into_iter().next();
+    }
     let mut config = SequencerConfig::new(args.listen, args.data_dir)?;
     config.ledger = args.ledger;
     config.rules = args.rules;
@@ -101,9 +124,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let s3 = heurist_sequencer::s3::LocalS3::start_on(listen, dir, &key, &secret).await?;
             s3.create_bucket(&args.s3_bucket)?;
             eprintln!("S3 server on {} (bucket {}, objects under {})", s3.endpoint(), args.s3_bucket, dir.display());
-            config.s3 = Some(s3.grant(&args.s3_bucket));
-            // Our own S3: an image result is accepted only once its PNG is there.
-            config.verify_s3_objects = true;
+            // Our own S3: per-job keys scoped to each job's object, and an image result
+            // accepted only once its PNG is there.
+            s3.configure(&mut config, &args.s3_bucket);
             Some(s3)
         }
         None => None,

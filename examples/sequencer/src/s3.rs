@@ -2,11 +2,15 @@
 //! miners' PNGs through the same protocol the network's bucket speaks: no mock.
 //!
 //! It embeds `s3s-fs` (objects as files under a folder: `<dir>/<bucket>/<key>`) behind
-//! `s3s`'s request handling, with AWS Signature V4 checked against the one key pair the
-//! sequencer hands out as image jobs' temporary credentials ([`LocalS3::grant`]). A request
-//! signed with any other secret, or not signed, is refused with `403`, and a PUT into a bucket
-//! that was not created with [`LocalS3::create_bucket`] with `404`. Any other S3 endpoint (AWS, Garage,
-//! MinIO) can take its place by configuration: the sequencer only hands out the credentials.
+//! `s3s`'s request handling, with AWS Signature V4 checked against two kinds of keys: the
+//! operator's key ([`LocalS3::grant`], which the sequencer itself reads objects with), and
+//! short-lived keys minted per image job ([`LocalS3::issuer`]), each good for `PutObject`,
+//! `HeadObject` and `GetObject` of that job's one object until its deadline has long passed.
+//! A miner holding one cannot list the bucket, read or overwrite another miner's PNG, delete
+//! anything or make buckets. A request signed with any other secret, or not signed, is
+//! refused with `403`, and a PUT into a bucket that was not created with
+//! [`LocalS3::create_bucket`] with `404`. Any other S3 endpoint (AWS, Garage, MinIO) can take
+//! its place by configuration: the sequencer then hands out the configured key itself.
 //!
 //! ```no_run
 //! # async fn demo() -> heurist_sequencer::Result<()> {
@@ -21,22 +25,25 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use heurist_protocol::TempCredentials;
 use s3s::access::{S3Access, S3AccessContext};
-use s3s::auth::SimpleAuth;
+use s3s::auth::{S3Auth, SecretKey};
 use s3s::path::S3Path;
 use s3s::{S3Result, s3_error};
 use s3s::service::S3ServiceBuilder;
 use tokio::task::JoinSet;
 
-use crate::config::S3Grant;
+use crate::config::{CredentialIssuer, Issuer, S3Grant};
 use crate::error::{Result, SequencerError};
 
 /// An S3 server on loopback, storing objects as files, serving until dropped or shut down.
 pub struct LocalS3 {
     addr: SocketAddr,
     root: PathBuf,
-    access_key: String,
-    secret_key: String,
+    keys: Arc<KeyTable>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -51,17 +58,86 @@ fn s3_err(what: &'static str, reason: impl std::fmt::Display) -> SequencerError 
     SequencerError::BadInput { what, reason: reason.to_string() }
 }
 
-/// Every request signed (s3s has checked the signature when credentials are present), and
-/// only into buckets that exist: `s3s-fs` would create any folder a PUT names.
+/// The keys the server accepts: the operator's (every bucket that exists) and the per-job
+/// ones, each scoped to one object until it expires.
+struct KeyTable {
+    admin_key: String,
+    admin_secret: String,
+    scoped: Mutex<HashMap<String, Scope>>,
+}
+
+struct Scope {
+    secret: String,
+    bucket: String,
+    key: String,
+    expires_at_ms: i64,
+}
+
+fn now_ms() -> i64 {
+    crate::app::now_ms()
+}
+
+impl KeyTable {
+    fn scoped(&self) -> std::sync::MutexGuard<'_, HashMap<String, Scope>> {
+        self.scoped.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Auth for KeyTable {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        if access_key == self.admin_key {
+            return Ok(SecretKey::from(self.admin_secret.as_str()));
+        }
+        match self.scoped().get(access_key) {
+            Some(s) if s.expires_at_ms > now_ms() => Ok(SecretKey::from(s.secret.as_str())),
+            _ => Err(s3_error!(InvalidAccessKeyId, "unknown or expired access key")),
+        }
+    }
+}
+
+impl CredentialIssuer for KeyTable {
+    fn issue(&self, bucket: &str, key: &str, expires_at_ms: i64) -> std::result::Result<TempCredentials, String> {
+        let access_key = format!("HJOB{:016X}", rand::random::<u64>());
+        let secret = format!("{:032x}{:08x}", rand::random::<u128>(), rand::random::<u32>());
+        let mut scoped = self.scoped();
+        // Expired keys go as new ones come: the table holds the live assignments only.
+        let now = now_ms();
+        scoped.retain(|_, s| s.expires_at_ms > now);
+        scoped.insert(access_key.clone(), Scope { secret: secret.clone(), bucket: bucket.to_owned(), key: key.to_owned(), expires_at_ms });
+        Ok(TempCredentials(access_key, secret, String::new()))
+    }
+}
+
+/// Every request signed (s3s has checked the signature when credentials are present), only
+/// into buckets that exist (`s3s-fs` would create any folder a PUT names), and a per-job key
+/// only on its own object.
 struct Buckets {
     root: PathBuf,
+    keys: Arc<KeyTable>,
 }
 
 #[async_trait::async_trait]
 impl S3Access for Buckets {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        if cx.credentials().is_none() {
+        let Some(creds) = cx.credentials() else {
             return Err(s3_error!(AccessDenied, "signed requests only"));
+        };
+        if creds.access_key != self.keys.admin_key {
+            let op = cx.s3_op().name();
+            let allowed = {
+                let scoped = self.keys.scoped();
+                let scope = scoped.get(&creds.access_key).filter(|s| s.expires_at_ms > now_ms());
+                match (scope, cx.s3_path()) {
+                    (Some(s), S3Path::Object { bucket, key }) => {
+                        **bucket == *s.bucket && **key == *s.key && matches!(op, "PutObject" | "HeadObject" | "GetObject")
+                    }
+                    _ => false,
+                }
+            };
+            if !allowed {
+                return Err(s3_error!(AccessDenied, "a job's key may only write and read that job's own object"));
+            }
         }
         match cx.s3_path() {
             S3Path::Object { bucket, .. } if !self.root.join(&**bucket).is_dir() => {
@@ -69,6 +145,16 @@ impl S3Access for Buckets {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The key table as s3s's authenticator (s3s wants an owned `S3Auth`).
+struct SharedKeys(Arc<KeyTable>);
+
+#[async_trait::async_trait]
+impl S3Auth for SharedKeys {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        self.0.get_secret_key(access_key).await
     }
 }
 
@@ -87,10 +173,15 @@ impl LocalS3 {
         }
         std::fs::create_dir_all(&root).map_err(|e| s3_err("s3_dir", format!("{}: {e}", root.display())))?;
         let fs = s3s_fs::FileSystem::new(&root).map_err(|e| s3_err("s3_dir", format!("{}: {e:?}", root.display())))?;
+        let keys = Arc::new(KeyTable {
+            admin_key: access_key.to_owned(),
+            admin_secret: secret_key.to_owned(),
+            scoped: Mutex::new(HashMap::new()),
+        });
         let service = {
             let mut b = S3ServiceBuilder::new(fs);
-            b.set_auth(SimpleAuth::from_single(access_key, secret_key));
-            b.set_access(Buckets { root: root.clone() });
+            b.set_auth(SharedKeys(keys.clone()));
+            b.set_access(Buckets { root: root.clone(), keys: keys.clone() });
             b.build()
         };
         let listener =
@@ -128,8 +219,7 @@ impl LocalS3 {
         Ok(Self {
             addr,
             root,
-            access_key: access_key.to_owned(),
-            secret_key: secret_key.to_owned(),
+            keys,
             shutdown: Some(tx),
             task: Some(task),
         })
@@ -168,15 +258,30 @@ impl LocalS3 {
         self.root.join(bucket).join(key)
     }
 
-    /// The grant the sequencer hands image jobs for `bucket`: this server's endpoint and key.
+    /// This server's endpoint and operator key for `bucket`: what the sequencer reads
+    /// results with. (Miners get per-job keys from [`LocalS3::issuer`]; see
+    /// [`LocalS3::configure`].)
     pub fn grant(&self, bucket: &str) -> S3Grant {
         S3Grant {
             endpoint: self.endpoint(),
             bucket: bucket.to_owned(),
-            access_key_id: self.access_key.clone(),
-            secret_access_key: self.secret_key.clone(),
+            access_key_id: self.keys.admin_key.clone(),
+            secret_access_key: self.keys.admin_secret.clone(),
             session_token: String::new(),
         }
+    }
+
+    /// Mints per-job keys scoped to one object of this server.
+    pub fn issuer(&self) -> Issuer {
+        Issuer(self.keys.clone())
+    }
+
+    /// Points `config` at this server for `bucket`: the operator key for the sequencer's own
+    /// reads, per-job keys for the miners, and objects checked before a result is accepted.
+    pub fn configure(&self, config: &mut crate::SequencerConfig, bucket: &str) {
+        config.s3 = Some(self.grant(bucket));
+        config.s3_issuer = Some(self.issuer());
+        config.verify_s3_objects = true;
     }
 
     /// Stops accepting and ends open connections.

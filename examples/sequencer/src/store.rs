@@ -149,6 +149,33 @@ CREATE TABLE IF NOT EXISTS results (
     verdict TEXT NOT NULL,
     credited INTEGER NOT NULL DEFAULT 0
 );
+-- Every assignment of a job (the latest per miner): who took it, when, from where, and
+-- whether the request was signed by the wallet's bound identity. A miner that took a job
+-- may still deliver it after its assignment expired, while the job has no result.
+CREATE TABLE IF NOT EXISTS assignments (
+    job_id TEXT NOT NULL,
+    miner_id TEXT NOT NULL,
+    assigned_at_ms INTEGER NOT NULL,
+    peer TEXT NOT NULL,
+    signed INTEGER NOT NULL,
+    -- The identity whose hourly signature the request carried, bound or not: only it may
+    -- deliver the job.
+    identity TEXT,
+    PRIMARY KEY (job_id, miner_id)
+);
+CREATE INDEX IF NOT EXISTS assignments_peer ON assignments(peer, signed);
+-- Reward wallet -> identity wallet: set by the operator, by the reward wallet's own signed
+-- binding, or by the first identity whose submission was accepted (trust on first use).
+CREATE TABLE IF NOT EXISTS bindings (
+    reward TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    source TEXT NOT NULL,
+    signed_at INTEGER NOT NULL DEFAULT 0,
+    bound_at_ms INTEGER NOT NULL,
+    -- 1 once the wallet's miner has signed a job by name (`job_signature`): from then on its
+    -- submissions and requests must be signed so.
+    strict INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS miners (
     miner_id TEXT PRIMARY KEY,
     hardware TEXT,
@@ -194,8 +221,27 @@ impl JobStore {
     /// the highest priority: per model and priority the queue is first in, first out, a
     /// re-queued job keeping its place. Arrival is the insert order (the rowid), not the
     /// clock: jobs queued in the same millisecond, or across a clock step, keep their order.
-    pub fn assign_next(&mut self, model_id: &str, miner_id: &str, now_ms: i64) -> Result<Option<JobRow>> {
+    ///
+    /// `signed`: the request carried the signature of the wallet's bound identity. Only such
+    /// assignments count towards a job's attempts (so requests under made-up miner ids cannot
+    /// fail the queue's jobs) and charge the miner when they expire. Unsigned requests from
+    /// one `peer` hold at most `max_unsigned_per_peer` jobs at once:
+    /// [`SequencerError::TooManyAssignments`] past that.
+    pub fn assign_next(&mut self, model_id: &str, miner_id: &str, now_ms: i64, take: Taker<'_>) -> Result<Option<JobRow>> {
         let tx = self.conn.transaction().map_err(|e| SequencerError::store("assign", e))?;
+        if !take.signed {
+            let held: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM assignments a JOIN jobs j ON j.job_id = a.job_id AND j.miner_id = a.miner_id
+                     WHERE a.peer = ?1 AND a.signed = 0 AND j.status = 'assigned'",
+                    params![take.peer],
+                    |r| r.get(0),
+                )
+                .map_err(|e| SequencerError::store("assign", e))?;
+            if held >= take.max_unsigned_per_peer {
+                return Err(SequencerError::TooManyAssignments { peer: take.peer.to_owned(), held });
+            }
+        }
         let id: Option<String> = tx
             .query_row(
                 "SELECT job_id FROM jobs WHERE status = 'queued' AND model_id = ?1
@@ -207,13 +253,68 @@ impl JobStore {
             .map_err(|e| SequencerError::store("assign", e))?;
         let Some(id) = id else { return Ok(None) };
         tx.execute(
-            "UPDATE jobs SET status = 'assigned', miner_id = ?2, assigned_at_ms = ?3, attempts = attempts + 1 WHERE job_id = ?1",
-            params![id, miner_id, now_ms],
+            "UPDATE jobs SET status = 'assigned', miner_id = ?2, assigned_at_ms = ?3, attempts = attempts + ?4 WHERE job_id = ?1",
+            params![id, miner_id, now_ms, i64::from(take.signed)],
+        )
+        .map_err(|e| SequencerError::store("assign", e))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO assignments (job_id, miner_id, assigned_at_ms, peer, signed, identity) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, miner_id, now_ms, take.peer, take.signed, take.identity],
         )
         .map_err(|e| SequencerError::store("assign", e))?;
         let row = get_job(&tx, &id)?;
         tx.commit().map_err(|e| SequencerError::store("assign", e))?;
         Ok(row)
+    }
+
+    /// When `miner_id` was last handed `job_id`, if ever.
+    pub fn assignment(&self, job_id: &str, miner_id: &str) -> Result<Option<Assignment>> {
+        get_assignment(&self.conn, job_id, miner_id)
+    }
+
+    /// The identity bound to a reward wallet, and how it was bound.
+    pub fn binding(&self, reward: &str) -> Result<Option<Binding>> {
+        self.conn
+            .query_row(
+                "SELECT identity, source, signed_at, strict FROM bindings WHERE reward = ?1",
+                params![reward],
+                |r| Ok(Binding { identity: r.get(0)?, source: r.get(1)?, signed_at: r.get(2)?, strict: r.get(3)? }),
+            )
+            .optional()
+            .map_err(|e| SequencerError::store("binding", e))
+    }
+
+    /// Marks a wallet whose miner signs jobs by name: from now on it must.
+    pub fn set_strict(&mut self, reward: &str) -> Result<()> {
+        self.conn
+            .execute("UPDATE bindings SET strict = 1 WHERE reward = ?1", params![reward])
+            .map_err(|e| SequencerError::store("strict", e))?;
+        Ok(())
+    }
+
+    /// Binds `reward` to `identity` with `source` (`operator`, `reward-signature` or
+    /// `first-use`), following the order of authority: the operator's word is final; a
+    /// reward wallet's signed binding replaces a first-use one or an older signed one; a first
+    /// use binds only a wallet that has no binding. Returns whether it changed anything.
+    pub fn bind(&mut self, reward: &str, identity: &str, source: BindingSource, signed_at: u64, now_ms: i64) -> Result<bool> {
+        let existing = self.binding(reward)?;
+        let replace = match (source, &existing) {
+            (_, None) | (BindingSource::Operator, _) => true,
+            (BindingSource::RewardSignature, Some(b)) => {
+                b.source != BindingSource::Operator.as_str() && (b.source == BindingSource::FirstUse.as_str() || (signed_at as i64) > b.signed_at)
+            }
+            (BindingSource::FirstUse, Some(_)) => false,
+        };
+        if !replace {
+            return Ok(false);
+        }
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO bindings (reward, identity, source, signed_at, bound_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![reward, identity, source.as_str(), signed_at as i64, now_ms],
+            )
+            .map_err(|e| SequencerError::store("bind", e))?;
+        Ok(true)
     }
 
     /// A job by id.
@@ -242,14 +343,24 @@ impl JobStore {
         if has_result {
             return Err(SequencerError::AlreadySubmitted { job_id: job_id.to_owned() });
         }
-        if job.status != JobStatus::Assigned || job.miner_id.as_deref() != Some(miner_id) {
-            return Err(SequencerError::NotAssigned {
-                job_id: job_id.to_owned(),
-                miner_id: miner_id.to_owned(),
-                assigned_to: job.miner_id.clone(),
-            });
-        }
-        let latency_ms = (now_ms - job.assigned_at_ms.unwrap_or(now_ms)).max(0);
+        // The current assignee, or an earlier one whose assignment expired (an upload held up
+        // by an S3 outage, say): the first result of a miner that was handed the job wins.
+        let assigned_at_ms = if job.status == JobStatus::Assigned && job.miner_id.as_deref() == Some(miner_id) {
+            job.assigned_at_ms
+        } else {
+            match get_assignment(&tx, job_id, miner_id)? {
+                Some(a) => Some(a.assigned_at_ms),
+                None => {
+                    return Err(SequencerError::NotAssigned {
+                        job_id: job_id.to_owned(),
+                        miner_id: miner_id.to_owned(),
+                        status: job.status,
+                        assigned_to: job.miner_id.clone(),
+                    });
+                }
+            }
+        };
+        let latency_ms = (now_ms - assigned_at_ms.unwrap_or(now_ms)).max(0);
         tx.execute(
             "INSERT INTO results (job_id, miner_id, submission, received_at_ms, latency_ms, verdict) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![job_id, miner_id, submission.to_string(), now_ms, latency_ms, verdict.to_string()],
@@ -342,29 +453,32 @@ impl JobStore {
     /// them after `max_attempts`); counts the failure against that miner. Returns the ids.
     pub fn requeue_expired(&mut self, now_ms: i64, max_attempts: i64) -> Result<Vec<String>> {
         let tx = self.conn.transaction().map_err(|e| SequencerError::store("requeue", e))?;
-        let expired: Vec<(String, Option<String>, i64)> = {
+        let expired: Vec<(String, Option<String>, i64, bool)> = {
             let mut stmt = tx
                 .prepare(
-                    "SELECT job_id, miner_id, attempts FROM jobs
-                     WHERE status = 'assigned' AND assigned_at_ms + timeout_ms < ?1",
+                    "SELECT j.job_id, j.miner_id, j.attempts, COALESCE(a.signed, 1) FROM jobs j
+                     LEFT JOIN assignments a ON a.job_id = j.job_id AND a.miner_id = j.miner_id
+                     WHERE j.status = 'assigned' AND j.assigned_at_ms + j.timeout_ms < ?1",
                 )
                 .map_err(|e| SequencerError::store("requeue", e))?;
             let rows = stmt
-                .query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_map(params![now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .map_err(|e| SequencerError::store("requeue", e))?;
             rows.collect::<std::result::Result<_, _>>().map_err(|e| SequencerError::store("requeue", e))?
         };
-        for (job_id, miner_id, attempts) in &expired {
+        for (job_id, miner_id, attempts, signed) in &expired {
             let status = if *attempts >= max_attempts { "failed" } else { "queued" };
             tx.execute("UPDATE jobs SET status = ?2 WHERE job_id = ?1", params![job_id, status])
                 .map_err(|e| SequencerError::store("requeue", e))?;
-            if let Some(m) = miner_id {
+            // Anyone can ask for a job under any miner id: only a signed request's expiry is
+            // the wallet's own failure.
+            if let Some(m) = miner_id.as_ref().filter(|_| *signed) {
                 tx.execute("UPDATE miners SET jobs_failed = jobs_failed + 1 WHERE miner_id = ?1", params![m])
                     .map_err(|e| SequencerError::store("requeue", e))?;
             }
         }
         tx.commit().map_err(|e| SequencerError::store("requeue", e))?;
-        Ok(expired.into_iter().map(|(id, _, _)| id).collect())
+        Ok(expired.into_iter().map(|(id, ..)| id).collect())
     }
 
     /// Records a miner's request (and heartbeat, when it carries one).
@@ -384,20 +498,30 @@ impl JobStore {
 
     /// A miner by id.
     pub fn miner(&self, miner_id: &str) -> Result<Option<MinerRow>> {
-        Ok(self.miners()?.into_iter().find(|m| m.miner_id == miner_id))
+        Ok(self.miners_where("WHERE miner_id = ?1", [miner_id])?.pop())
     }
 
     /// Every miner, by id.
     pub fn miners(&self) -> Result<Vec<MinerRow>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT miner_id, hardware, version, model_id, first_seen_ms, last_seen_ms, jobs_done, jobs_failed
-                 FROM miners ORDER BY miner_id",
-            )
-            .map_err(|e| SequencerError::store("miners", e))?;
+        self.miners_where("ORDER BY miner_id", [])
+    }
+
+    /// The `limit` miners seen last, by id (what the portal shows: made-up ids cannot make
+    /// the page grow without bound).
+    pub fn recent_miners(&self, limit: usize) -> Result<Vec<MinerRow>> {
+        self.miners_where(
+            "WHERE miner_id IN (SELECT miner_id FROM miners ORDER BY last_seen_ms DESC LIMIT ?1) ORDER BY miner_id",
+            [limit as i64],
+        )
+    }
+
+    fn miners_where<P: rusqlite::Params>(&self, clause: &str, params: P) -> Result<Vec<MinerRow>> {
+        let sql = format!(
+            "SELECT miner_id, hardware, version, model_id, first_seen_ms, last_seen_ms, jobs_done, jobs_failed FROM miners {clause}"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| SequencerError::store("miners", e))?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(params, |r| {
                 Ok(MinerRow {
                     miner_id: r.get(0)?,
                     hardware: r.get(1)?,
@@ -432,6 +556,77 @@ impl JobStore {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| SequencerError::store("status", e))?;
         rows.collect::<std::result::Result<_, _>>().map_err(|e| SequencerError::store("status", e))
     }
+}
+
+/// One hand-out of a job to a miner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// When, Unix ms.
+    pub assigned_at_ms: i64,
+    /// The requesting address.
+    pub peer: String,
+    /// Whether the request carried the bound identity's signature.
+    pub signed: bool,
+    /// The identity whose signature the request carried: only it may deliver the job.
+    pub identity: Option<String>,
+}
+
+/// Who asks for a job, for [`JobStore::assign_next`].
+#[derive(Clone, Copy, Debug)]
+pub struct Taker<'a> {
+    /// The requesting address.
+    pub peer: &'a str,
+    /// Whether the request carried the bound identity's signature.
+    pub signed: bool,
+    /// The identity whose signature the request carried (bound or not).
+    pub identity: Option<&'a str>,
+    /// How many jobs unsigned requests from one address may hold at once.
+    pub max_unsigned_per_peer: i64,
+}
+
+/// How a reward wallet came to be bound to its identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingSource {
+    /// The operator's `--bind` (final).
+    Operator,
+    /// The reward wallet's own signature ([`heurist_protocol::BindIdentity`]).
+    RewardSignature,
+    /// The first identity whose submission was accepted (trust on first use).
+    FirstUse,
+}
+
+impl BindingSource {
+    /// The name stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Operator => "operator",
+            Self::RewardSignature => "reward-signature",
+            Self::FirstUse => "first-use",
+        }
+    }
+}
+
+/// A stored binding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The identity address.
+    pub identity: String,
+    /// [`BindingSource::as_str`].
+    pub source: String,
+    /// The signed binding's timestamp (0 for the others).
+    pub signed_at: i64,
+    /// Whether the wallet's miner signs jobs by name (and so must).
+    pub strict: bool,
+}
+
+fn get_assignment(conn: &Connection, job_id: &str, miner_id: &str) -> Result<Option<Assignment>> {
+    conn.query_row(
+        "SELECT assigned_at_ms, peer, signed, identity FROM assignments WHERE job_id = ?1 AND miner_id = ?2",
+        params![job_id, miner_id],
+        |r| Ok(Assignment { assigned_at_ms: r.get(0)?, peer: r.get(1)?, signed: r.get(2)?, identity: r.get(3)? }),
+    )
+    .optional()
+    .map_err(|e| SequencerError::store("assignment", e))
 }
 
 fn get_job(conn: &Connection, job_id: &str) -> Result<Option<JobRow>> {

@@ -10,13 +10,16 @@ use std::time::Duration;
 use heurist_protocol::client::{ClientConfig, SequencerClient};
 use heurist_protocol::{MinerId, MinerRequest, RequestAnswer, SubmitJob};
 use heurist_sequencer::SequencerConfig;
-use heurist_sequencer::store::{JobStatus, JobStore};
+use heurist_sequencer::store::{JobStatus, JobStore, Taker};
 use serde_json::json;
+
+/// A signed request (not capped per address).
+const TAKER: Taker<'static> = Taker { peer: "127.0.0.1", signed: true, identity: None, max_unsigned_per_peer: 0 };
 
 const KEY: &str = "fifo-key";
 
 fn assign_all(store: &mut JobStore, model: &str, now: i64) -> Vec<String> {
-    std::iter::from_fn(|| store.assign_next(model, "m", now).unwrap().map(|j| j.job_id)).collect()
+    std::iter::from_fn(|| store.assign_next(model, "m", now, TAKER).unwrap().map(|j| j.job_id)).collect()
 }
 
 #[test]
@@ -37,7 +40,7 @@ fn the_store_hands_out_in_arrival_order_per_model() {
 
     // The first three of A go out; the second one's miner vanishes and it is re-queued: it
     // is handed out again before everything queued after it.
-    let first: Vec<String> = (0..3).map(|_| store.assign_next("A", "m", 6_000).unwrap().unwrap().job_id).collect();
+    let first: Vec<String> = (0..3).map(|_| store.assign_next("A", "m", 6_000, TAKER).unwrap().unwrap().job_id).collect();
     assert_eq!(first, want_a[..3]);
     store.requeue_expired(6_000 + 1_001, 5).unwrap(); // all three expire ...
     let again = assign_all(&mut store, "A", 10_000);

@@ -81,8 +81,7 @@ async fn image_results_are_accepted_only_once_their_object_is_stored() {
     s3.create_bucket("heurist-images").unwrap();
     let mut config = heurist_sequencer::SequencerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("seq")).unwrap();
     config.api_keys = vec!["k".into()];
-    config.s3 = Some(s3.grant("heurist-images"));
-    config.verify_s3_objects = true;
+    s3.configure(&mut config, "heurist-images");
     let seq = heurist_sequencer::start(config).await.unwrap();
     let c = SequencerClient::new(ClientConfig { base_url: seq.url(), timeout: Duration::from_secs(10), ..ClientConfig::default() }).unwrap();
     let job: SubmitJob = serde_json::from_value(serde_json::json!({"job_id": "head-1", "model_id": "AnimagineXL",

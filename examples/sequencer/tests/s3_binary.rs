@@ -43,14 +43,14 @@ async fn s3_dir_runs_an_s3_server_and_grants_it_to_image_jobs() {
     let put = http.put(format!("{s3}/heurist-images/x.png")).body("x").send().await.unwrap();
     assert_eq!(put.status(), reqwest::StatusCode::FORBIDDEN, "unsigned writes refused");
 
-    // An image job carries the server's key as its temporary credentials.
+    // An image job carries a key of its own (scoped to its object), never the server's.
     let job = serde_json::json!({"job_id": "g-1", "model_id": "AnimagineXL",
         "model_input": {"SD": {"prompt": "p", "width": 64, "height": 64, "num_iterations": 4, "guidance_scale": 7, "seed": 1}}});
     assert!(http.post(format!("{seq}/submit_job")).bearer_auth("k").json(&job).send().await.unwrap().status().is_success());
     let req = serde_json::json!({"miner_id": "0x00000000000000000000000000000000000000c9-g", "model_id": "AnimagineXL", "min_deadline": 1});
     let answer: serde_json::Value = http.post(format!("{seq}/miner_request")).json(&req).send().await.unwrap().json().await.unwrap();
     let creds = answer["temp_credentials"].as_array().unwrap_or_else(|| panic!("{answer}"));
-    assert!(creds[0].as_str().unwrap().starts_with("heurist-"), "{answer}");
+    assert!(creds[0].as_str().unwrap().starts_with("HJOB"), "a per-job key: {answer}");
     assert!(creds[1].as_str().unwrap().len() >= 32, "a random secret");
     child.kill().unwrap();
     child.wait().unwrap();
