@@ -86,6 +86,46 @@ pub fn cuda_device_count() -> usize {
     }
 }
 
+/// The name of CUDA GPU `ordinal` as the driver (and so `nvidia-smi`) gives it, e.g.
+/// `NVIDIA GeForce RTX 4090`: what a miner reports as its `hardware`.
+///
+/// `None` in a build without the `cuda` feature, and when the driver cannot be loaded or has
+/// no such GPU (logged at debug level, never a panic).
+///
+/// ```
+/// # #[cfg(not(feature = "cuda"))]
+/// assert_eq!(heurist_inference::cuda_device_name(0), None);
+/// ```
+pub fn cuda_device_name(ordinal: usize) -> Option<String> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::result;
+        let ordinal = std::os::raw::c_int::try_from(ordinal).ok()?;
+        // The device query needs no context: nothing is allocated on the GPU.
+        let query = || -> std::result::Result<String, result::DriverError> {
+            result::init()?;
+            result::device::get_name(result::device::get(ordinal)?)
+        };
+        // As in `cuda_device_count`: cudarc panics when it cannot load the driver library.
+        match std::panic::catch_unwind(query) {
+            Ok(Ok(name)) => Some(name.trim().to_owned()).filter(|n| !n.is_empty()),
+            Ok(Err(err)) => {
+                tracing::debug!(%err, ordinal, "CUDA device name query failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(ordinal, "CUDA driver not loadable; no device name");
+                None
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        None
+    }
+}
+
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -153,5 +193,6 @@ mod tests {
     #[test]
     fn no_gpu_is_counted_without_the_feature() {
         assert_eq!(cuda_device_count(), 0);
+        assert_eq!(cuda_device_name(0), None);
     }
 }

@@ -85,7 +85,7 @@ mod model_cache;
 mod weights;
 
 pub use allocator::tune_allocator;
-pub use device::{DeviceSpec, ParseDeviceError, cuda_device_count};
+pub use device::{DeviceSpec, ParseDeviceError, cuda_device_count, cuda_device_name};
 pub use error::{InferenceError, Result};
 pub use llm::batch::{ChatEvent, ChatHandle, ChatServer};
 pub use llm::engine::{ChatEngine, ScoreOutput};

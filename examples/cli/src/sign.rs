@@ -4,10 +4,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
-use heurist_protocol::{Address, IdentityWallet, ProtocolError, Signature, SignedHour, verify_hourly};
+use heurist_protocol::{Address, ProtocolError, Signature, SignedHour, verify_hourly};
 
 use crate::Outcome;
-use crate::wallet::{KeysDir, parse_miner_id};
+use crate::wallet::{KeysDir, load, parse_miner_id};
 
 #[derive(Args, Debug)]
 pub(crate) struct SignArgs {
@@ -45,7 +45,7 @@ fn now() -> anyhow::Result<u64> {
 pub(crate) fn run_sign(args: SignArgs) -> anyhow::Result<Outcome> {
     let id = parse_miner_id(&args.address)?;
     let dir = args.keys.resolve()?;
-    let wallet = IdentityWallet::load_for(&dir, &id)?;
+    let (wallet, _) = load(&dir, &id)?;
     let time = match args.time {
         Some(t) => t,
         None => now()?,

@@ -1,7 +1,7 @@
 //! `heurist wallet new|show|restore`.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -68,6 +68,16 @@ pub(crate) fn parse_miner_id(s: &str) -> anyhow::Result<MinerId> {
     s.parse::<MinerId>().with_context(|| format!("--address {s:?}"))
 }
 
+/// Loads the identity for `id`, warning on standard error when its key file was readable or
+/// writable by group or others (and so was set to 0600, or could not be).
+pub(crate) fn load(dir: &Path, id: &MinerId) -> anyhow::Result<(IdentityWallet, PathBuf)> {
+    let loaded = IdentityWallet::load_for(dir, id)?;
+    if let Some(w) = loaded.warning() {
+        eprintln!("warning: {w}");
+    }
+    Ok((loaded.wallet, loaded.path))
+}
+
 pub(crate) fn run(cmd: WalletCommand) -> anyhow::Result<Outcome> {
     match cmd {
         WalletCommand::New { address, keys, force } => {
@@ -81,8 +91,8 @@ pub(crate) fn run(cmd: WalletCommand) -> anyhow::Result<Outcome> {
         WalletCommand::Show { address, keys, show_phrase } => {
             let id = parse_miner_id(&address)?;
             let dir = keys.resolve()?;
-            let wallet = IdentityWallet::load_for(&dir, &id)?;
-            print_wallet(&wallet, Some(key_file_path(&dir, &id)), show_phrase);
+            let (wallet, path) = load(&dir, &id)?;
+            print_wallet(&wallet, Some(path), show_phrase);
         }
         WalletCommand::Restore { address, keys, force } => {
             let id = parse_miner_id(&address)?;

@@ -86,6 +86,31 @@ fn new_wallet_is_stored_and_shown() {
     assert!(stderr(&missing).contains("no identity key file"));
 }
 
+#[cfg(unix)]
+#[test]
+fn key_files_end_owner_only_after_force_and_loose_ones_are_tightened_on_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let set = |p: &std::path::Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let k = keys.path().to_str().unwrap();
+    let file = keys.path().join(format!("{REWARD}.txt"));
+    std::fs::write(&file, "old key file\n").unwrap();
+    set(&file, 0o666);
+    let out = heurist(&["wallet", "new", "--address", REWARD, "--keys", k, "--force"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode(&file), 0o600, "--force over a 0666 file must leave it 0600");
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("Seed Phrase: "));
+
+    // A key file others can read still loads, but is set to 0600 and named on stderr.
+    set(&file, 0o644);
+    let shown = heurist(&["wallet", "show", "--address", REWARD, "--keys", k], None);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert_eq!(mode(&file), 0o600);
+    let warning = stderr(&shown);
+    assert!(warning.contains("warning:") && warning.contains(&file.display().to_string()) && warning.contains("0644"), "{warning}");
+}
+
 #[test]
 fn job_check_prints_the_clamped_form_and_names_bad_fields() {
     let job = r#"{"job_id":"j","model_id":"AAMXLAnimeMix","model_input":{"SD":{"prompt":"p","height":1023,"width":4000,"num_iterations":99,"guidance_scale":4,"seed":5}}}"#;

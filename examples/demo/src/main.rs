@@ -40,6 +40,9 @@ use heurist_sequencer::s3::LocalS3;
 use heurist_sequencer::{AuditPolicy, AuditVerdict, Auditor, SequencerConfig};
 use serde_json::{Value, json};
 
+/// Where every miner of the demo runs its models; each reports this device's real name as its
+/// `hardware` (`heurist_miner::devices::hardware_name`), as an honest miner must.
+const DEVICE: DeviceSpec = DeviceSpec::Cpu;
 /// The registry name the demo serves SmolLM2 under.
 const MODEL: &str = "smollm2-135m-instruct";
 /// The registry name the demo serves the tiny SD 1.5 checkpoint under (type `sd15`).
@@ -220,8 +223,8 @@ fn image_jobs(args: &Args, examples: &[&str], count: usize, model: &str, prefix:
 
 /// The cheater: answers every job at once with made-up text instead of running the model,
 /// and signs it properly — only an audit can tell.
-async fn cheat(client: SequencerClient, id: MinerId, wallet: IdentityWallet, stop: tokio::sync::watch::Receiver<bool>) {
-    let request = MinerRequest { miner_id: id.clone(), model_id: MODEL.into(), min_deadline: None, hardware: Some("NVIDIA GeForce RTX 4090".into()), version: Some("llm-v1.2.0".into()), extra: Default::default() };
+async fn cheat(client: SequencerClient, id: MinerId, wallet: IdentityWallet, hardware: String, stop: tokio::sync::watch::Receiver<bool>) {
+    let request = MinerRequest { miner_id: id.clone(), model_id: MODEL.into(), min_deadline: None, hardware: Some(hardware), version: Some("llm-v1.2.0".into()), extra: Default::default() };
     while !*stop.borrow() {
         match client.request_job(&request).await {
             Ok(RequestAnswer::Job(job)) => {
@@ -276,14 +279,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)?;
     let model_path = smollm2()?;
     println!("[1/5] loading {} on the CPU", model_path.display());
-    let engine = Arc::new(SharedEngine::new(tokio::task::spawn_blocking(move || ChatEngine::load_gguf(model_path, DeviceSpec::Cpu)).await??));
+    let engine = Arc::new(SharedEngine::new(tokio::task::spawn_blocking(move || ChatEngine::load_gguf(model_path, DEVICE)).await??));
 
     let sd_runner = {
         let specs = [
             CheckpointSpec { model_id: SD_MODEL.into(), path: tiny_sd15() },
             CheckpointSpec { model_id: SDXL_MODEL.into(), path: tiny_sdxl() },
         ];
-        Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, DeviceSpec::Cpu)).await??)
+        Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, DEVICE)).await??)
     };
     let s3 = LocalS3::start(tmp.path().join("s3"), "demo-access-key", "demo-secret-key").await?;
     s3.create_bucket(BUCKET)?;
@@ -299,8 +302,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.api_keys = vec![API_KEY.into()];
     config.rules = rules_file(tmp.path())?.display().to_string();
     let limits = MinerLimits { sleep_duration: 1, ..MinerLimits::default() };
-    config.s3 = Some(grant.clone());
-    config.verify_s3_objects = true;
+    // Miners get per-job keys scoped to their own object; the auditor reads with the
+    // operator's key.
+    s3.configure(&mut config, BUCKET);
     let image_auditor = ImageAuditor {
         rerun: Arc::new(Rerun { runner: sd_runner.clone(), limits: limits.clone() }),
         grant,
@@ -345,6 +349,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
+    let hardware = heurist_miner::devices::hardware_name(DEVICE);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut honest = Vec::new();
@@ -360,7 +365,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             spool: Spool::open(tmp.path().join(format!("spool-{tag}")))?,
             limits: MinerLimits { concurrency_soft_limit: 1, ..limits.clone() },
             version: "llm-v1.2.0".into(),
-            hardware: "NVIDIA GeForce RTX 4090".into(),
+            hardware: hardware.clone(),
             stats,
         });
         let stop = stop_rx.clone();
@@ -394,7 +399,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             spool: Spool::open(tmp.path().join(format!("spool-{tag}")))?,
             limits: limits.clone(),
             version: "sd-v1.4.0".into(),
-            hardware: "NVIDIA GeForce RTX 4090".into(),
+            hardware: hardware.clone(),
             stats,
         });
         let stop = stop_rx.clone();
@@ -404,9 +409,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let image_cheater = image_cheater.context("the image cheater")?;
     let cheater: MinerId = "0x00000000000000000000000000000000c4ea7e55-mallory".parse()?;
-    tasks.spawn(cheat(client.clone(), cheater.clone(), IdentityWallet::generate()?, stop_rx.clone()));
+    tasks.spawn(cheat(client.clone(), cheater.clone(), IdentityWallet::generate()?, hardware.clone(), stop_rx.clone()));
     println!("[4/5] miners: alice and bob (honest, SmolLM2 on this CPU), mallory (answers without running the model);");
     println!("      carol (honest, {SD_MODEL} on this CPU), dave (honest, {SDXL_MODEL} on this CPU), eve ({SD_MODEL}, runs a third of the steps an image job asks for)");
+    println!("      each reports the device it runs on as its hardware: {hardware:?}");
 
     // Wait for every job to be done and audited.
     let mut last = String::new();

@@ -4,6 +4,7 @@
 //! `main.rs` counts the GPUs at run time (`heurist_inference::cuda_device_count`) and asks
 //! [`assign`] for a device per miner id; it then loads one engine per distinct device, so
 //! CPU workers share a single engine. Kept pure so the rule is tested without a GPU.
+//! [`hardware_name`] is what a worker reports as its `hardware`: the device it runs on.
 
 use heurist_inference::DeviceSpec;
 
@@ -44,6 +45,42 @@ pub fn assign(ids: usize, gpus: usize, flag: DeviceSpec) -> Result<Vec<DeviceSpe
             .map(|ordinal| DeviceSpec::Cuda { ordinal })
             .collect()),
     }
+}
+
+/// What a worker on `device` reports as its `hardware`: the device it really runs on.
+///
+/// A CUDA GPU by the name its driver gives (what `nvidia-smi` prints, e.g. `NVIDIA GeForce
+/// RTX 4090`), or `cuda:N` when the name cannot be read; the CPU as [`cpu_name`] gives it.
+/// Device metrics that do not match the hardware named are a cheat the network checks for,
+/// so an honest miner never claims a GPU it does not run on. `auto` names what it opens:
+/// GPU 0 when one answers, else the CPU.
+pub fn hardware_name(device: DeviceSpec) -> String {
+    match device {
+        DeviceSpec::Cpu => cpu_name(),
+        DeviceSpec::Cuda { ordinal } => heurist_inference::cuda_device_name(ordinal).unwrap_or_else(|| device.to_string()),
+        DeviceSpec::Auto if heurist_inference::cuda_device_count() > 0 => hardware_name(DeviceSpec::Cuda { ordinal: 0 }),
+        DeviceSpec::Auto => cpu_name(),
+    }
+}
+
+/// The CPU as `hardware`: `CPU: <model name>` from `/proc/cpuinfo` (e.g. `CPU: Intel(R)
+/// Xeon(R) Platinum 8488C`), or `CPU` where that file or its `model name` line is missing.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| cpu_model_name(&text))
+        .map_or_else(|| "CPU".to_owned(), |model| format!("CPU: {model}"))
+}
+
+/// The first `model name` of a `/proc/cpuinfo` text, with runs of white space made single
+/// (some CPUs pad their brand string); `None` when there is none or it is empty.
+fn cpu_model_name(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(key, _)| key.trim() == "model name")
+        .map(|(_, value)| value.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|name| !name.is_empty())
 }
 
 #[cfg(test)]
@@ -93,5 +130,27 @@ mod tests {
             );
             assert_eq!(assign(3, gpus, cuda(1)), Ok(vec![cuda(1); 3]));
         }
+    }
+
+    #[test]
+    fn the_cpu_is_named_by_its_model_name() {
+        let info = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 143\n\
+                    model name\t: Intel(R) Xeon(R)   CPU  E5-2670 0 @ 2.60GHz\nprocessor\t: 1\n\
+                    model name\t: Intel(R) Xeon(R) CPU E5-2670 0 @ 2.60GHz\n";
+        assert_eq!(cpu_model_name(info).as_deref(), Some("Intel(R) Xeon(R) CPU E5-2670 0 @ 2.60GHz"));
+        // `model` alone is not `model name`; an empty name or none at all (some ARM kernels)
+        // gives nothing, and `cpu_name` falls back to `CPU`.
+        assert_eq!(cpu_model_name("model\t: 143\nmodel name\t:   \n"), None);
+        assert_eq!(cpu_model_name("processor\t: 0\nBogoMIPS\t: 50.00\n"), None);
+        let here = cpu_name();
+        assert!(here == "CPU" || here.starts_with("CPU: "), "{here}");
+        assert_eq!(hardware_name(DeviceSpec::Cpu), here);
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_gpu_whose_name_cannot_be_read_is_named_by_its_ordinal() {
+        assert_eq!(hardware_name(cuda(1)), "cuda:1");
+        assert_eq!(hardware_name(DeviceSpec::Auto), cpu_name());
     }
 }

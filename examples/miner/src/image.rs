@@ -221,6 +221,7 @@ impl ImageWorker {
                 version: heartbeat.then(|| self.version.clone()),
                 extra: Default::default(),
             };
+            let request = crate::signed_request(request, &self.wallet);
             let asked = Instant::now();
             match poll.answer(self.client.request_job(&request).await) {
                 Polled::Job(job) => self.serve(*job, asked.elapsed().as_secs_f64(), &stop).await,
@@ -323,7 +324,7 @@ impl ImageWorker {
             upload_latency: Nullable::Absent,
             extra: Default::default(),
             received_at_ms,
-            expires_at_ms: received_at_ms + 2 * 1000 * self.limits.sd_timeout_seconds as i64,
+            expires_at_ms: received_at_ms + 1000 * self.limits.sd_timeout_seconds as i64 + crate::RESULT_GRACE_MS,
             upload: Some(PendingUpload { bucket: self.bucket.clone(), credentials }),
         };
         // The PNG, then the record, on disk before the upload starts.

@@ -101,7 +101,9 @@ struct Args {
     /// cpu, or cuda / cuda:N (every worker on that one device).
     #[arg(long, default_value = "auto")]
     device: DeviceSpec,
-    /// Sent as `hardware` in heartbeats [default: the device].
+    /// Sent as `hardware` in heartbeats and signals [default: the device each worker runs on:
+    /// the GPU as nvidia-smi names it, or `CPU: <model name>`]. Name only hardware you run on:
+    /// metrics that do not match it are a cheat the network checks for.
     #[arg(long)]
     hardware: Option<String>,
     /// The reward rules the status lines' points estimate uses: a preset (`seed`, `later`) or
@@ -162,12 +164,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut all_stats = Vec::new();
     let wallets = miner_ids
         .iter()
-        .map(|id| IdentityWallet::load_for(&keys_dir, id).map(Arc::new).with_context(|| format!("identity for {id}")))
+        .map(|id| {
+            let loaded = IdentityWallet::load_for(&keys_dir, id).with_context(|| format!("identity for {id}"))?;
+            if let Some(l) = &loaded.loose_permissions {
+                tracing::warn!(path = %loaded.path.display(), "identity key file {l}");
+            }
+            Ok(Arc::new(loaded.wallet))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let gpus = heurist_inference::cuda_device_count();
     let devices = heurist_miner::devices::assign(miner_ids.len(), gpus, args.device)?;
     tracing::info!(gpus, flag = %args.device, devices = ?devices.iter().map(ToString::to_string).collect::<Vec<_>>(), "one worker per miner id on these devices");
-    let hardware = |device: DeviceSpec| args.hardware.clone().unwrap_or_else(|| device.to_string());
+    let hardware = |device: DeviceSpec| args.hardware.clone().unwrap_or_else(|| heurist_miner::devices::hardware_name(device));
     let model_store = || -> anyhow::Result<ModelStore> {
         Ok(ModelStore::new(expand_home(&reference.storage.base_dir).join("models"))?.with_progress(true))
     };

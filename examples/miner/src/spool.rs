@@ -62,7 +62,7 @@ pub struct PendingUpload {
 impl Finished {
     /// The `miner_submit` body, signed for the hour of `now_s`.
     pub fn signed(&self, wallet: &IdentityWallet, now_s: u64) -> Result<MinerSubmit> {
-        Ok(MinerSubmit {
+        let mut submit = MinerSubmit {
             miner_id: self.miner_id.clone(),
             job_id: self.job_id.clone(),
             result: self.result.clone(),
@@ -73,7 +73,10 @@ impl Finished {
             signature: wallet.sign_hourly(&self.miner_id, now_s)?,
             identity_address: wallet.address().clone(),
             extra: self.extra.clone(),
-        })
+        };
+        // Names the job, so the hourly signature cannot be replayed on another one.
+        submit.sign_job(wallet, now_s)?;
+        Ok(submit)
     }
 }
 

@@ -235,6 +235,7 @@ impl LlmWorker {
                 version: heartbeat.then(|| self.version.clone()),
                 extra: Default::default(),
             };
+            let request = crate::signed_request(request, &self.wallet);
             let asked = Instant::now();
             match poll.answer(self.client.request_job(&request).await) {
                 Polled::Job(job) => {
@@ -310,7 +311,7 @@ impl LlmWorker {
             received_at_ms,
             // A late result earns nothing but the sequencer may still take it; past twice the
             // timeout it is dropped.
-            expires_at_ms: received_at_ms + 2 * 1000 * self.limits.llm_timeout_seconds as i64,
+            expires_at_ms: received_at_ms + 1000 * self.limits.llm_timeout_seconds as i64 + crate::RESULT_GRACE_MS,
             upload: None,
         };
         // On disk before anything is sent: from here on the result cannot be lost.

@@ -207,6 +207,29 @@ async fn s3_refusing_puts_holds_the_submission_back() {
     assert_eq!(rig.credits().await, ["s3-no"]);
 }
 
+/// An S3 outage of 100 s (HEURIST_S3_OUTAGE_S to change it) loses no image job: the miner
+/// keeps retrying its upload past the 18 s timeout (the sequencer re-queues the job
+/// meanwhile), and the sequencer takes the late result of the miner that was handed the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_s3_outage_loses_no_image_job() {
+    let outage = Duration::from_secs(std::env::var("HEURIST_S3_OUTAGE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(100));
+    let mut rig = Rig::new().await;
+    rig.queue(&[("s3-outage", 24, 9)]).await;
+    let spool = Spool::open(rig.dir.path().join("spool")).unwrap();
+    rig.s3_proxy.set(|_, _| Fault::Refuse(503));
+    let (worker, stats) = image_worker(MINER, &rig.seq_url(), &rig.s3_proxy.url(), &spool, Arc::new(GradientRunner::default()));
+    let (tx, task) = spawn(worker);
+    tokio::time::sleep(outage).await;
+    assert_eq!(rig.job("s3-outage").await["job"]["status"], "queued", "the sequencer re-queued the job meanwhile");
+    assert_eq!(spool.pending().unwrap().len(), 1, "the miner still holds the finished job");
+    rig.s3_proxy.set(|_, _| Fault::Pass);
+    wait_until(Duration::from_secs(60), "the job delivered after the outage", || stats.done.load(Ordering::Relaxed) == 1).await;
+    stop(tx, task).await;
+    assert_eq!(rig.job("s3-outage").await["result"]["verdict"]["status"], "accepted");
+    rig.assert_stored("s3-outage", MINER, 24, 9);
+    assert_eq!(rig.credits().await, ["s3-outage"]);
+}
+
 /// A job the clamping rules refuse (a 4-pixel side), as a broken or hostile sequencer
 /// might send it.
 const MALFORMED: &str = r#"{"job_id":"malformed","model_id":"AnimagineXL","model_input":{"SD":{"prompt":"x","width":4,"height":4,"num_iterations":4,"guidance_scale":7,"seed":1}},"temp_credentials":["a","b","c"]}"#;

@@ -112,9 +112,9 @@ pub fn client(url: &str) -> SequencerClient {
 pub fn sequencer_config(dir: &Path, listen: SocketAddr, s3: &LocalS3) -> SequencerConfig {
     let mut c = SequencerConfig::new(listen, dir.to_path_buf()).unwrap();
     c.api_keys = vec![KEY.into()];
-    c.s3 = Some(s3.grant(BUCKET));
-    // The sequencer checks the PNG is in the bucket before it accepts the key.
-    c.verify_s3_objects = true;
+    // Per-job keys for the miners; the sequencer checks the PNG is in the bucket before it
+    // accepts the key.
+    s3.configure(&mut c, BUCKET);
     c
 }
 
@@ -283,7 +283,8 @@ pub fn image_worker(
         spool: spool.clone(),
         limits: heurist_protocol::MinerLimits { sleep_duration: 0, ..heurist_protocol::MinerLimits::default() },
         version: "sd-v1.4.0".into(),
-        hardware: "NVIDIA GeForce RTX 4090".into(),
+        // What it runs on: the gradient runner is CPU work, so no GPU is claimed.
+        hardware: heurist_miner::devices::cpu_name(),
         stats: stats.clone(),
     };
     (worker, stats)
