@@ -16,6 +16,8 @@ mod metrics;
 #[cfg(feature = "inference")]
 mod seeded;
 mod signatures;
+#[cfg(feature = "inference")]
+mod tool_order;
 
 use std::path::PathBuf;
 
