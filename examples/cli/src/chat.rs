@@ -2,8 +2,9 @@
 //!
 //! A thin layer over heurist-inference's `ChatEngine`: load a GGUF file or a Hugging Face
 //! model directory (optionally with another `tokenizer.json`), read an OpenAI `messages` array,
-//! and print the ChatCompletion (`choices` and `usage`) as JSON, or with `--stream` the text as
-//! it is generated, in the word-sized pieces the network streams.
+//! and print the ChatCompletion (`choices` and `usage`) as JSON, with `--stream` the text as
+//! it is generated, in the word-sized pieces the network streams, or with `--prompt-only` the
+//! rendered prompt.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,11 @@ pub(crate) struct ChatArgs {
     /// Print the text as it is generated instead of the ChatCompletion JSON.
     #[arg(long)]
     stream: bool,
+    /// Print only the prompt the model's chat template renders for the messages, byte for
+    /// byte (transformers' `apply_chat_template(messages, add_generation_prompt=True,
+    /// tokenize=False)`), and generate nothing: for debugging templates.
+    #[arg(long, conflicts_with = "stream")]
+    prompt_only: bool,
     /// cpu, cuda, cuda:N or auto (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
@@ -68,7 +74,11 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
 
     let engine = load(&args.model, args.tokenizer.as_deref(), args.device)?;
     let mut stdout = std::io::stdout().lock();
-    if args.stream {
+    if args.prompt_only {
+        // No newline of our own: the output is the prompt exactly.
+        stdout.write_all(engine.render_prompt(&request.messages)?.as_bytes())?;
+        stdout.flush()?;
+    } else if args.stream {
         let mut failed = None;
         engine.chat_stream(&request, &mut |piece| {
             if failed.is_none()

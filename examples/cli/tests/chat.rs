@@ -39,6 +39,23 @@ fn messages() -> Vec<ChatMessage> {
     ChatMessage::parse_list(MESSAGES).unwrap()
 }
 
+/// `--prompt-only` prints the prompt exactly as llama-cpp-python 0.3.36 rendered it from the
+/// same GGUF's chat template (the fixture's `rendered_prompt`, with Jinja2), for every case.
+#[test]
+fn prompt_only_prints_the_rendered_prompt_as_llama_cpp_python_renders_it() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../heurist-inference/tests/fixtures/llama-cpp/smollm2_greedy.json");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let out = heurist_chat(&["--messages", "-", "--prompt-only"], &case["messages"].to_string());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), case["rendered_prompt"].as_str().unwrap(), "{}", case["name"]);
+    }
+    let both = heurist_chat(&["--messages", "-", "--prompt-only", "--stream"], MESSAGES);
+    assert!(!both.status.success(), "--prompt-only and --stream together are refused");
+}
+
 #[test]
 fn prints_the_chat_completion_json() {
     let out = heurist_chat(&["--messages", "-", "--max-tokens", "12"], MESSAGES);

@@ -28,6 +28,22 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// An image job's submission, signed for this hour.
+fn image_result(id: &MinerId, job_id: &str, wallet: &IdentityWallet) -> MinerSubmit {
+    MinerSubmit {
+        miner_id: id.clone(),
+        job_id: job_id.to_owned(),
+        result: SubmitResult::S3Key(SubmitResult::s3_key_for(job_id, id)),
+        request_latency: 0.0,
+        loading_latency: Nullable::Null,
+        inference_latency: 1.0,
+        upload_latency: Nullable::Value(0.1),
+        signature: wallet.sign_hourly(id, now()).unwrap(),
+        identity_address: wallet.address().clone(),
+        extra: Default::default(),
+    }
+}
+
 fn config(dir: &std::path::Path, port: u16) -> SequencerConfig {
     let mut c = SequencerConfig::new(([127, 0, 0, 1], port).into(), dir.to_path_buf()).unwrap();
     c.api_keys = vec![KEY.into()];
@@ -90,18 +106,7 @@ async fn hundred_miners_ten_thousand_jobs_with_a_restart() {
                     },
                 };
                 empty = 0;
-                let submit = MinerSubmit {
-                    miner_id: id.clone(),
-                    job_id: job.job_id.clone(),
-                    result: SubmitResult::S3Key(SubmitResult::s3_key_for(&job.job_id, &id)),
-                    request_latency: 0.0,
-                    loading_latency: Nullable::Null,
-                    inference_latency: 1.0,
-                    upload_latency: Nullable::Value(0.1),
-                    signature: wallet.sign_hourly(&id, now()).unwrap(),
-                    identity_address: wallet.address().clone(),
-                    extra: Default::default(),
-                };
+                let submit = image_result(&id, &job.job_id, &wallet);
                 match c.submit(&submit).await {
                     Ok(_) => {
                         accepted.lock().unwrap().push(job.job_id.clone());
@@ -217,18 +222,7 @@ async fn fifty_miners_honest_and_hostile() {
                             continue;
                         }
                     };
-                    let mut submit = MinerSubmit {
-                        miner_id: id.clone(),
-                        job_id: job.job_id.clone(),
-                        result: SubmitResult::S3Key(SubmitResult::s3_key_for(&job.job_id, &id)),
-                        request_latency: 0.0,
-                        loading_latency: Nullable::Null,
-                        inference_latency: 1.0,
-                        upload_latency: Nullable::Value(0.1),
-                        signature: wallet.sign_hourly(&id, now()).unwrap(),
-                        identity_address: wallet.address().clone(),
-                        extra: Default::default(),
-                    };
+                    let mut submit = image_result(&id, &job.job_id, &wallet);
                     submit.sign_job(&wallet, now()).unwrap();
                     sent.fetch_add(1, Ordering::Relaxed);
                     match c.submit(&submit).await {
