@@ -354,7 +354,6 @@ async fn miner_submit(State(state): State<Shared>, ConnectInfo(peer): ConnectInf
     // A refusal here charges nobody: anyone can name any miner in a forged body.
     check_identity(&state, &submit, (now / 1000) as u64)?;
     let miner = submit.miner_id.to_string();
-    check_peer(&state, &submit, peer).await?;
     if let SubmitResult::S3Key(key) = &submit.result
         && state.config.verify_s3_objects
     {
@@ -364,7 +363,8 @@ async fn miner_submit(State(state): State<Shared>, ConnectInfo(peer): ConnectInf
     let submission = serde_json::to_value(&submit).map_err(|e| SequencerError::BadInput { what: "body", reason: e.to_string() })?;
     let job_id = submit.job_id.clone();
     let audited = submit.clone();
-    let outcome = blocking(&state, move |s| accept(s, &Answer::from(&submit), &submission, now)).await?;
+    let peer = peer.ip().to_string();
+    let outcome = blocking(&state, move |s| accept(s, &Answer::from(&submit), &peer, &submission, now)).await?;
     tracing::info!(job_id, miner, points = outcome.points, "accepted");
     if let Some(policy) = state.config.audit.clone()
         && rand::random::<f64>() < policy.rate
@@ -378,28 +378,6 @@ async fn miner_submit(State(state): State<Shared>, ConnectInfo(peer): ConnectInf
         });
     }
     Ok(Json(json!({"status": "accepted", "job_id": job_id, "points": outcome.points, "currency": outcome.currency})))
-}
-
-/// A submission without a per-job signature must come from the address the job was handed
-/// to: the hourly signature alone is good for any job of its hour, so one seen elsewhere must
-/// not let a third party deliver (and be audited) in the miner's name.
-async fn check_peer(state: &Shared, submit: &MinerSubmit, peer: SocketAddr) -> Result<()> {
-    if submit.extra.contains_key(MinerSubmit::JOB_SIGNATURE_FIELD) {
-        return Ok(()); // checked in check_identity: it names the job
-    }
-    let (job_id, miner) = (submit.job_id.clone(), submit.miner_id.to_string());
-    let assignment = blocking(state, move |s| lock(&s.store).assignment(&job_id, &miner)).await?;
-    match assignment {
-        Some(a) if a.peer != peer.ip().to_string() => Err(SequencerError::Refused {
-            reason: format!(
-                "job {:?} was handed to a request from {}, and this unsigned-by-job submission comes from {}",
-                submit.job_id,
-                a.peer,
-                peer.ip()
-            ),
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// `POST /bind_identity`: a reward wallet names its identity wallet with its own signature
@@ -515,7 +493,7 @@ impl<'a> From<&'a MinerSubmit> for Answer<'a> {
 }
 
 /// Stores the result, then credits its points. Runs on a blocking thread.
-fn accept(state: &AppState, submit: &Answer<'_>, submission: &Value, now: i64) -> Result<Accepted> {
+fn accept(state: &AppState, submit: &Answer<'_>, peer: &str, submission: &Value, now: i64) -> Result<Accepted> {
     let mut store = lock(&state.store);
     let job = store.job(submit.job_id)?.ok_or_else(|| SequencerError::UnknownJob { job_id: submit.job_id.to_owned() })?;
     let expected_kind = match submit.result {
@@ -555,6 +533,18 @@ fn accept(state: &AppState, submit: &Answer<'_>, submission: &Value, now: i64) -
     {
         return Err(SequencerError::Refused {
             reason: format!("job {:?} was asked for by identity {requested_by}, not {}", submit.job_id, submit.identity),
+        });
+    }
+    // Without a per-job signature (checked in `check_identity`: it names the job), a
+    // submission must come from the address the job was handed to: the hourly signature alone
+    // is good for any job of its hour, so one seen elsewhere must not let a third party
+    // deliver (and be audited) in the miner's name.
+    if let Some(a) = assignment.as_ref().filter(|a| !submit.job_signed && a.peer != peer) {
+        return Err(SequencerError::Refused {
+            reason: format!(
+                "job {:?} was handed to a request from {}, and this submission, not signed by job, comes from {peer}",
+                submit.job_id, a.peer
+            ),
         });
     }
     let record = job_record(state, &job, submit, &store)?;
