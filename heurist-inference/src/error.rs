@@ -190,13 +190,12 @@ pub enum InferenceError {
         context_length: usize,
     },
 
-    /// `max_tokens` is 0 or above the limit.
-    #[error("max_tokens {max_tokens} is out of range (expected 1 to {limit})")]
+    /// `max_tokens` is 0: nothing to generate. There is no upper bound: the context length
+    /// cuts a long one short (finish reason `length`).
+    #[error("max_tokens {max_tokens} is out of range (expected at least 1)")]
     InvalidMaxTokens {
         /// The requested value.
         max_tokens: usize,
-        /// The largest accepted value.
-        limit: usize,
     },
 
     /// A sampling parameter outside its range.
@@ -478,13 +477,16 @@ pub enum InferenceError {
         wanted: String,
     },
 
-    /// An image side that is below 8 pixels, so nothing is left after rounding down to 8.
-    #[error("image {name} {value} is out of range (expected 8 to 2048 pixels)")]
+    /// An image side this engine cannot run: below 8 pixels (nothing is left after rounding
+    /// down to 8) or above its bound ([`crate::image::MAX_IMAGE_SIDE`]).
+    #[error("image {name} {value} is out of range (expected 8 to {max} pixels)")]
     InvalidImageSize {
         /// `width` or `height`.
         name: &'static str,
         /// The requested value.
         value: u32,
+        /// The largest side the engine runs.
+        max: u32,
     },
 
     /// A LoRA file that is not in a layout this crate reads.

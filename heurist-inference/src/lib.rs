@@ -89,11 +89,12 @@ pub use device::{DeviceSpec, ParseDeviceError, cuda_device_count, cuda_device_na
 pub use error::{InferenceError, Result};
 pub use llm::batch::{ChatEvent, ChatHandle, ChatServer};
 pub use llm::engine::{ChatEngine, ScoreOutput};
+pub use llm::model::GgufBody;
 pub use llm::observer::{HiddenStates, NoObserver, TokenEvent, TokenObserver, WithHiddenStates};
 pub use llm::sampler::{ReplayStep, SamplerReplay, SamplingParams};
 pub use llm::request::{
-    ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, FinishReason, MAX_TOKENS_LIMIT,
-    Role, Timings, Usage,
+    ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, FinishReason, Role, Timings,
+    Usage,
 };
 pub use llm::template::ChatTemplate;
 pub use llm::tokenizer::Tokenizer;

@@ -39,7 +39,7 @@ pub(crate) struct ChatArgs {
     /// The sampler's seed; -1 (the network's "no seed") picks one at random.
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     seed: i64,
-    /// Most tokens to generate (1 to 4096; the context may cut it shorter).
+    /// Most tokens to generate (at least 1; the context length cuts it shorter).
     #[arg(long, default_value_t = DEFAULT_MAX_TOKENS)]
     max_tokens: usize,
     /// A stop string; may be given several times.

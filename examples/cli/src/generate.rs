@@ -4,6 +4,11 @@
 //! architecture comes from its tensors; `--family` only checks it), swap in a VAE and merge a
 //! LoRA if asked, read the job, run it with the reference's seeded noise and long prompt
 //! weighting, and write the PNG. Progress goes to stderr, one line a step.
+//!
+//! The job is read as a miner reads it: decoded into heurist-protocol's [`SdInput`] and clamped
+//! by [`MinerLimits::clamp`] (the network's default limits; a negative seed, the network's "no
+//! seed", drawn at random and printed), then handed to the engine as the miner's
+//! `sd::image_job` does.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +18,10 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use heurist_inference::DeviceSpec;
 use heurist_inference::image::noise::TorchCpuGenerator;
-use heurist_inference::image::{ImageEngine, ImageJob, Lora, PromptEncoding, SdFamily};
+use heurist_inference::image::{
+    ImageEngine, ImageJob, Lora, PromptEncoding, SchedulerKind, SdFamily,
+};
+use heurist_protocol::{Job, JobParams, MinerLimits, ModelInput, SdInput, SdParams};
 
 use crate::Outcome;
 
@@ -39,7 +47,8 @@ impl Family {
 pub(crate) struct GenerateArgs {
     /// The job: an SD `model_input` ({"prompt", "neg_prompt", "width", "height",
     /// "num_iterations", "guidance_scale", "seed"}, optionally wrapped in {"SD": …} or a whole
-    /// job's {"model_input": {"SD": …}}) or a file like the network's example jobs.
+    /// job's {"model_input": {"SD": …}}) or a file like the network's example jobs. Clamped to
+    /// the network's limits as a miner clamps it; seed -1 picks one at random.
     job: PathBuf,
     /// The single-file checkpoint (LDM / A1111 safetensors, SD 1.5 or SDXL).
     #[arg(long)]
@@ -64,24 +73,78 @@ pub(crate) struct GenerateArgs {
     device: DeviceSpec,
 }
 
-/// The job inside `text`: the SD input itself, or under `model_input` and/or `SD`.
-fn read_job(path: &Path) -> anyhow::Result<ImageJob> {
+/// The SD job in the file at `path` (the SD input itself, or under `model_input` and/or `SD`)
+/// as heurist-protocol decodes and clamps it for a miner: [`MinerLimits::clamp`] with the
+/// network's default limits, a negative seed drawn with `random`.
+fn read_job(path: &Path, random: impl FnOnce() -> u64) -> anyhow::Result<SdParams> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut value: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let job_id = value
+        .get("job_id")
+        .and_then(|v| v.as_str())
+        .unwrap_or("local")
+        .to_owned();
+    let model_id = value
+        .get("model_id")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
     for key in ["model_input", "SD"] {
         if let Some(inner) = value.get_mut(key) {
             value = inner.take();
         }
     }
-    serde_json::from_value(value).with_context(|| format!("{}: not an SD job", path.display()))
+    let input: SdInput = serde_json::from_value(value)
+        .with_context(|| format!("{}: not an SD job", path.display()))?;
+    let job = Job {
+        job_id,
+        model_id,
+        model_input: ModelInput::Sd(input),
+        temp_credentials: None,
+        extra: serde_json::Map::new(),
+    };
+    let clamped = MinerLimits::default()
+        .clamp(&job, random)
+        .with_context(|| format!("{}", path.display()))?;
+    match clamped.params {
+        JobParams::Sd(params) => Ok(params),
+        JobParams::Llm(_) => bail!("{}: a chat job, not an SD job", path.display()),
+    }
+}
+
+/// The engine's job for clamped protocol parameters, as the miner's `sd::image_job` builds it;
+/// a sampler the engine does not run is refused, naming it.
+fn image_job(params: &SdParams) -> anyhow::Result<ImageJob> {
+    let sampler = match &params.sampler {
+        Some(s) => Some(SchedulerKind::from_diffusers(
+            &s.class_name,
+            s.algorithm_type.as_deref(),
+            s.use_karras_sigmas,
+        )?),
+        None => None,
+    };
+    Ok(ImageJob {
+        prompt: params.prompt.clone(),
+        neg_prompt: params.neg_prompt.clone(),
+        width: params.width,
+        height: params.height,
+        steps: params.steps as usize,
+        guidance_scale: params.guidance_scale,
+        seed: params.seed,
+        sampler,
+    })
 }
 
 pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<Outcome> {
-    let job = read_job(&args.job)?;
-    // The job's own limits and errors before the (slow) model load.
-    job.checked()
+    let params = read_job(&args.job, rand::random::<u64>)?;
+    if params.seed_was_random {
+        eprintln!("seed: the job names none (-1); drew {}", params.seed);
+    }
+    // The job's errors, the engine's own included, before the (slow) model load.
+    let job = image_job(&params)
+        .and_then(|job| Ok(job.checked()?))
         .with_context(|| format!("{}", args.job.display()))?;
 
     let started = Instant::now();
@@ -113,7 +176,7 @@ pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<Outcome> {
         started.elapsed().as_secs_f64()
     );
 
-    let steps = job.checked()?.steps;
+    let steps = job.steps;
     let mut noise = TorchCpuGenerator::new(job.seed);
     let mut last = Instant::now();
     let image = engine.generate_with(

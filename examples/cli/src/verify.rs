@@ -2,8 +2,8 @@
 //!
 //! Reads a job (as `miner_request` answered it) and the `miner_submit` body answering it, and
 //! re-checks the answer on the model file given, with `heurist-verify`:
-//! - a greedy job: `check_greedy_submission` (one teacher-forced pass where that confirms the
-//!   answer, else the answer re-generated and compared);
+//! - a greedy job: `check_greedy_submission` (one teacher-forced pass: every token within the
+//!   margin of the model's best that honest engines keep, and the end where the model ends);
 //! - a sampled job: `check_sampled_submission`, by the answer's likelihood under the model (an
 //!   answer from any engine's sampler), or with `--seeded-replay` by replaying this project's
 //!   seeded sampler (for miners running `heurist-inference`; catches close substitutes the
@@ -22,7 +22,8 @@ use heurist_inference::{ChatEngine, DeviceSpec};
 use heurist_protocol::{Job, MinerSubmit};
 use heurist_verify::VerifyError;
 use heurist_verify::llm::{
-    SampledJudge, SampledSubmissionCheck, SampledThresholds, SeededThresholds, UsageTolerance, check_greedy_submission,
+    GreedyThresholds, SampledJudge, SampledSubmissionCheck, SampledThresholds, SeededThresholds, UsageTolerance,
+    check_greedy_submission,
     check_sampled_submission, check_usage_submission,
 };
 
@@ -56,17 +57,19 @@ pub(crate) fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("loading --model {}", args.model.display()))?;
     eprintln!("re-checking job {} ({}) on {}", job.job_id, job.model_id, args.model.display());
     let what = || format!("job {} by {}", job.job_id, submit.miner_id);
-    let greedy = match check_greedy_submission(&engine, &job, &submit) {
+    let greedy = match check_greedy_submission(&engine, &job, &submit, &GreedyThresholds::default()) {
         Err(VerifyError::NotGreedy { .. }) => None,
         other => Some(other.with_context(what)?),
     };
     let holds = match &greedy {
-        Some(check) if !check.matches => {
-            let claimed = heurist_verify::llm::submitted_answer(&submit)?;
-            println!("rejected: {}: {}", what(), check.evidence(&claimed));
+        Some(check) if !check.holds => {
+            println!("rejected: {}: {}", what(), check.reasons.join("; "));
             return Ok(Outcome::Rejected);
         }
-        Some(check) => format!("is the model's greedy answer ({} tokens)", check.reference_tokens),
+        Some(check) => format!(
+            "is the model's greedy answer ({} tokens, {} within the engines' margin of the model's best, {:.2} logits in all)",
+            check.tokens, check.departures, check.total_gap
+        ),
         None => {
             let judge = if args.seeded_replay {
                 SampledJudge::SeededReplay(SeededThresholds::default())

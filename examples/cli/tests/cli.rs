@@ -238,7 +238,7 @@ fn generate_runs_a_real_example_job_on_the_tiny_model() {
     std::fs::write(&job_path, job.to_string()).unwrap();
     let zero = heurist(&["generate", "--model", &model, job_arg, "--out", missing_arg], None);
     assert_eq!(zero.status.code(), Some(2));
-    assert!(stderr(&zero).contains("0 inference steps"), "{}", stderr(&zero));
+    assert!(stderr(&zero).contains("at least one step"), "{}", stderr(&zero));
     let corrupt = dir.path().join("corrupt.safetensors");
     std::fs::write(&corrupt, b"not a safetensors file").unwrap();
     job["num_inference_steps"] = 2.into();
@@ -247,6 +247,35 @@ fn generate_runs_a_real_example_job_on_the_tiny_model() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("corrupt.safetensors"), "{}", stderr(&bad));
     assert!(!missing.exists());
+}
+
+/// Issue 26: `generate` reads the job through heurist-protocol, as a miner does, so seed -1 (the
+/// network's "no seed") is a seed drawn at random, printed, and the one the image is made with.
+#[test]
+fn generate_with_seed_minus_one_draws_a_seed_and_prints_it() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let model = format!("{root}/heurist-inference/tests/fixtures/sd/tiny-sd15-fp16.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let job_path = dir.path().join("job.json");
+    let job = serde_json::json!({"job_id": "seedless", "model_id": "tiny-sd15", "model_input": {"SD": {
+        "prompt": "a lighthouse at dusk", "neg_prompt": "", "width": 64, "height": 64,
+        "num_iterations": 2, "guidance_scale": 7, "seed": -1}}});
+    std::fs::write(&job_path, job.to_string()).unwrap();
+    let out_path = dir.path().join("out.png");
+    let (job_arg, out_arg) = (job_path.to_str().unwrap(), out_path.to_str().unwrap());
+    let out = heurist(&["generate", "--model", &model, job_arg, "--out", out_arg], None);
+    let progress = stderr(&out);
+    assert!(out.status.success(), "{progress}");
+    assert_eq!(png_size(&std::fs::read(&out_path).unwrap()), (64, 64));
+    // The drawn seed is printed, and the image is reported as made with it.
+    let drawn: u64 = progress
+        .split("drew ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no drawn seed in: {progress}"));
+    assert!(drawn < 1 << 53, "{drawn}");
+    assert!(progress.contains(&format!("seed {drawn})")), "{progress}");
 }
 
 #[test]
@@ -391,16 +420,19 @@ fn verify_accepts_the_greedy_answer_and_rejects_substitutes() {
     assert_eq!(honest.status.code(), Some(0), "{}{}", stdout(&honest), stderr(&honest));
     assert!(stdout(&honest).starts_with("holds: job llm-job-1"), "{}", stdout(&honest));
 
-    // Truncated, altered, made up: rejected, with where the answers part.
+    // Truncated, altered, made up: rejected, with the evidence (where the model would not
+    // stop; a token far below the model's best).
     let cut = &answer[..answer.len() / 2];
-    for (what, claimed) in [("truncated", cut.to_owned()), ("altered", answer.replacen(' ', "  ", 1)), ("made up", "Red, green and blue.".to_owned())] {
+    for (what, claimed, evidence) in [
+        ("truncated", cut.to_owned(), "cut short"),
+        ("altered", answer.replacen(' ', "  ", 1), "below the claimed model's best"),
+        ("made up", "Red, green and blue.".to_owned(), "below the claimed model's best"),
+    ] {
         assert_ne!(claimed, answer, "{what}");
         let out = run(&submit_body("llm-job-1", &claimed));
         assert_eq!(out.status.code(), Some(1), "{what}: {}{}", stdout(&out), stderr(&out));
-        assert!(stdout(&out).starts_with("rejected: job llm-job-1") && stdout(&out).contains("differs"), "{what}: {}", stdout(&out));
+        assert!(stdout(&out).starts_with("rejected: job llm-job-1") && stdout(&out).contains(evidence), "{what}: {}", stdout(&out));
     }
-    let out = run(&submit_body("llm-job-1", cut));
-    assert!(stdout(&out).contains(&format!("at byte {}", cut.len())), "{}", stdout(&out));
 
     // Cannot be judged: exit 2 with the reason.
     let other = run(&submit_body("llm-job-2", &answer));

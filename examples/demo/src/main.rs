@@ -1,7 +1,9 @@
 //! `heurist-demo`: the whole network on one machine.
 //!
 //! A local sequencer with its portal and an embedded S3 server (`s3s-fs`, loopback, a temporary
-//! folder), two honest chat miners and one chat cheater, two honest image miners (SD 1.5 and
+//! folder), three honest chat miners (two on this crate's CPU kernels, one on candle's quantized
+//! llama, whose near-ties fall elsewhere: the greedy audit must pass it too) and one chat
+//! cheater, two honest image miners (SD 1.5 and
 //! SDXL) and an image cheater, a client feeding chat jobs and image jobs built from the
 //! network's example files (SD 1.5 ones served by the tiny SD 1.5 checkpoint, SDXL ones by the
 //! tiny SDXL checkpoint, each under a model id the demo registers with the example model's
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Parser;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
-use heurist_inference::{ChatEngine, DeviceSpec};
+use heurist_inference::{ChatEngine, DeviceSpec, GgufBody};
 use heurist_miner::llm::SharedEngine;
 use heurist_miner::spool::Spool;
 use heurist_miner::worker::{LlmWorker, Stats};
@@ -118,7 +120,8 @@ fn rules_file(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Audits an answer by re-running greedy jobs on the claimed model (`heurist-verify`).
+/// Audits greedy answers on the claimed model (`heurist-verify`'s one-pass check, with the
+/// margin honest engines keep).
 struct GreedyAuditor {
     engine: Arc<SharedEngine>,
     limits: MinerLimits,
@@ -131,8 +134,10 @@ impl Auditor for GreedyAuditor {
         if params.temperature != 0.0 {
             return AuditVerdict::Skipped { reason: "sampled job: no exact reference".into() };
         }
-        let claimed = match submit.result.choices() {
-            Some(Ok(c)) if !c.is_empty() => c[0].message.text_content(),
+        let (claimed, ran_to_limit) = match submit.result.choices() {
+            Some(Ok(c)) if !c.is_empty() => {
+                (c[0].message.text_content(), c[0].finish_reason == Some(heurist_protocol::openai::FinishReason::Length))
+            }
             _ => return AuditVerdict::Fail { evidence: "the result holds no answer".into() },
         };
         let request = match heurist_miner::llm::request_for(params) {
@@ -142,11 +147,12 @@ impl Auditor for GreedyAuditor {
         // One generation at a time on the shared engine: see `SharedEngine`.
         let check = {
             let _turn = self.engine.turn();
-            heurist_verify::llm::check_greedy(self.engine.engine(), &request, &claimed)
+            let thresholds = heurist_verify::llm::GreedyThresholds::default();
+            heurist_verify::llm::check_greedy_margin(self.engine.engine(), &request, &claimed, ran_to_limit, &thresholds)
         };
         match check {
-            Ok(check) if check.matches => AuditVerdict::Pass,
-            Ok(check) => AuditVerdict::Fail { evidence: check.evidence(&claimed) },
+            Ok(check) if check.holds => AuditVerdict::Pass,
+            Ok(check) => AuditVerdict::Fail { evidence: check.reasons.join("; ") },
             Err(e) => AuditVerdict::Skipped { reason: e.to_string() },
         }
     }
@@ -279,7 +285,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)?;
     let model_path = smollm2()?;
     println!("[1/5] loading {} on the CPU", model_path.display());
+    let candle_path = model_path.clone();
     let engine = Arc::new(SharedEngine::new(tokio::task::spawn_blocking(move || ChatEngine::load_gguf(model_path, DEVICE)).await??));
+    // The same model on candle's quantized llama: other kernels, other sums, other near-ties.
+    let candle_engine = Arc::new(SharedEngine::new(
+        tokio::task::spawn_blocking(move || ChatEngine::load_gguf_with(candle_path, DEVICE, GgufBody::Candle)).await??,
+    ));
 
     let sd_runner = {
         let specs = [
@@ -353,7 +364,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let mut honest = Vec::new();
-    for (n, tag) in ["alice", "bob"].iter().enumerate() {
+    for (n, (tag, engine)) in [("alice", &engine), ("bob", &engine), ("frank", &candle_engine)].into_iter().enumerate() {
         let id: MinerId = format!("0x{:040x}-{tag}", 0xa11ce + n).parse()?;
         let stats = Arc::new(Stats::default());
         honest.push((id.clone(), stats.clone()));
@@ -410,7 +421,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let image_cheater = image_cheater.context("the image cheater")?;
     let cheater: MinerId = "0x00000000000000000000000000000000c4ea7e55-mallory".parse()?;
     tasks.spawn(cheat(client.clone(), cheater.clone(), IdentityWallet::generate()?, hardware.clone(), stop_rx.clone()));
-    println!("[4/5] miners: alice and bob (honest, SmolLM2 on this CPU), mallory (answers without running the model);");
+    println!("[4/5] miners: alice and bob (honest, SmolLM2 on this crate's CPU kernels), frank (honest, SmolLM2 on candle's quantized llama: another engine), mallory (answers without running the model);");
     println!("      carol (honest, {SD_MODEL} on this CPU), dave (honest, {SDXL_MODEL} on this CPU), eve ({SD_MODEL}, runs a third of the steps an image job asks for)");
     println!("      each reports the device it runs on as its hardware: {hardware:?}");
 
@@ -470,10 +481,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{jobs}\n");
     let mut miners = Table::new();
-    miners.load_preset(UTF8_BORDERS_ONLY).set_header(["miner", "jobs done", "failed or slashed", "Llama points", "Waifu points"]);
+    miners.load_preset(UTF8_BORDERS_ONLY).set_header(["miner", "engine", "jobs done", "failed or slashed", "Llama points", "Waifu points"]);
     for m in view["miners"].as_array().cloned().unwrap_or_default() {
+        let id = m["miner_id"].as_str().unwrap_or("?");
         miners.add_row([
-            m["miner_id"].as_str().unwrap_or("?").to_owned(),
+            id.to_owned(),
+            engine_of(id.rsplit('-').next().unwrap_or("")).to_owned(),
             m["jobs_done"].to_string(),
             m["jobs_failed"].to_string(),
             // `+ 0.0` turns a slashed-to-zero -0.0 into 0.0 for display.
@@ -507,7 +520,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let done: u64 = honest.iter().map(|(_, s)| s.done.load(Ordering::Relaxed)).sum();
     println!("honest image jobs: {honest_images}");
     println!("honest SDXL image jobs: {honest_sdxl} of {}", xl_images.len());
-    println!("\nhonest jobs accepted and passed: {} ({done} by alice, bob, carol and dave); cheater caught: {}", if honest_ok { "yes" } else { "NO" }, if caught { "yes" } else { "NO" });
+    println!("\nhonest jobs accepted and passed: {} ({done} by alice, bob, frank, carol and dave); cheater caught: {}", if honest_ok { "yes" } else { "NO" }, if caught { "yes" } else { "NO" });
     if args.serve {
         println!("\nportal: {url}/ — Ctrl-C to stop");
         tokio::signal::ctrl_c().await?;
@@ -518,6 +531,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(honest_ok, "an honest job was not accepted");
     anyhow::ensure!(caught, "a cheater was not caught on every job it took");
     Ok(())
+}
+
+/// What each demo miner runs, for the miners' table.
+fn engine_of(tag: &str) -> &'static str {
+    match tag {
+        "alice" | "bob" => "heurist-inference CPU body (honest)",
+        "frank" => "candle's quantized llama (honest)",
+        "mallory" => "none: made-up text (cheater)",
+        "carol" | "dave" => "heurist-inference SD (honest)",
+        "eve" => "heurist-inference SD, a third of the steps (cheater)",
+        _ => "?",
+    }
 }
 
 async fn get_json(url: &str) -> anyhow::Result<Value> {

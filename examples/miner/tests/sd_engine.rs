@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use common::*;
 use heurist_inference::DeviceSpec;
+use heurist_inference::image::noise::TorchCpuGenerator;
+use heurist_inference::image::{ImageEngine, PromptEncoding};
 use heurist_miner::image::{ImageRunner, ImageWorker};
 use heurist_miner::sd::{CheckpointSpec, SdRunner};
 use heurist_miner::spool::Spool;
-use heurist_protocol::{MinerLimits, SdParams, SubmitJob, SubmitResult};
+use heurist_protocol::{Job, JobParams, MinerLimits, SdParams, SubmitJob, SubmitResult};
 use serde_json::json;
 
 const TINY: &str = TINY_SD15;
@@ -166,4 +168,32 @@ fn rerun_with_another_thread_count_gives_the_same_pixels() {
     let diff = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
     assert_eq!(diff(&images[0], here.rgb()), 0, "1 thread against the default");
     assert_eq!(diff(&images[1], here.rgb()), 0, "3 threads against the default");
+}
+
+/// Issue 26: the miner's configured limits are the only ones applied. Under
+/// `max_iterations = 50` a 50-step job is clamped to 50 (what the job's record claims: its
+/// `steps` is the clamped count) and the engine runs all 50 (it once capped them at 35 itself).
+#[test]
+fn configured_max_iterations_of_50_runs_and_records_50_steps() {
+    let limits = MinerLimits { max_iterations: 50, ..MinerLimits::default() };
+    let job: Job = serde_json::from_value(json!({"job_id": "steps-50", "model_id": TINY,
+        "model_input": {"SD": {"prompt": "a lighthouse", "neg_prompt": "", "width": 64, "height": 64,
+            "num_iterations": 50, "guidance_scale": 7, "seed": 3}}}))
+    .unwrap();
+    let JobParams::Sd(params) = limits.clamp(&job, || 0).unwrap().params else { panic!("an SD job") };
+    assert_eq!(params.steps, 50, "the clamped job, which the record copies");
+    // The job as the miner's runner hands it to the engine (`SdRunner::generate`).
+    let engine_job = heurist_miner::sd::image_job(&params).unwrap();
+    let engine = ImageEngine::load_checkpoint(tiny_checkpoint(), DeviceSpec::Cpu).unwrap();
+    let mut ran = 0;
+    let image = engine
+        .generate_with(
+            &engine_job,
+            PromptEncoding::LongPromptWeighting,
+            &mut TorchCpuGenerator::new(params.seed),
+            &mut |_, _| ran += 1,
+        )
+        .unwrap();
+    assert_eq!((ran, image.steps), (50, 50), "denoising steps run and reported");
+    assert_eq!((image.width, image.height), (64, 64));
 }

@@ -44,7 +44,9 @@ use super::checkpoint::{
 };
 use super::clip_text::ClipTextEncoder;
 use super::detect::{ComponentShapes, SdArchitecture, SdFamily, Shapes};
-use super::job::{GeneratedImage, ImageJob, ImageTimings, PromptTokenizer, encode_png};
+use super::job::{
+    GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, PromptTokenizer, encode_png,
+};
 use super::ldm_names::{self, Lookup};
 use super::lora::Lora;
 use super::noise::{NoiseDType, NoiseSource, TorchCpuGenerator};
@@ -813,7 +815,11 @@ impl ImageEngine {
             } else {
                 ("width", job.width)
             };
-            return Err(InferenceError::InvalidImageSize { name, value });
+            return Err(InferenceError::InvalidImageSize {
+                name,
+                value,
+                max: MAX_IMAGE_SIDE,
+            });
         }
         let mut latents = (noise.randn_tensor(&shape, NoiseDType::F32, &self.device)?
             * f64::from(scheduler.init_noise_sigma()))

@@ -1,9 +1,12 @@
 //! What an image job asks for and what the engine gives back.
 //!
 //! [`ImageJob`] reads the fields of the network's SD `model_input` and of the reference's example
-//! jobs (`num_iterations` or `num_inference_steps`); [`ImageJob::checked`] applies the miner's
-//! limits (sizes down to a multiple of 8 and at most 2048, at most 35 steps) and rejects what no
-//! limit can fix (size 0, steps 0, a guidance scale that is not a finite number >= 0).
+//! jobs (`num_iterations` or `num_inference_steps`); [`ImageJob::checked`] rounds the sides down
+//! to the VAE's multiple of 8 and refuses only what this engine cannot run (a side below 8 or
+//! above [`MAX_IMAGE_SIDE`], 0 steps or more than the scheduler's training timesteps, a guidance
+//! scale that is not a finite number >= 0). The network's limits (35 steps, 2048 pixels by
+//! default) are not applied here: the miner applies its configured ones, once, with
+//! heurist-protocol's `MinerLimits::clamp` before the job reaches the engine.
 //! [`PromptTokenizer`] is for callers that bring their own token ids
 //! (`PromptEncoding::TokenIds`); by default the engine tokenizes and weights prompts itself.
 
@@ -12,12 +15,19 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{InferenceError, Result};
-use crate::image::scheduler::SchedulerKind;
+use crate::image::scheduler::{DEFAULT_SCHEDULER_CONFIG, SchedulerKind};
 
-/// The protocol's largest width and height (`max_width`, `max_height`).
-pub const MAX_IMAGE_SIDE: u32 = 2048;
-/// The protocol's most denoising steps (`max_iterations`).
-pub const MAX_IMAGE_STEPS: usize = 35;
+/// The largest width and height this engine runs: a 1024x1024 latent, four times the network's
+/// default `max_width`, so any limit a miner configures for the network fits. Beyond it the
+/// UNet's activations alone run to tens of gigabytes, and a side such as 100000 (a typo, a
+/// hostile job) would abort the process on a failed allocation; it is refused before anything
+/// is allocated. This is the engine's bound, not the network's: heurist-protocol's
+/// `MinerLimits` holds those.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// The multiple of 8 pixels a side is rounded down to: the VAE's downscale factor, so the
+/// decoded image has the job's size.
+const SIDE_MULTIPLE: u32 = 8;
 
 /// One text-to-image job.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -88,27 +98,33 @@ where
 }
 
 impl ImageJob {
-    /// The job within the protocol's limits: width and height rounded down to a multiple of 8
-    /// and capped at [`MAX_IMAGE_SIDE`], steps capped at [`MAX_IMAGE_STEPS`].
+    /// The job as the engine runs it: width and height rounded down to a multiple of 8 (the
+    /// VAE's factor), everything else as asked. No network limit is applied: a job the miner's
+    /// `MinerLimits` let through with 50 steps runs 50 steps.
     ///
     /// # Errors
     /// [`InferenceError::InvalidImageSize`] when a side is below 8 (nothing is left after
-    /// rounding), [`InferenceError::InvalidInferenceSteps`] for 0 steps,
+    /// rounding) or above [`MAX_IMAGE_SIDE`], [`InferenceError::InvalidInferenceSteps`] for 0
+    /// steps or more than the scheduler's training timesteps (1000),
     /// [`InferenceError::InvalidSampling`] for a guidance scale that is NaN, infinite or
     /// negative.
     pub fn checked(&self) -> Result<Self> {
         let side = |name: &'static str, value: u32| {
-            let clamped = value.min(MAX_IMAGE_SIDE) / 8 * 8;
-            if clamped == 0 {
-                Err(InferenceError::InvalidImageSize { name, value })
+            if (SIDE_MULTIPLE..=MAX_IMAGE_SIDE).contains(&value) {
+                Ok(value / SIDE_MULTIPLE * SIDE_MULTIPLE)
             } else {
-                Ok(clamped)
+                Err(InferenceError::InvalidImageSize {
+                    name,
+                    value,
+                    max: MAX_IMAGE_SIDE,
+                })
             }
         };
-        if self.steps == 0 {
+        let train_timesteps = DEFAULT_SCHEDULER_CONFIG.num_train_timesteps;
+        if !(1..=train_timesteps).contains(&self.steps) {
             return Err(InferenceError::InvalidInferenceSteps {
-                steps: 0,
-                train_timesteps: MAX_IMAGE_STEPS,
+                steps: self.steps,
+                train_timesteps,
             });
         }
         if !(self.guidance_scale.is_finite() && self.guidance_scale >= 0.0) {
@@ -121,7 +137,6 @@ impl ImageJob {
         Ok(Self {
             width: side("width", self.width)?,
             height: side("height", self.height)?,
-            steps: self.steps.min(MAX_IMAGE_STEPS),
             ..self.clone()
         })
     }
@@ -163,9 +178,9 @@ pub struct GeneratedImage {
     pub png: Vec<u8>,
     /// The pixels, 8-bit RGB, row-major.
     pub rgb: Vec<u8>,
-    /// Width in pixels (after the protocol's clamping).
+    /// Width in pixels (rounded down to a multiple of 8, [`ImageJob::checked`]).
     pub width: u32,
-    /// Height in pixels (after the protocol's clamping).
+    /// Height in pixels (rounded down to a multiple of 8).
     pub height: u32,
     /// Denoising steps run.
     pub steps: usize,
@@ -268,11 +283,25 @@ mod tests {
     }
 
     #[test]
-    fn limits_clamp_like_the_miner() {
+    fn sides_round_down_to_the_vaes_factor_and_no_network_limit_applies() {
+        // 50 steps and 4000 px are above the network's default limits (35, 2048): those are
+        // the miner's `MinerLimits` to apply, not the engine's.
         let checked = job().checked().unwrap();
         assert_eq!(
             (checked.width, checked.height, checked.steps),
-            (1016, 2048, 35)
+            (1016, 4000, 50)
+        );
+        let most = ImageJob {
+            width: MAX_IMAGE_SIDE,
+            height: 8,
+            steps: 1000,
+            ..job()
+        }
+        .checked()
+        .unwrap();
+        assert_eq!(
+            (most.width, most.height, most.steps),
+            (MAX_IMAGE_SIDE, 8, 1000)
         );
     }
 
@@ -283,13 +312,46 @@ mod tests {
             err,
             InferenceError::InvalidImageSize {
                 name: "width",
-                value: 7
+                value: 7,
+                max: MAX_IMAGE_SIDE
             }
         ));
+        // What the engine cannot run is refused, naming the value and the bound.
+        let err = ImageJob {
+            height: 100_000,
+            ..job()
+        }
+        .checked()
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            InferenceError::InvalidImageSize {
+                name: "height",
+                value: 100_000,
+                max: MAX_IMAGE_SIDE
+            }
+        ));
+        assert!(
+            err.to_string().contains("100000") && err.to_string().contains("8192"),
+            "{err}"
+        );
         let err = ImageJob { steps: 0, ..job() }.checked().unwrap_err();
         assert!(matches!(
             err,
             InferenceError::InvalidInferenceSteps { steps: 0, .. }
+        ));
+        let err = ImageJob {
+            steps: 1001,
+            ..job()
+        }
+        .checked()
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            InferenceError::InvalidInferenceSteps {
+                steps: 1001,
+                train_timesteps: 1000
+            }
         ));
         // A sampler this crate does not run fails the parse, naming it and its options.
         let err = serde_json::from_str::<ImageJob>(

@@ -67,7 +67,7 @@ pub use engine::{
     SDXL_VAE_SCALE, TextConditioning,
 };
 pub use job::{
-    GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, MAX_IMAGE_STEPS, PromptTokenizer,
+    GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, PromptTokenizer,
     encode_png,
 };
 pub use lora::Lora;

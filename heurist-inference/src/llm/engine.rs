@@ -21,7 +21,7 @@ use crate::device::DeviceSpec;
 use crate::error::{InferenceError, Result};
 use crate::llm::hf_config::HfConfig;
 use crate::llm::hf_tokenizer::{self, TemplateSources};
-use crate::llm::model::CausalLm;
+use crate::llm::model::{CausalLm, GgufBody};
 use crate::llm::generation::{Generation, Next};
 use crate::llm::observer::{HiddenStates, NoObserver, TokenEvent, TokenObserver};
 use crate::llm::request::{ChatMessage, ChatOutput, ChatRequest, Usage};
@@ -48,6 +48,18 @@ impl ChatEngine {
     /// Loads a GGUF chat model (llama architecture) with the tokenizer and chat template from
     /// its metadata.
     pub fn load_gguf(path: impl AsRef<Path>, device: DeviceSpec) -> Result<Self> {
+        Self::load_gguf_with(path, device, GgufBody::Auto)
+    }
+
+    /// [`ChatEngine::load_gguf`] on the body `body` names.
+    ///
+    /// ```no_run
+    /// use heurist_inference::{ChatEngine, DeviceSpec, GgufBody};
+    /// // candle's quantized llama: the same model on other kernels.
+    /// let engine = ChatEngine::load_gguf_with("model.Q4_1.gguf", DeviceSpec::Cpu, GgufBody::Candle)?;
+    /// # Ok::<(), heurist_inference::InferenceError>(())
+    /// ```
+    pub fn load_gguf_with(path: impl AsRef<Path>, device: DeviceSpec, body: GgufBody) -> Result<Self> {
         let path = path.as_ref();
         let device = device.open()?;
         let started = Instant::now();
@@ -63,7 +75,7 @@ impl ChatEngine {
         if let Some(tool_use) = gguf.opt_str("tokenizer.chat_template.tool_use")? {
             template = template.with_tool_use(tool_use.to_owned())?;
         }
-        let loaded = CausalLm::load_gguf(gguf, &device)?;
+        let loaded = CausalLm::load_gguf(gguf, &device, body)?;
         tracing::info!(
             path = %path.display(),
             device = ?device,
@@ -287,9 +299,47 @@ impl ChatEngine {
         for &token_id in completion {
             self.tokenizer.token_bytes(token_id)?;
         }
+        let prompt_ids = self.prompt_ids_with_tools(messages, tools, completion.len().saturating_sub(1))?;
+        self.score_ids(&prompt_ids, completion, observer)
+    }
+
+    /// [`ChatEngine::score`] of `completion` after `prompt_ids` as they are (no chat template):
+    /// for scoring an answer in another context than its job's, such as
+    /// [`ChatEngine::answer_header_ids`] alone.
+    ///
+    /// A prompt and completion that do not fit the context are
+    /// [`InferenceError::PromptTooLong`].
+    pub fn score_after_ids(
+        &self,
+        prompt_ids: &[u32],
+        completion: &[u32],
+        observer: &mut dyn TokenObserver,
+    ) -> Result<ScoreOutput> {
+        for &token_id in prompt_ids.iter().chain(completion) {
+            self.tokenizer.token_bytes(token_id)?;
+        }
+        let fed = prompt_ids.len() + completion.len().saturating_sub(1);
+        if prompt_ids.is_empty() || fed >= self.context_length {
+            return Err(InferenceError::PromptTooLong { prompt_tokens: fed, context_length: self.context_length });
+        }
+        self.score_ids(prompt_ids, completion, observer)
+    }
+
+    /// The tokens the chat template puts between a user's message and the assistant's answer
+    /// (ChatML's `<|im_end|>\n<|im_start|>assistant\n`): a context that asks nothing, for
+    /// comparing an answer's likelihood with and without its question.
+    pub fn answer_header_ids(&self) -> Result<Vec<u32>> {
+        const MARK: &str = "\u{2063}heurist-question\u{2063}";
+        let rendered = self.template.render_with_tools(&[ChatMessage::user(MARK)], None, true)?;
+        match rendered.find(MARK) {
+            Some(at) => self.tokenizer.encode(&rendered[at + MARK.len()..]),
+            None => self.tokenizer.encode(&self.template.render_with_tools(&[ChatMessage::user("")], None, true)?),
+        }
+    }
+
+    fn score_ids(&self, prompt_ids: &[u32], completion: &[u32], observer: &mut dyn TokenObserver) -> Result<ScoreOutput> {
         let layers = observer.hidden_layers().to_vec();
         self.model.check_hidden_layers(&layers)?;
-        let prompt_ids = self.prompt_ids_with_tools(messages, tools, completion.len().saturating_sub(1))?;
         let usage = Usage { prompt_tokens: prompt_ids.len(), completion_tokens: completion.len() };
         let mut log_probs = Vec::with_capacity(completion.len());
         let mut session = Session::new(self, &layers);
@@ -317,7 +367,7 @@ impl ChatEngine {
                 return Ok(ScoreOutput { log_probs, usage });
             }
         }
-        let mut logits = session.prefill(&prompt_ids)?;
+        let mut logits = session.prefill(prompt_ids)?;
         for (index, &token_id) in completion.iter().enumerate() {
             let lp = log_prob(&logits, token_id);
             let hidden_states = HiddenStates::new(&layers, &session.hidden);

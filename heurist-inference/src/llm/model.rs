@@ -34,6 +34,18 @@ use crate::weights::safetensors::SafetensorsWeights;
 /// The environment variable that picks the CPU body: `native` (the default) or `candle`.
 pub(crate) const CPU_BODY_ENV: &str = "HEURIST_LLM_CPU_BODY";
 
+/// Which body runs a GGUF chat model ([`crate::ChatEngine::load_gguf_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GgufBody {
+    /// This crate's CPU body where it runs the file on the device (and
+    /// `HEURIST_LLM_CPU_BODY` is not `candle`), else candle's quantized llama.
+    #[default]
+    Auto,
+    /// candle-transformers' quantized llama on any device: other kernels and other sums than
+    /// this crate's CPU body, the same model (an independent engine for a verifier's tests).
+    Candle,
+}
+
 /// Architectures `general.architecture` may name.
 const SUPPORTED_ARCHITECTURES: &str = "llama";
 
@@ -60,8 +72,10 @@ pub(crate) struct LoadedLm {
 }
 
 impl CausalLm {
-    /// Loads the body described by an open GGUF file onto `device`.
-    pub(crate) fn load_gguf(gguf: GgufFile, device: &Device) -> Result<LoadedLm> {
+    /// Loads the body described by an open GGUF file onto `device`: this crate's CPU body
+    /// where it runs the file (unless `body` or `HEURIST_LLM_CPU_BODY=candle` asks for
+    /// candle's), else candle's quantized llama.
+    pub(crate) fn load_gguf(gguf: GgufFile, device: &Device, body: GgufBody) -> Result<LoadedLm> {
         let architecture = gguf.str("general.architecture")?.to_owned();
         if architecture != "llama" {
             return Err(InferenceError::UnsupportedArchitecture {
@@ -71,7 +85,7 @@ impl CausalLm {
             });
         }
         let trained = gguf.opt_u32("llama.context_length")?.map_or(usize::MAX, |n| n as usize);
-        let native = std::env::var(CPU_BODY_ENV).map_or(true, |v| v != "candle");
+        let native = body == GgufBody::Auto && std::env::var(CPU_BODY_ENV).map_or(true, |v| v != "candle");
         Self::load_gguf_body(gguf, device, native, trained)
     }
 

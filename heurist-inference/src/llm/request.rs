@@ -14,9 +14,6 @@ use crate::llm::sampler::SamplingParams;
 use crate::llm::template::{parse_tools, python_json};
 use crate::llm::tool_calls::{FunctionCall, ToolCall};
 
-/// The largest `max_tokens` a request may ask for (the network's limit).
-pub const MAX_TOKENS_LIMIT: usize = 4096;
-
 /// `max_tokens` when a request does not say.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 
@@ -191,8 +188,10 @@ impl ChatMessage {
 pub struct ChatRequest {
     /// The conversation so far; the completion is the assistant's next message.
     pub messages: Vec<ChatMessage>,
-    /// Most tokens to generate, 1 to [`MAX_TOKENS_LIMIT`]; the context length may cut it
-    /// shorter (finish reason `length`).
+    /// Most tokens to generate, at least 1; the context length is the engine's bound and cuts
+    /// it shorter where the prompt leaves less room (finish reason `length`). The network's
+    /// limit is the miner's to apply (heurist-protocol's `MinerLimits::max_tokens`), not the
+    /// engine's.
     pub max_tokens: usize,
     /// 0 = greedy; otherwise the softmax temperature.
     pub temperature: f64,
@@ -353,11 +352,8 @@ impl ChatRequest {
         if self.messages.is_empty() {
             return Err(InferenceError::EmptyMessages);
         }
-        if !(1..=MAX_TOKENS_LIMIT).contains(&self.max_tokens) {
-            return Err(InferenceError::InvalidMaxTokens {
-                max_tokens: self.max_tokens,
-                limit: MAX_TOKENS_LIMIT,
-            });
+        if self.max_tokens == 0 {
+            return Err(InferenceError::InvalidMaxTokens { max_tokens: self.max_tokens });
         }
         // vLLM's ranges (`SamplingParams._verify_args`), except that top_p 0 is accepted and
         // keeps the most likely token only, as transformers' TopPLogitsWarper does.
@@ -529,10 +525,9 @@ mod tests {
             base.clone().with_max_tokens(0).validate(),
             Err(InferenceError::InvalidMaxTokens { max_tokens: 0, .. })
         ));
-        assert!(matches!(
-            base.clone().with_max_tokens(1_000_000_000).validate(),
-            Err(InferenceError::InvalidMaxTokens { .. })
-        ));
+        // Above the network's 4096: not the engine's to refuse (the context length cuts it).
+        assert!(base.clone().with_max_tokens(8192).validate().is_ok());
+        assert!(base.clone().with_max_tokens(usize::MAX).validate().is_ok());
         assert!(matches!(
             base.clone().with_sampling(f64::NAN, None).validate(),
             Err(InferenceError::InvalidSampling { name: "temperature", .. })

@@ -333,7 +333,8 @@ fn image_sd_bad_jobs_are_typed_errors() {
             err,
             InferenceError::InvalidImageSize {
                 name: "width",
-                value: 0
+                value: 0,
+                ..
             }
         ),
         "{err}"

@@ -1,33 +1,35 @@
 //! Chat answers re-checked on the claimed model (feature `inference`).
 //!
-//! For a greedy job (temperature 0) the answer is a function of the model and the prompt:
-//! re-generating it on the claimed model must give the same text, so any difference is
-//! evidence that the miner ran another model (or a further-quantised one), sampled instead
-//! of decoding greedily, cut the answer short, or made the text up. The evidence names the
-//! first point where the two answers part.
-//!
-//! This is exact only where the verifier's numerics equal the miner's (same engine, same
-//! weights, same kernels); checking answers made by another engine (vLLM, llama.cpp) needs a
-//! tolerance on rescored likelihoods instead. Sampled answers are judged by their likelihood
-//! under the claimed model ([`likelihood`]).
+//! For a greedy job (temperature 0) the answer is a function of the model, the prompt *and
+//! the engine's numerics*: vLLM, llama.cpp and this crate agree on every token but where two
+//! nearly tie. [`greedy_margin`] judges a greedy answer from any engine in one teacher-forced
+//! pass, each claimed token within a calibrated margin of the model's best and the answer's
+//! end where the model ends it; that is what a network verifier runs. [`check_greedy`]
+//! (re-generate and compare) and [`check_greedy_scored`] (the same verdict from one pass
+//! where it can) are exact: only for answers of this very engine, whose numerics the verifier
+//! shares. Sampled answers are judged by their likelihood under the claimed model
+//! ([`likelihood`]).
 //!
 //! [`check_greedy_submission`] takes the wire types as they come (a job and the
 //! `miner_submit` answering it), builds the request the way a miner does ([`chat_request`])
-//! and checks the first choice's text; this is what `heurist verify` runs.
+//! and judges the first choice's text by [`check_greedy_margin`]; this is what `heurist
+//! verify` runs.
 //! [`check_sampled_submission`] does the same for a sampled job, by the answer's likelihood
 //! ([`likelihood`], any engine's sampler) or by replaying this project's seeded sampler
 //! ([`seeded`], miners running `heurist-inference`), as [`SampledJudge`] says.
 //! [`check_usage_submission`] recounts the token usage the same submission claims ([`usage`]),
 //! without a forward pass.
 
+pub mod greedy_margin;
 pub mod greedy_scored;
 pub mod likelihood;
 mod request;
 pub mod seeded;
 pub mod usage;
 
+pub use greedy_margin::{GreedyMarginCheck, GreedyThresholds, check_greedy_margin};
 pub use greedy_scored::{ScoredGreedyCheck, check_greedy_scored};
-pub use likelihood::{SampledCheck, SampledThresholds, check_sampled};
+pub use likelihood::{OPENING_TOKENS, SampledCheck, SampledThresholds, check_sampled};
 pub use request::{chat_request, engine_message};
 pub use seeded::{SeededCheck, SeededMiss, SeededThresholds, check_seeded};
 pub use usage::{ClaimedUsage, UsageCheck, UsageTolerance, check_usage, claimed_usage};
@@ -103,17 +105,22 @@ fn first_choice(submit: &MinerSubmit) -> Result<Choice> {
     })
 }
 
-/// Re-checks the answer `submit` claims for the greedy chat job `job` on `engine`, by one
-/// teacher-forced pass where that confirms it ([`check_greedy_scored`]), else by re-generating.
+/// Judges the answer `submit` claims for the greedy chat job `job` on `engine`, from any
+/// engine, in one teacher-forced pass ([`check_greedy_margin`]). Whether generation ran to
+/// `max_tokens` is the first choice's `finish_reason` (`length`).
 ///
 /// A submission for another job is [`VerifyError::NoJob`]; an image result
 /// [`VerifyError::NotChatResult`]; a sampled job [`VerifyError::NotGreedy`].
-pub fn check_greedy_submission(engine: &ChatEngine, job: &Job, submit: &MinerSubmit) -> Result<GreedyCheck> {
+pub fn check_greedy_submission(
+    engine: &ChatEngine,
+    job: &Job,
+    submit: &MinerSubmit,
+    thresholds: &GreedyThresholds,
+) -> Result<GreedyMarginCheck> {
     let request = submission_request(job, submit)?;
-    let claimed = submitted_answer(submit)?;
-    // One scoring pass settles an honest answer; anything it cannot confirm is re-generated,
-    // so the verdict is check_greedy's either way.
-    check_greedy_scored(engine, &request, &claimed).map(|scored| scored.check)
+    let choice = first_choice(submit)?;
+    let ran_to_limit = choice.finish_reason == Some(FinishReason::Length);
+    check_greedy_margin(engine, &request, &choice.message.text_content(), ran_to_limit, thresholds)
 }
 
 /// Recounts the token usage `submit` claims for the chat job `job` ([`usage`]); `None` when

@@ -14,6 +14,8 @@ mod image;
 mod llm;
 mod metrics;
 #[cfg(feature = "inference")]
+mod other_engines;
+#[cfg(feature = "inference")]
 mod seeded;
 mod signatures;
 #[cfg(feature = "inference")]
