@@ -7,17 +7,19 @@ environment under tools/.venv-image, installs pinned torch and diffusers there (
 wheel is a large CUDA build; it runs on the CPU), and re-runs itself inside it. Nothing it
 installs is committed; the JSON it writes is.
 
-    python3 tools/make_image_fixtures.py
+    python3 tools/make_image_fixtures.py                # every fixture below
+    python3 tools/make_image_fixtures.py --only-noise   # torch/randn.json only
 
 Writes:
   heurist-inference/tests/fixtures/torch/randn.json
       For every seed, shape and dtype: two consecutive `torch.randn(shape, generator=g,
-      dtype=...)` draws from `torch.Generator("cpu").manual_seed(seed)`, as exact bit patterns
-      (u32 / u16 as hex). Small draws are stored whole; big ones as the first and last 64 values
+      dtype=...)` draws from `torch.Generator("cpu").manual_seed(seed)`, dtype f32, f16 or bf16,
+      as exact bit patterns (u32 / u16 / u16 as hex). Small draws are stored whole; big ones as the first and last 64 values
       plus the SHA-256 of the whole little-endian bit pattern (AVX-512's table: hashes and the
       first and last 8 values only). Plus mixed sequences of draws
-      (small, big, f32, f16) from one generator, which exercise the cached second normal that
-      torch's scalar path keeps in the generator.
+      (small, big, f32, f16, bf16) from one generator, which exercise the cached second normal
+      that torch's scalar path keeps in the generator (bf16 draws were added after the others: at
+      the end of the first two sequences, and interleaved in the third).
       torch picks its CPU kernels by the CPU's capability (default, AVX2, AVX-512), and the f32
       normal fill for 16 or more elements differs between them (AVX2 has its own vectorised
       Box-Muller). The whole table is recorded once per capability this machine has, forced with
@@ -50,14 +52,22 @@ PINS = ["torch==2.4.0", "diffusers==0.30.2", "numpy==1.26.4", "huggingface_hub==
 
 SEEDS = [0, 1, 42, 2288435497, 2**53 - 1]
 SHAPES = [[1], [15], [16], [17], [100], [4, 64, 64], [1, 4, 128, 85]]
-DTYPES = ["f32", "f16"]
+DTYPES = ["f32", "f16", "bf16"]
 WHOLE_LIMIT = 128  # draws up to this many elements are stored whole
 EDGE = 64  # values kept from each end of a bigger draw
 SEQUENCES = [
     # (seed, [(shape, dtype), ...]) drawn in order from one generator
     (0, [([1], "f32"), ([16], "f32"), ([3], "f32"), ([5], "f16"), ([20], "f16"), ([1], "f32")]),
     (42, [([3], "f32"), ([2, 17], "f32"), ([7], "f16"), ([1], "f16"), ([4, 4, 4], "f32")]),
+    (7, [([3], "bf16"), ([1], "f32"), ([20], "bf16"), ([5], "f16"), ([1], "bf16"), ([2, 17], "bf16"),
+         ([3], "f32"), ([16], "bf16"), ([2], "bf16")]),
 ]
+# bf16 draws appended to the sequences above (appended, so that their f32 and f16 draws stay the
+# values recorded before bf16 was added).
+SEQUENCE_BF16_TAILS = {
+    0: [([7], "bf16"), ([33], "bf16"), ([1], "bf16")],
+    42: [([1], "bf16"), ([4, 8], "bf16"), ([2], "f32"), ([3], "bf16")],
+}
 
 SCHEDULER_BASE = dict(
     num_train_timesteps=1000,
@@ -84,11 +94,11 @@ def bootstrap():
 
 
 def torch_dtype(torch, name):
-    return {"f32": torch.float32, "f16": torch.float16}[name]
+    return {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def bit_words(torch, t):
-    """The tensor's bit patterns as ints (u32 for f32, u16 for f16), in memory order."""
+    """The tensor's bit patterns as ints (u32 for f32, u16 for f16 and bf16), in memory order."""
     t = t.contiguous().reshape(-1)
     if t.dtype == torch.float32:
         return [int(x) & 0xFFFFFFFF for x in t.view(torch.int32).tolist()], 8
@@ -97,7 +107,10 @@ def bit_words(torch, t):
 
 def record_draw(torch, t, whole):
     words, width = bit_words(torch, t)
-    raw = t.contiguous().reshape(-1).numpy().tobytes()  # little-endian on x86
+    flat = t.contiguous().reshape(-1)
+    if flat.dtype == torch.bfloat16:
+        flat = flat.view(torch.int16)  # numpy has no bfloat16; the same bytes
+    raw = flat.numpy().tobytes()  # little-endian on x86
     hexed = lambda ws: [f"{w:0{width}x}" for w in ws]
     out = {"numel": len(words), "sha256": hashlib.sha256(raw).hexdigest()}
     if whole and len(words) <= WHOLE_LIMIT:
@@ -125,6 +138,7 @@ def noise_worker(whole):
                 records.append({"seed": seed, "shape": shape, "dtype": dtype, "draws": draws})
     sequences = []
     for seed, steps in SEQUENCES:
+        steps = steps + SEQUENCE_BF16_TAILS.get(seed, [])
         g = torch.Generator("cpu").manual_seed(seed)
         draws = []
         for shape, dtype in steps:
@@ -391,6 +405,8 @@ def main():
         noise_worker(sys.argv[2] == "1")
         return
     write(os.path.join(FIXTURES, "torch", "randn.json"), make_noise())
+    if "--only-noise" in sys.argv[1:]:
+        return
     write(os.path.join(FIXTURES, "diffusers", "schedulers.json"), make_schedulers())
 
 

@@ -7,15 +7,17 @@
 //! PyTorch 2.4's documented behaviour and checked against its output
 //! (tests/fixtures/torch/randn.json):
 //! - the engine: MT19937 seeded from the low 32 bits of the seed;
-//! - uniforms: f32 takes 24 random bits of one 32-bit draw, f16 takes 11, f64 takes 53 bits of a
-//!   64-bit draw made of two 32-bit draws (first one high);
+//! - uniforms: f32 takes 24 random bits of one 32-bit draw, f16 takes 11, bf16 takes 8, f64
+//!   takes 53 bits of a 64-bit draw made of two 32-bit draws (first one high);
 //! - the normal fill, which depends on the element count: below 16 elements each value is one
 //!   f64 Box-Muller draw (`log1p`, `sin`, `cos` of the C library) whose second value is cached in
 //!   the generator and used by the next such draw, in any later call; from 16 elements on, torch
 //!   first draws one uniform per element and then transforms blocks of 16 (8 pairs: element `j`
 //!   and `j + 8`), redrawing 16 fresh uniforms for the last block when the count is not a
 //!   multiple of 16. The block transform of f32 depends on the CPU: [`TorchCpuKernel`].
-//! - f16 is sampled in f16, not sampled in f32 and converted: the values differ.
+//! - f16 is sampled in f16, not sampled in f32 and converted: the values differ. Likewise bf16,
+//!   sampled in bf16: the same block transform as f16 with every intermediate rounded to bf16
+//!   (round to nearest even) instead; below 16 elements the f64 draw goes to bf16 through f32.
 //!
 //! Invariant: a generator's draws depend only on the seed, the kernel and the sequence of
 //! `(element count, dtype)` requests, never on the shape's split into dimensions or the device.
@@ -33,13 +35,16 @@ use mt19937::Mt19937;
 const MEAN: f64 = 0.0;
 const STD: f64 = 1.0;
 
-/// The element type noise is drawn in. torch's f16 draws are not the f32 draws rounded.
+/// The element type noise is drawn in. torch's f16 and bf16 draws are not the f32 draws rounded
+/// (except below 16 elements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NoiseDType {
     /// IEEE single precision.
     F32,
     /// IEEE half precision (sampled with torch's half arithmetic).
     F16,
+    /// bfloat16 (sampled with torch's bfloat16 arithmetic).
+    BF16,
 }
 
 impl NoiseDType {
@@ -48,6 +53,7 @@ impl NoiseDType {
         match self {
             Self::F32 => DType::F32,
             Self::F16 => DType::F16,
+            Self::BF16 => DType::BF16,
         }
     }
 }
@@ -56,7 +62,7 @@ impl NoiseDType {
 /// (the default, for seeds that match the reference) or from any other.
 pub trait NoiseSource {
     /// Draws one standard normal tensor of `shape`, in row-major order. The values are those of
-    /// `dtype`, widened to f32 (exactly: every f16 is an f32).
+    /// `dtype`, widened to f32 (exactly: every f16 and every bf16 is an f32).
     ///
     /// # Errors
     /// [`InferenceError::InvalidNoiseShape`] when `shape` has no dimensions, a zero dimension, or
@@ -79,7 +85,7 @@ pub trait NoiseSource {
             context: format!("noise tensor {shape:?}"),
             source,
         };
-        // The f16 values are exact in f32, so this conversion rounds nothing.
+        // The f16 and bf16 values are exact in f32, so this conversion rounds nothing.
         Tensor::from_vec(values, shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(dtype.candle_dtype()))
             .and_then(|t| t.to_device(device))
@@ -93,7 +99,8 @@ pub trait NoiseSource {
 /// with `ATEN_CPU_CAPABILITY`). With AVX2 (which AVX-512 CPUs also run for this kernel) the block
 /// transform uses Cephes polynomial `log`/`sincos` in f32; without it, the C library's `logf`,
 /// `sinf`, `cosf` with the angle computed in f64. About a third of the values differ by a few
-/// ulp between the two. Draws of fewer than 16 elements, and all f16 draws, are the same on both.
+/// ulp between the two. Draws of fewer than 16 elements, and all f16 and bf16 draws, are the same
+/// on both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum TorchCpuKernel {
     /// torch on x86-64 CPUs with AVX2 and FMA, or AVX-512: every GPU server the network's miners
@@ -189,6 +196,11 @@ impl TorchCpuGenerator {
         (self.engine.next_u32() & 0x07ff) as f32 * (1.0 / 2048.0)
     }
 
+    /// A uniform bf16 in [0, 1) from 8 bits of one draw, held exactly in an f32.
+    fn uniform_bf16(&mut self) -> f32 {
+        (self.engine.next_u32() & 0x00ff) as f32 * (1.0 / 256.0)
+    }
+
     /// A uniform f64 in [0, 1) from 53 bits of a 64-bit draw.
     fn uniform_f64(&mut self) -> f64 {
         (self.engine.next_u64() & ((1u64 << 53) - 1)) as f64 * (1.0 / 9_007_199_254_740_992.0)
@@ -223,14 +235,27 @@ impl TorchCpuGenerator {
     }
 
     fn fill_f16(&mut self, numel: usize) -> Vec<f32> {
+        self.fill_reduced(numel, round_to_f16, Self::uniform_f16, box_muller_16_f16)
+    }
+
+    fn fill_bf16(&mut self, numel: usize) -> Vec<f32> {
+        self.fill_reduced(numel, round_to_bf16, Self::uniform_bf16, box_muller_16_bf16)
+    }
+
+    /// A 16-bit type's fill: below 16 elements the f64 draw cast through float (two roundings,
+    /// as torch casts it), else its own uniforms and its own rounded block transform.
+    fn fill_reduced(
+        &mut self,
+        numel: usize,
+        round: fn(f32) -> f32,
+        uniform: fn(&mut Self) -> f32,
+        block: fn(&mut [f32]),
+    ) -> Vec<f32> {
         if numel < 16 {
-            // torch casts the f64 draw to half through float (two roundings), as here.
-            return (0..numel)
-                .map(|_| round_to_f16(self.normal_f64() as f32))
-                .collect();
+            return (0..numel).map(|_| round(self.normal_f64() as f32)).collect();
         }
-        let mut data: Vec<f32> = (0..numel).map(|_| self.uniform_f16()).collect();
-        fill_blocks(&mut data, box_muller_16_f16, |g| g.uniform_f16(), self);
+        let mut data: Vec<f32> = (0..numel).map(|_| uniform(self)).collect();
+        fill_blocks(&mut data, block, uniform, self);
         data
     }
 }
@@ -288,16 +313,38 @@ fn box_muller_16_scalar(block: &mut [f32]) {
 /// `cos`, `sin` of a half compute in f32 and return a half, and half-by-half products round to
 /// half, so every intermediate (log, radius, angle, cos, sin, product) is rounded to f16.
 fn box_muller_16_f16(block: &mut [f32]) {
+    box_muller_16_rounded(block, round_to_f16);
+}
+
+/// torch's bf16 block: the portable kernel instantiated for `c10::BFloat16`, whose arithmetic
+/// and math functions round exactly where `c10::Half`'s do (f32 computation, result rounded to
+/// bf16, nearest even).
+fn box_muller_16_bf16(block: &mut [f32]) {
+    box_muller_16_rounded(block, round_to_bf16);
+}
+
+/// The portable block in a 16-bit type whose rounding of an f32 is `round`: the uniforms in
+/// `block` are values of that type; every intermediate is rounded to it.
+fn box_muller_16_rounded(block: &mut [f32], round: fn(f32) -> f32) {
     for j in 0..8 {
-        let u1 = round_to_f16(1.0 - block[j]);
+        // `1 - u` is exact in the type (rounded all the same, as torch does); `-2 * log(u1)`
+        // is too, being a power-of-two multiple of a value of the type.
+        let u1 = round(1.0 - block[j]);
         let u2 = block[j + 8];
-        let radius = round_to_f16((-2.0 * round_to_f16(u1.ln())).sqrt());
-        let theta = round_to_f16((2.0 * std::f64::consts::PI * f64::from(u2)) as f32);
-        let cos = round_to_f16(radius * round_to_f16(theta.cos()));
-        let sin = round_to_f16(radius * round_to_f16(theta.sin()));
-        block[j] = round_to_f16(round_to_f16(cos * STD as f32) + MEAN as f32);
-        block[j + 8] = round_to_f16(round_to_f16(sin * STD as f32) + MEAN as f32);
+        let radius = round((-2.0 * round(u1.ln())).sqrt());
+        // `2.0f * pi<double> * u2` is a double, assigned to the type through float.
+        let theta = round((2.0 * std::f64::consts::PI * f64::from(u2)) as f32);
+        let cos = round(radius * round(theta.cos()));
+        let sin = round(radius * round(theta.sin()));
+        block[j] = round(round(cos * STD as f32) + MEAN as f32);
+        block[j + 8] = round(round(sin * STD as f32) + MEAN as f32);
     }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even, as `c10::BFloat16`), returned as the f32
+/// holding that bf16 exactly.
+pub(crate) fn round_to_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
 }
 
 /// `x` rounded to the nearest f16 (ties to even), returned as the f32 holding that f16 exactly.
@@ -386,6 +433,7 @@ impl NoiseSource for TorchCpuGenerator {
         Ok(match dtype {
             NoiseDType::F32 => self.fill_f32(numel),
             NoiseDType::F16 => self.fill_f16(numel),
+            NoiseDType::BF16 => self.fill_bf16(numel),
         })
     }
 }
@@ -398,7 +446,8 @@ impl NoiseSource for TorchCpuGenerator {
 /// scheduler: DPM-Solver++ SDE draws in f32 whatever the model (`dtype=torch.float32`), Euler,
 /// Euler ancestral and DDIM in the model output's dtype. This engine keeps latents and the
 /// scheduler in f32, so to reproduce such a miner (a verifier re-running its job) it draws from
-/// [`DrawnIn::half_precision_miner`]; the f16 values widen to f32 exactly.
+/// [`DrawnIn::half_precision_miner`]; the f16 values widen to f32 exactly. A bf16 pipeline draws
+/// the same way in bf16: [`DrawnIn::reduced_precision_miner`].
 #[derive(Debug, Clone)]
 pub struct DrawnIn<N> {
     /// The source.
@@ -424,11 +473,21 @@ impl<N: NoiseSource> DrawnIn<N> {
     /// The draws of a miner running `sampler` in f16: latents in f16; the scheduler's noise in
     /// f32 for DPM-Solver++ SDE, else in f16.
     pub fn half_precision_miner(inner: N, sampler: crate::image::SchedulerKind) -> Self {
+        Self::reduced_precision_miner(inner, sampler, NoiseDType::F16)
+    }
+
+    /// The draws of a miner running `sampler` in `dtype` (f16, or bf16): latents in `dtype`; the
+    /// scheduler's noise in f32 for DPM-Solver++ SDE, else in `dtype`.
+    pub fn reduced_precision_miner(
+        inner: N,
+        sampler: crate::image::SchedulerKind,
+        dtype: NoiseDType,
+    ) -> Self {
         let steps = match sampler {
             crate::image::SchedulerKind::DpmSolverSdeKarras => None,
-            _ => Some(NoiseDType::F16),
+            _ => Some(dtype),
         };
-        Self::new(inner, Some(NoiseDType::F16), steps)
+        Self::new(inner, Some(dtype), steps)
     }
 }
 
@@ -454,7 +513,12 @@ mod tests {
         let mut plain = TorchCpuGenerator::new(5);
         let a = miner.randn(&[2, 20], NoiseDType::F32).unwrap();
         assert_eq!(a, plain.randn(&[2, 20], NoiseDType::F16).unwrap());
-        assert_ne!(a, TorchCpuGenerator::new(5).randn(&[2, 20], NoiseDType::F32).unwrap());
+        assert_ne!(
+            a,
+            TorchCpuGenerator::new(5)
+                .randn(&[2, 20], NoiseDType::F32)
+                .unwrap()
+        );
         // Later draws as asked.
         let b = miner.randn(&[20], NoiseDType::F32).unwrap();
         assert_eq!(b, plain.randn(&[20], NoiseDType::F32).unwrap());

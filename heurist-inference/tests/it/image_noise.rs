@@ -1,7 +1,11 @@
 //! The seeded noise against torch's own bits (tests/fixtures/torch/randn.json, made by
-//! tools/make_image_fixtures.py with torch 2.4.0): every seed, shape, dtype, both draws of a
-//! generator, mixed draw sequences, for torch's portable kernel and its AVX2 / AVX-512 kernels.
+//! tools/make_image_fixtures.py with torch 2.4.0): every seed, shape, dtype (f32, f16, bf16),
+//! both draws of a generator, mixed draw sequences, for torch's portable kernel and its AVX2 /
+//! AVX-512 kernels.
 //! Exact equality of bit patterns: no tolerance.
+
+// The helpers read the fixture too: a malformed one should fail the test loudly.
+#![allow(clippy::unwrap_used)]
 
 use heurist_inference::InferenceError;
 use heurist_inference::image::noise::{NoiseDType, NoiseSource, TorchCpuGenerator, TorchCpuKernel};
@@ -20,6 +24,7 @@ fn dtype(name: &str) -> NoiseDType {
     match name {
         "f32" => NoiseDType::F32,
         "f16" => NoiseDType::F16,
+        "bf16" => NoiseDType::BF16,
         other => panic!("fixture dtype {other}"),
     }
 }
@@ -32,13 +37,14 @@ fn kernel(capability: &str) -> TorchCpuKernel {
     }
 }
 
-/// The draw's bit patterns, as torch stores them (u32 per f32, u16 per f16).
+/// The draw's bit patterns, as torch stores them (u32 per f32, u16 per f16 and per bf16).
 fn bits(values: &[f32], dtype: NoiseDType) -> Vec<u32> {
     values
         .iter()
         .map(|v| match dtype {
             NoiseDType::F32 => v.to_bits(),
             NoiseDType::F16 => u32::from(half_bits(*v)),
+            NoiseDType::BF16 => u32::from(bfloat_bits(*v)),
         })
         .collect()
 }
@@ -64,12 +70,20 @@ fn half_bits(v: f32) -> u16 {
     sign | h
 }
 
+/// The bf16 bit pattern of an f32 that holds a bf16 exactly (the test fails if it does not): a
+/// bf16 is the upper half of the f32 with the same value.
+fn bfloat_bits(v: f32) -> u16 {
+    let b = v.to_bits();
+    assert_eq!(b & 0xffff, 0, "{v} is not a bf16");
+    (b >> 16) as u16
+}
+
 fn sha256(words: &[u32], dtype: NoiseDType) -> String {
     let mut hasher = Sha256::new();
     for w in words {
         match dtype {
             NoiseDType::F32 => hasher.update(w.to_le_bytes()),
-            NoiseDType::F16 => hasher.update((*w as u16).to_le_bytes()),
+            NoiseDType::F16 | NoiseDType::BF16 => hasher.update((*w as u16).to_le_bytes()),
         }
     }
     hasher
@@ -118,6 +132,7 @@ fn randn_equals_torch_bit_for_bit() {
     let fixture = fixture();
     let mut failures = Vec::new();
     let mut checked = 0;
+    let mut checked_bf16 = 0;
     for table in fixture["tables"].as_array().unwrap() {
         let capability = table["capability"].as_str().unwrap();
         let kernel = kernel(capability);
@@ -134,6 +149,7 @@ fn randn_equals_torch_bit_for_bit() {
             for (draw, recorded) in record["draws"].as_array().unwrap().iter().enumerate() {
                 let got = bits(&generator.randn(&shape, dtype).unwrap(), dtype);
                 checked += 1;
+                checked_bf16 += usize::from(dtype == NoiseDType::BF16);
                 if let Some(why) = check_draw(recorded, &got, dtype) {
                     failures.push(format!(
                         "{capability} seed {seed} {shape:?} {dtype:?} draw {draw}: {why}"
@@ -154,15 +170,20 @@ fn randn_equals_torch_bit_for_bit() {
                 let dtype = dtype(recorded["dtype"].as_str().unwrap());
                 let got = bits(&generator.randn(&shape, dtype).unwrap(), dtype);
                 checked += 1;
+                checked_bf16 += usize::from(dtype == NoiseDType::BF16);
                 if let Some(why) = check_draw(recorded, &got, dtype) {
                     failures.push(format!(
-                        "{capability} sequence seed {seed} draw {draw} {shape:?}: {why}"
+                        "{capability} sequence seed {seed} draw {draw} {shape:?} {dtype:?}: {why}"
                     ));
                 }
             }
         }
     }
-    assert!(checked >= 400, "only {checked} draws in the fixture");
+    assert!(checked >= 600, "only {checked} draws in the fixture");
+    assert!(
+        checked_bf16 >= 200,
+        "only {checked_bf16} bf16 draws in the fixture"
+    );
     assert!(
         failures.is_empty(),
         "{} of {checked} draws differ from torch:\n{}",
@@ -173,23 +194,29 @@ fn randn_equals_torch_bit_for_bit() {
 
 #[test]
 fn noise_tensor_has_the_shape_and_dtype() {
-    let mut generator = TorchCpuGenerator::new(42);
-    let t = generator
-        .randn_tensor(&[1, 4, 8, 8], NoiseDType::F16, &candle_core::Device::Cpu)
-        .unwrap();
-    assert_eq!(t.dims(), &[1, 4, 8, 8]);
-    assert_eq!(t.dtype(), candle_core::DType::F16);
-    let again = TorchCpuGenerator::new(42)
-        .randn(&[1, 4, 8, 8], NoiseDType::F16)
-        .unwrap();
-    let values: Vec<f32> = t
-        .to_dtype(candle_core::DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    assert_eq!(values, again);
+    for (noise, candle) in [
+        (NoiseDType::F16, candle_core::DType::F16),
+        (NoiseDType::BF16, candle_core::DType::BF16),
+    ] {
+        assert_eq!(noise.candle_dtype(), candle);
+        let mut generator = TorchCpuGenerator::new(42);
+        let t = generator
+            .randn_tensor(&[1, 4, 8, 8], noise, &candle_core::Device::Cpu)
+            .unwrap();
+        assert_eq!(t.dims(), &[1, 4, 8, 8]);
+        assert_eq!(t.dtype(), candle);
+        let again = TorchCpuGenerator::new(42)
+            .randn(&[1, 4, 8, 8], noise)
+            .unwrap();
+        let values: Vec<f32> = t
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(values, again, "{noise:?}");
+    }
 }
 
 #[test]

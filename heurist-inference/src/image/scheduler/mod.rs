@@ -261,14 +261,13 @@ impl SchedulerConfig {
     }
 }
 
-/// The dtype diffusers' `randn_tensor(..., dtype=model_output.dtype)` draws in: f16 for an f16
-/// model output; f32 for the rest (torch would draw bf16 noise for a bf16 output, which the
-/// generator port does not make).
+/// The dtype diffusers' `randn_tensor(..., dtype=model_output.dtype)` draws in: the model
+/// output's for f16 and bf16; f32 for the rest.
 fn noise_dtype(dtype: candle_core::DType) -> crate::image::noise::NoiseDType {
-    if dtype == candle_core::DType::F16 {
-        crate::image::noise::NoiseDType::F16
-    } else {
-        crate::image::noise::NoiseDType::F32
+    match dtype {
+        candle_core::DType::F16 => crate::image::noise::NoiseDType::F16,
+        candle_core::DType::BF16 => crate::image::noise::NoiseDType::BF16,
+        _ => crate::image::noise::NoiseDType::F32,
     }
 }
 
