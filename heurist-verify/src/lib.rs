@@ -27,8 +27,10 @@
 //!   claimed token usage recounted with the model's tokenizer. Every bar is calibrated on
 //!   honest answers of other engines (llama.cpp, transformers in f32 and bf16).
 //! - `image` (feature `image`; the re-run with `inference` too): an image result against the
-//!   job re-run on the claimed model, by SSIM, a perceptual hash and the mean pixel
-//!   difference, with a typed verdict carrying the numbers.
+//!   job re-run on the claimed model with the noise of each precision a miner may run in (f32,
+//!   f16, bf16), by PSNR within that precision's bars, SSIM and a perceptual hash, with a typed
+//!   verdict carrying the numbers. The bars are calibrated on honest images of the reference
+//!   miner's own stack (diffusers at its pins, its vendored pipelines, three precisions).
 //!
 //! ## Detection tables
 //! What each check catches and what honest answers and images of other engines reach, with

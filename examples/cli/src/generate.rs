@@ -19,7 +19,7 @@ use clap::{Args, ValueEnum};
 use heurist_inference::DeviceSpec;
 use heurist_inference::image::noise::TorchCpuGenerator;
 use heurist_inference::image::{
-    ImageEngine, ImageJob, Lora, PromptEncoding, SchedulerKind, SdFamily,
+    ImageEngine, ImageJob, Lora, LoraScale, PromptEncoding, SchedulerKind, SdFamily,
 };
 use heurist_protocol::{Job, JobParams, MinerLimits, ModelInput, SdInput, SdParams};
 
@@ -53,24 +53,66 @@ pub(crate) struct GenerateArgs {
     /// The single-file checkpoint (LDM / A1111 safetensors, SD 1.5 or SDXL).
     #[arg(long)]
     model: PathBuf,
-    /// The family the checkpoint must be [default: whatever its tensors say].
-    #[arg(long, value_enum)]
-    family: Option<Family>,
-    /// A VAE to use instead of the checkpoint's (the registry's `vae` override).
-    #[arg(long)]
-    vae: Option<PathBuf>,
-    /// A LoRA (kohya safetensors) to merge into the model.
-    #[arg(long)]
-    lora: Option<PathBuf>,
-    /// The LoRA's scale (the registry's `default_weight`).
-    #[arg(long, default_value_t = 1.0, requires = "lora")]
-    lora_weight: f64,
+    #[command(flatten)]
+    parts: ImageModelArgs,
     /// Where to write the PNG.
     #[arg(long)]
     out: PathBuf,
     /// cpu, cuda, cuda:N or auto (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+}
+
+/// What goes with an image checkpoint: shared by `generate` and `verify --image`.
+#[derive(Args, Debug, Default)]
+pub(crate) struct ImageModelArgs {
+    /// The family the checkpoint must be [default: whatever its tensors say].
+    #[arg(long, value_enum)]
+    family: Option<Family>,
+    /// A VAE to use instead of the checkpoint's (the registry's `vae` override).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// A LoRA (kohya or diffusers safetensors) to merge into the model: a composite's.
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// The LoRA's weight (the registry's `default_weight`), applied as the reference miner
+    /// applies it: to the UNet; the text encoders' adapters stay at 1.0.
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    lora_weight: f64,
+}
+
+/// Loads the checkpoint at `model` with `parts` on `device`, checking `--family`; says what it
+/// loaded on stderr.
+pub(crate) fn load_engine(model: &Path, parts: &ImageModelArgs, device: DeviceSpec) -> anyhow::Result<ImageEngine> {
+    let started = Instant::now();
+    let mut engine = ImageEngine::load_checkpoint(model, device)?;
+    let found = match engine.architecture().family {
+        SdFamily::Sd15 => Family::Sd15,
+        SdFamily::Sdxl => Family::Sdxl,
+    };
+    if let Some(family) = parts.family
+        && family != found
+    {
+        bail!(
+            "{}: --family {} but the checkpoint's tensors are {}",
+            model.display(),
+            family.name(),
+            found.name(),
+        );
+    }
+    if let Some(vae) = &parts.vae {
+        engine.set_vae(Some(vae))?;
+    }
+    if let Some(lora) = &parts.lora {
+        engine.set_lora(Some((Arc::new(Lora::open(lora)?), LoraScale::reference(parts.lora_weight))))?;
+    }
+    eprintln!(
+        "loaded {} ({}) in {:.1} s",
+        model.display(),
+        found.name(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(engine)
 }
 
 /// The SD job in the file at `path` (the SD input itself, or under `model_input` and/or `SD`)
@@ -116,7 +158,7 @@ fn read_job(path: &Path, random: impl FnOnce() -> u64) -> anyhow::Result<SdParam
 
 /// The engine's job for clamped protocol parameters, as the miner's `sd::image_job` builds it;
 /// a sampler the engine does not run is refused, naming it.
-fn image_job(params: &SdParams) -> anyhow::Result<ImageJob> {
+pub(crate) fn image_job(params: &SdParams) -> anyhow::Result<ImageJob> {
     let sampler = match &params.sampler {
         Some(s) => Some(SchedulerKind::from_diffusers(
             &s.class_name,
@@ -147,34 +189,7 @@ pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<Outcome> {
         .and_then(|job| Ok(job.checked()?))
         .with_context(|| format!("{}", args.job.display()))?;
 
-    let started = Instant::now();
-    let mut engine = ImageEngine::load_checkpoint(&args.model, args.device)?;
-    let found = match engine.architecture().family {
-        SdFamily::Sd15 => Family::Sd15,
-        SdFamily::Sdxl => Family::Sdxl,
-    };
-    if let Some(family) = args.family
-        && family != found
-    {
-        bail!(
-            "{}: --family {} but the checkpoint's tensors are {}",
-            args.model.display(),
-            family.name(),
-            found.name(),
-        );
-    }
-    if let Some(vae) = &args.vae {
-        engine.set_vae(Some(vae))?;
-    }
-    if let Some(lora) = &args.lora {
-        engine.set_lora(Some((Arc::new(Lora::open(lora)?), args.lora_weight)))?;
-    }
-    eprintln!(
-        "loaded {} ({}) in {:.1} s",
-        args.model.display(),
-        found.name(),
-        started.elapsed().as_secs_f64()
-    );
+    let engine = load_engine(&args.model, &args.parts, args.device)?;
 
     let steps = job.steps;
     let mut noise = TorchCpuGenerator::new(job.seed);

@@ -53,7 +53,7 @@ enum Command {
     Checksum(checksum::ChecksumArgs),
     /// Answer an OpenAI messages array on a local chat model: print the ChatCompletion JSON, or stream the text.
     Chat(chat::ChatArgs),
-    /// Re-check a chat result on the model: exit 0 when it holds, 1 when it is rejected (with the evidence), 2 when it cannot be judged.
+    /// Re-check a chat or image result on the model: exit 0 when it holds, 1 when it is rejected (with the evidence), 2 when it cannot be judged.
     Verify(verify::VerifyArgs),
 }
 

@@ -1,7 +1,13 @@
-//! `heurist verify`: re-check a chat result on the claimed model.
+//! `heurist verify`: re-check a chat or image result on the claimed model.
 //!
 //! Reads a job (as `miner_request` answered it) and the `miner_submit` body answering it, and
-//! re-checks the answer on the model file given, with `heurist-verify`:
+//! re-checks the result on the model file given, with `heurist-verify`. An image job's result
+//! is the PNG the miner uploaded, read from the file `--image` names: the job is clamped as a
+//! miner clamps it (the network's default limits) and re-run on the SD checkpoint `--model`
+//! (with `--lora` at `--lora-weight` for a composite, `--vae` for a VAE override) with the
+//! noise of each precision a miner may run in (f32, f16, bf16), and judged within that
+//! precision's calibrated bars (`heurist_verify::image::rerun::check_image`,
+//! `PrecisionBars::NETWORK`). A chat answer is judged:
 //! - a greedy job: `check_greedy_submission` (one teacher-forced pass: every token within the
 //!   margin of the model's best that honest engines keep, and the end where the model ends);
 //! - a sampled job: `check_sampled_submission`, by the answer's likelihood under the model (an
@@ -10,17 +16,25 @@
 //!   likelihood cannot, and needs the job's seed);
 //!
 //! then recounts the token usage the submission claims. Exit 0 when the result holds, 1 when it
-//! is rejected (the evidence on standard output), 2 when it cannot be judged: bad input, a
-//! result for another job, an image job, a sampled job the likelihood test does not model
-//! (top-k, top-p, penalties), or a replay asked of a job without a seed.
+//! is rejected (the evidence on standard output; a file that is not a PNG included), 2 when it
+//! cannot be judged: bad input, a result for another job, an image job without `--image` (or
+//! `--image` for a chat job), an image job without a seed, a sampled job the likelihood test
+//! does not model (top-k, top-p, penalties), or a replay asked of a job without a seed.
+//!
+//! ```sh
+//! heurist verify --model tiny-sd15.safetensors job.json submit.json --image result.png
+//! ```
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use heurist_inference::{ChatEngine, DeviceSpec};
-use heurist_protocol::{Job, MinerSubmit};
+use heurist_inference::image::PromptEncoding;
+use heurist_protocol::{Job, JobParams, MinerLimits, MinerSubmit, ModelInput};
 use heurist_verify::VerifyError;
+use heurist_verify::image::PrecisionBars;
+use heurist_verify::image::rerun::check_image;
 use heurist_verify::llm::{
     GreedyThresholds, SampledJudge, SampledSubmissionCheck, SampledThresholds, SeededThresholds, UsageTolerance,
     check_greedy_submission,
@@ -28,13 +42,20 @@ use heurist_verify::llm::{
 };
 
 use crate::Outcome;
+use crate::generate::{ImageModelArgs, image_job, load_engine};
 use crate::job::read_input;
 
 #[derive(Args, Debug)]
 pub(crate) struct VerifyArgs {
-    /// The claimed model's file (a GGUF chat model).
+    /// The claimed model's file: a GGUF chat model, or for an image job the SD single-file
+    /// checkpoint (LDM / A1111 safetensors, SD 1.5 or SDXL).
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
+    /// An image job's result: the PNG the miner uploaded, read from this file.
+    #[arg(long, value_name = "FILE.png")]
+    image: Option<PathBuf>,
+    #[command(flatten)]
+    parts: ImageModelArgs,
     /// Where to run the model: `cpu`, or `cuda:N` in a build with CUDA.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
@@ -53,6 +74,15 @@ pub(crate) fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
     let job = Job::from_slice(&read_input(&args.job)?).with_context(|| format!("job {}", args.job.display()))?;
     let submit = MinerSubmit::from_slice(&read_input(&args.submit)?)
         .with_context(|| format!("miner_submit {}", args.submit.display()))?;
+    match (&job.model_input, &args.image) {
+        (ModelInput::Sd(_), Some(png)) => return verify_image(&args, &job, &submit, png),
+        (ModelInput::Sd(_), None) => anyhow::bail!(
+            "job {} is an image job: pass --image FILE.png, the object the miner uploaded",
+            job.job_id
+        ),
+        (_, Some(_)) => anyhow::bail!("job {} is a chat job: --image is for image jobs", job.job_id),
+        _ => {}
+    }
     let engine = ChatEngine::load_gguf(&args.model, args.device)
         .with_context(|| format!("loading --model {}", args.model.display()))?;
     eprintln!("re-checking job {} ({}) on {}", job.job_id, job.model_id, args.model.display());
@@ -102,4 +132,56 @@ pub(crate) fn run(args: VerifyArgs) -> anyhow::Result<Outcome> {
     }
     println!("holds: {} {holds}", what());
     Ok(Outcome::Ok)
+}
+
+/// The image half of `heurist verify`.
+#[allow(clippy::print_stdout)]
+fn verify_image(args: &VerifyArgs, job: &Job, submit: &MinerSubmit, png: &std::path::Path) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        submit.job_id == job.job_id,
+        "the submission answers job {}, not job {}",
+        submit.job_id,
+        job.job_id
+    );
+    let mut no_seed = false;
+    let clamped = MinerLimits::default()
+        .clamp(job, || {
+            no_seed = true;
+            0
+        })
+        .with_context(|| format!("job {}", job.job_id))?;
+    anyhow::ensure!(
+        !no_seed,
+        "job {} names no seed (-1): the miner drew its own, so no re-run can reproduce the image",
+        job.job_id
+    );
+    let JobParams::Sd(params) = clamped.params else {
+        anyhow::bail!("job {} is not an image job", job.job_id)
+    };
+    let image_job = image_job(&params).with_context(|| format!("job {}", job.job_id))?;
+    let claimed = std::fs::read(png).with_context(|| format!("reading --image {}", png.display()))?;
+    let engine = load_engine(&args.model, &args.parts, args.device)
+        .with_context(|| format!("loading --model {}", args.model.display()))?;
+    eprintln!("re-running job {} ({}) on {}", job.job_id, job.model_id, args.model.display());
+    let what = format!("job {} by {}", job.job_id, submit.miner_id);
+    let bars = PrecisionBars::NETWORK;
+    match check_image(&engine, &image_job, PromptEncoding::LongPromptWeighting, &claimed, &bars) {
+        Ok((precision, verdict)) if verdict.holds() => {
+            println!("holds: {what} is the job's image, as a miner running in {precision} draws it: {}", verdict.evidence());
+            Ok(Outcome::Ok)
+        }
+        Ok((precision, verdict)) => {
+            println!(
+                "rejected: {what}: not the job's image in any precision; closest, {precision}: {} (bars: {})",
+                verdict.explain(),
+                bars.get(precision)
+            );
+            Ok(Outcome::Rejected)
+        }
+        Err(e @ VerifyError::ImageDecode { .. }) => {
+            println!("rejected: {what}: {} is not a PNG: {e}", png.display());
+            Ok(Outcome::Rejected)
+        }
+        Err(e) => Err(e).with_context(|| what.clone()),
+    }
 }

@@ -3,7 +3,7 @@
 //! A local sequencer with its portal and an embedded S3 server (`s3s-fs`, loopback, a temporary
 //! folder), three honest chat miners (two on this crate's CPU kernels, one on candle's quantized
 //! llama, whose near-ties fall elsewhere: the greedy audit must pass it too) and one chat
-//! cheater, two honest image miners (SD 1.5 and
+//! cheater, three honest image miners (SD 1.5 twice and
 //! SDXL) and an image cheater, a client feeding chat jobs and image jobs built from the
 //! network's example files (SD 1.5 ones served by the tiny SD 1.5 checkpoint, SDXL ones by the
 //! tiny SDXL checkpoint, each under a model id the demo registers with the example model's
@@ -11,8 +11,10 @@
 //! of jobs, verdicts and points.
 //!
 //! Image audits (`heurist_sequencer::audit::ImageAuditor`) fetch the PNG from S3, re-run the
-//! job and compare SSIM, a perceptual hash and the mean pixel difference within
-//! [`IMAGE_TOLERANCE`].
+//! job with the noise of each precision a miner may run in and compare within that precision's
+//! bars ([`IMAGE_TOLERANCE`]). The honest image miners draw their noise in three precisions:
+//! carol in f32, grace in f16 as the reference miner's f16 pipelines draw it, dave in bf16; the
+//! same seed gives each another picture, and none may be slashed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,7 +39,8 @@ use heurist_miner::sd::{CheckpointSpec, SdRunner};
 use heurist_miner::signal::ModelChoice;
 use heurist_miner::upload::{DEFAULT_REGION, Uploader};
 use heurist_protocol::SdParams;
-use heurist_sequencer::audit::{ByKind, ImageAuditor, ImageRerun, ImageThresholds, RgbImage};
+use heurist_inference::image::noise::NoiseDType;
+use heurist_sequencer::audit::{ByKind, ImageAuditor, ImageRerun, Precision, PrecisionBars, RgbImage};
 use heurist_sequencer::s3::LocalS3;
 use heurist_sequencer::{AuditPolicy, AuditVerdict, Auditor, SequencerConfig};
 use serde_json::{Value, json};
@@ -59,13 +62,12 @@ const BUCKET: &str = "heurist-images";
 /// The example files' SD 1.5 models (registry type `sd15`), whose jobs the demo maps onto the
 /// tiny checkpoint.
 const SD15_EXAMPLES: [&str; 4] = ["Aurora", "BrainDance", "YamersCartoonArcadia", "ArthemyComics"];
-/// What counts as the same image in an audit. The engine is deterministic for a job on one
-/// build: re-running a job in a process with another thread count (`RAYON_NUM_THREADS` 1 and
-/// 3 against the default; heurist-miner's test `rerun_with_another_thread_count_gives_the_same_pixels`)
-/// gave identical pixels, so the
-/// margin only absorbs another machine's kernels; a cheater's image (another seed, a third of
-/// the steps) differs by tens of levels on average.
-const IMAGE_TOLERANCE: ImageThresholds = ImageThresholds::DEFAULT;
+/// What counts as the same image in an audit: the bars heurist-verify calibrated on the
+/// reference miner's own stack, per precision. The engine is deterministic for a job on one
+/// build (heurist-miner's test `rerun_with_another_thread_count_gives_the_same_pixels`), so the
+/// demo's honest miners match their precision's re-run exactly; a cheater's image (a third of
+/// the steps) sits far below every bar.
+const IMAGE_TOLERANCE: PrecisionBars = PrecisionBars::NETWORK;
 const API_KEY: &str = "demo-key";
 
 /// Run a local Heurist network: sequencer, honest miners, a cheater, audits, points.
@@ -158,6 +160,15 @@ impl Auditor for GreedyAuditor {
     }
 }
 
+/// An honest image miner drawing its noise in another precision than f32 (`--sd-noise`).
+struct DrawsIn(Arc<SdRunner>, NoiseDType);
+
+impl ImageRunner for DrawsIn {
+    fn generate(&self, model_id: &str, params: &SdParams) -> Result<Image, ImageError> {
+        self.0.generate_drawn(model_id, params, self.1)
+    }
+}
+
 /// An image cheater's engine: runs a third of the steps the job asks for (a third of the
 /// work) and returns that image as the job's.
 struct FewerSteps(Arc<SdRunner>);
@@ -177,10 +188,10 @@ struct Rerun {
 }
 
 impl ImageRerun for Rerun {
-    fn rerun(&self, job: &Job) -> Result<RgbImage, String> {
+    fn rerun(&self, job: &Job, precision: Precision) -> Result<RgbImage, String> {
         let clamped = self.limits.clamp(job, || 0).map_err(|e| e.to_string())?;
         let JobParams::Sd(params) = clamped.params else { return Err("not an image job".into()) };
-        let img = self.runner.generate(&job.model_id, &params).map_err(|e| e.to_string())?;
+        let img = self.runner.generate_drawn(&job.model_id, &params, precision.into()).map_err(|e| e.to_string())?;
         Ok(RgbImage { width: img.width(), height: img.height(), rgb: img.rgb().to_vec() })
     }
 }
@@ -385,9 +396,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     let uploader = Uploader::new(&s3.endpoint(), DEFAULT_REGION, Duration::from_secs(30))?;
-    let image_miners: [(&str, u64, &str, Arc<dyn ImageRunner>); 3] = [
+    let image_miners: [(&str, u64, &str, Arc<dyn ImageRunner>); 4] = [
         ("carol", 0xca201, SD_MODEL, sd_runner.clone()),
-        ("dave", 0xda7e, SDXL_MODEL, sd_runner.clone()),
+        ("grace", 0x62ace, SD_MODEL, Arc::new(DrawsIn(sd_runner.clone(), NoiseDType::F16))),
+        ("dave", 0xda7e, SDXL_MODEL, Arc::new(DrawsIn(sd_runner.clone(), NoiseDType::BF16))),
         ("eve", 0xe7e, SD_MODEL, Arc::new(FewerSteps(sd_runner.clone()))),
     ];
     let mut image_cheater = None;
@@ -422,7 +434,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cheater: MinerId = "0x00000000000000000000000000000000c4ea7e55-mallory".parse()?;
     tasks.spawn(cheat(client.clone(), cheater.clone(), IdentityWallet::generate()?, hardware.clone(), stop_rx.clone()));
     println!("[4/5] miners: alice and bob (honest, SmolLM2 on this crate's CPU kernels), frank (honest, SmolLM2 on candle's quantized llama: another engine), mallory (answers without running the model);");
-    println!("      carol (honest, {SD_MODEL} on this CPU), dave (honest, {SDXL_MODEL} on this CPU), eve ({SD_MODEL}, runs a third of the steps an image job asks for)");
+    println!("      carol (honest, {SD_MODEL} on this CPU, f32 noise), grace (honest, {SD_MODEL}, f16 noise as the reference miner draws it), dave (honest, {SDXL_MODEL}, bf16 noise), eve ({SD_MODEL}, runs a third of the steps an image job asks for)");
     println!("      each reports the device it runs on as its hardware: {hardware:?}");
 
     // Wait for every job to be done and audited.
@@ -520,7 +532,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let done: u64 = honest.iter().map(|(_, s)| s.done.load(Ordering::Relaxed)).sum();
     println!("honest image jobs: {honest_images}");
     println!("honest SDXL image jobs: {honest_sdxl} of {}", xl_images.len());
-    println!("\nhonest jobs accepted and passed: {} ({done} by alice, bob, frank, carol and dave); cheater caught: {}", if honest_ok { "yes" } else { "NO" }, if caught { "yes" } else { "NO" });
+    println!("\nhonest jobs accepted and passed: {} ({done} by alice, bob, frank, carol, grace and dave); cheater caught: {}", if honest_ok { "yes" } else { "NO" }, if caught { "yes" } else { "NO" });
     if args.serve {
         println!("\nportal: {url}/ — Ctrl-C to stop");
         tokio::signal::ctrl_c().await?;
@@ -539,7 +551,9 @@ fn engine_of(tag: &str) -> &'static str {
         "alice" | "bob" => "heurist-inference CPU body (honest)",
         "frank" => "candle's quantized llama (honest)",
         "mallory" => "none: made-up text (cheater)",
-        "carol" | "dave" => "heurist-inference SD (honest)",
+        "carol" => "heurist-inference SD, f32 noise (honest)",
+        "grace" => "heurist-inference SD, f16 noise as a GPU miner (honest)",
+        "dave" => "heurist-inference SDXL, bf16 noise (honest)",
         "eve" => "heurist-inference SD, a third of the steps (cheater)",
         _ => "?",
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use heurist_inference::{ChatEngine, DeviceSpec};
 use heurist_miner::config::{ReferenceConfig, expand_home, miner_ids_from_env};
 use heurist_miner::spool::Spool;
@@ -31,6 +31,25 @@ use heurist_protocol::{IdentityWallet, Registry};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
 
 /// A native Heurist miner.
+/// `--sd-noise`: the precision whose noise image jobs draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SdNoise {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl SdNoise {
+    fn dtype(self) -> heurist_inference::image::noise::NoiseDType {
+        use heurist_inference::image::noise::NoiseDType;
+        match self {
+            Self::F32 => NoiseDType::F32,
+            Self::F16 => NoiseDType::F16,
+            Self::Bf16 => NoiseDType::BF16,
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "heurist-miner", version, about)]
 struct Args {
@@ -82,6 +101,11 @@ struct Args {
     /// checksum; a bad file is deleted, never loaded). Served after the --sd-checkpoint ones.
     #[arg(long = "sd-model-id", value_name = "MODEL_ID")]
     sd_model_ids: Vec<String>,
+    /// The precision whose noise image jobs draw from their seed: f32, or f16 as the reference
+    /// miner's f16 pipelines draw it (the same seed then gives their picture), or bf16. Each is
+    /// honest: verifiers re-run every precision.
+    #[arg(long, value_enum, default_value_t = SdNoise::F32)]
+    sd_noise: SdNoise,
     /// Switch only among the models named on the command line (a lone chat model is then
     /// pinned: its signals carry `skip_update`). Without it, a signal naming a model that is in
     /// <[storage].base_dir>/models (where downloads go), listed by the registry with a
@@ -202,7 +226,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for device in distinct(&devices) {
             tracing::info!(models = ?specs.iter().map(|s| &s.model_id).collect::<Vec<_>>(), device = %device, "loading the image models");
             let specs = specs.clone();
-            runners.push((device, Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, device)).await??)));
+            let noise = args.sd_noise.dtype();
+            runners.push((device, Arc::new(tokio::task::spawn_blocking(move || SdRunner::load(&specs, device)).await??.with_noise(noise))));
         }
         let uploader = Uploader::new(&args.s3_endpoint, &args.s3_region, Duration::from_secs(60))?;
         let image_finder = finder(Family::Image)?;

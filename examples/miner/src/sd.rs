@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use heurist_inference::image::{ImageEngine, ImageJob, SchedulerKind};
+use heurist_inference::image::noise::{DrawnIn, NoiseDType, TorchCpuGenerator};
+use heurist_inference::image::{ImageEngine, ImageJob, PromptEncoding, SchedulerKind};
 use heurist_inference::DeviceSpec;
 use heurist_protocol::{Registry, SdParams};
 
@@ -81,6 +82,8 @@ pub async fn checkpoints_for(store: &ModelStore, registry: &Registry, models: &[
 pub struct SdRunner {
     engines: RwLock<BTreeMap<String, Arc<ImageEngine>>>,
     device: DeviceSpec,
+    /// The precision whose noise the jobs draw ([`SdRunner::with_noise`]).
+    noise: NoiseDType,
     /// The model loaded after start, if any.
     extra: Mutex<Option<String>>,
 }
@@ -108,7 +111,46 @@ impl SdRunner {
                 });
             }
         }
-        Ok(Self { engines: RwLock::new(engines), device, extra: Mutex::new(None) })
+        Ok(Self { engines: RwLock::new(engines), device, noise: NoiseDType::F32, extra: Mutex::new(None) })
+    }
+
+    /// Draws every job's noise as a diffusers pipeline running in `noise` draws it from the
+    /// job's seed (the initial latents, and the schedulers' noise but DPM-Solver++ SDE's, in
+    /// that precision). The default is f32; the reference miner runs f16 (`torch_dtype=
+    /// torch.float16`), so [`NoiseDType::F16`] gives the seed's picture as the network's
+    /// miners draw it. Verifiers re-run every precision, so each is honest.
+    #[must_use]
+    pub fn with_noise(mut self, noise: NoiseDType) -> Self {
+        self.noise = noise;
+        self
+    }
+
+    /// Runs clamped `params` on `model_id` drawing `noise`'s noise (what a verifier's re-run in
+    /// each precision needs).
+    ///
+    /// # Errors
+    /// [`ImageError::UnknownModel`] for a model not served, and the engine's errors.
+    pub fn generate_drawn(&self, model_id: &str, params: &SdParams, noise: NoiseDType) -> std::result::Result<Image, ImageError> {
+        // Cloned out of the lock: a load beside this job neither waits for it nor pulls the
+        // engine from under it.
+        let engine = self
+            .engines
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(model_id)
+            .cloned()
+            .ok_or_else(|| ImageError::UnknownModel(model_id.to_owned()))?;
+        let job = image_job(params)?;
+        let generator = TorchCpuGenerator::new(job.seed);
+        let out = match noise {
+            NoiseDType::F32 => engine.generate(&job)?,
+            reduced => {
+                let sampler = job.sampler.unwrap_or_else(|| engine.default_sampler());
+                let mut source = DrawnIn::reduced_precision_miner(generator, sampler, reduced);
+                engine.generate_with(&job, PromptEncoding::LongPromptWeighting, &mut source, &mut |_, _| {})?
+            }
+        };
+        Image::new(out.width, out.height, out.rgb)
     }
 
     /// The model ids served now, sorted.
@@ -138,17 +180,7 @@ pub fn image_job(params: &SdParams) -> std::result::Result<ImageJob, ImageError>
 
 impl ImageRunner for SdRunner {
     fn generate(&self, model_id: &str, params: &SdParams) -> std::result::Result<Image, ImageError> {
-        // Cloned out of the lock: a load beside this job neither waits for it nor pulls the
-        // engine from under it.
-        let engine = self
-            .engines
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(model_id)
-            .cloned()
-            .ok_or_else(|| ImageError::UnknownModel(model_id.to_owned()))?;
-        let out = engine.generate(&image_job(params)?)?;
-        Image::new(out.width, out.height, out.rgb)
+        self.generate_drawn(model_id, params, self.noise)
     }
 
     fn serves(&self, model_id: &str) -> bool {

@@ -77,25 +77,25 @@ impl Auditor for ByKind {
 #[cfg(feature = "s3")]
 pub use image::{ImageAuditor, ImageRerun, RgbImage, decode_png};
 #[cfg(feature = "s3")]
-pub use heurist_verify::image::{ImageEvidence, ImageThresholds, ImageVerdict};
+pub use heurist_verify::image::{ImageEvidence, ImageThresholds, ImageVerdict, Precision, PrecisionBars};
 
-/// Image audits: the claimed PNG fetched from S3, the job re-run on the claimed model, the two
-/// compared by `heurist_verify::image`: a structural similarity (SSIM), a perceptual hash and
-/// the mean pixel difference, all of which must agree within [`ImageThresholds`] (calibrated on
-/// honest images from diffusers in f32 and f16 against this engine's re-runs; see
-/// heurist-verify's crate docs).
+/// Image audits: the claimed PNG fetched from S3, the job re-run on the claimed model with the
+/// noise of each precision a miner may run in (f32, f16, bf16: the same seed draws another
+/// picture in each), the two compared by `heurist_verify::image` within that precision's bars
+/// ([`PrecisionBars::NETWORK`]: calibrated on honest images of the reference miner's own
+/// stack, diffusers at its pins in f32, f16 and bf16; see heurist-verify's DETECTION.md), as
+/// `heurist_verify::image::rerun::check_rgb` judges.
 ///
 /// The same seed, steps, size and sampler on the same checkpoint give the same picture up to
-/// floating-point noise (thread counts, kernels, f16 rounding), which leaves SSIM near 1, the
-/// hashes equal and the pixels within a fraction of a level; a substituted model, another
-/// seed, fewer steps, another LoRA weight or a smaller image scaled up change the picture
-/// itself.
+/// floating-point noise (thread counts, kernels, half-precision rounding); a substituted model,
+/// another seed, fewer steps, another LoRA weight or a smaller image scaled up change the
+/// picture itself.
 #[cfg(feature = "s3")]
 pub mod image {
     use std::sync::Arc;
 
     use heurist_protocol::{Job, MinerSubmit, SubmitResult};
-    use heurist_verify::image::{ImageThresholds, compare_rgb, rgb_image};
+    use heurist_verify::image::{ImageVerdict, Precision, PrecisionBars, compare_rgb, rgb_image};
 
     use super::{AuditVerdict, Auditor};
     use crate::config::S3Grant;
@@ -121,8 +121,9 @@ pub mod image {
     /// Re-runs an image job on the model it names, as an honest miner would: the reference
     /// pixels an audit compares against.
     pub trait ImageRerun: Send + Sync {
-        /// The image `job` should have produced.
-        fn rerun(&self, job: &Job) -> Result<RgbImage, String>;
+        /// The image `job` should have produced on a miner running in `precision` (which fixes
+        /// the noise it draws from the job's seed).
+        fn rerun(&self, job: &Job, precision: Precision) -> Result<RgbImage, String>;
     }
 
     /// Audits image results: fetches the submitted object from the grant's bucket (a signed
@@ -135,8 +136,9 @@ pub mod image {
         pub rerun: Arc<dyn ImageRerun>,
         /// Where results are.
         pub grant: S3Grant,
-        /// What counts as the same picture ([`ImageThresholds::DEFAULT`]: the calibrated bars).
-        pub thresholds: ImageThresholds,
+        /// What counts as the same picture in each precision ([`PrecisionBars::NETWORK`]: the
+        /// calibrated bars).
+        pub thresholds: PrecisionBars,
         /// The HTTP client for S3.
         pub http: reqwest::Client,
     }
@@ -180,29 +182,44 @@ pub mod image {
                 Ok(img) => img,
                 Err(e) => return AuditVerdict::Fail { evidence: format!("object {key}: {e}") },
             };
-            let reference = match self.rerun.rerun(job) {
-                Ok(img) => img,
-                Err(e) => return AuditVerdict::Skipped { reason: format!("re-running the job: {e}") },
+            let claimed = match rgb_image(claimed.width, claimed.height, claimed.rgb) {
+                Ok(c) => c,
+                Err(e) => return AuditVerdict::Fail { evidence: format!("object {key}: {e}") },
             };
-            let pixels = |img: RgbImage| rgb_image(img.width, img.height, img.rgb);
-            let (claimed, reference) = match (pixels(claimed), pixels(reference)) {
-                (Ok(c), Ok(r)) => (c, r),
-                (Err(e), _) => return AuditVerdict::Fail { evidence: format!("object {key}: {e}") },
-                (_, Err(e)) => return AuditVerdict::Skipped { reason: format!("re-running the job: {e}") },
-            };
-            let verdict = self.thresholds.judge(compare_rgb(&claimed, &reference));
-            if verdict.holds() {
-                AuditVerdict::Pass
-            } else {
-                AuditVerdict::Fail {
-                    evidence: format!(
-                        "object {key} is not the image of job {} on {}: {} (bars: {})",
-                        job.job_id,
-                        job.model_id,
-                        verdict.explain(),
-                        self.thresholds
-                    ),
+            // Each precision's re-run in turn, until one holds; the closest one is the evidence.
+            let mut closest: Option<(Precision, ImageVerdict)> = None;
+            for precision in Precision::ALL {
+                let reference = match self.rerun.rerun(job, precision) {
+                    Ok(img) => rgb_image(img.width, img.height, img.rgb),
+                    Err(e) => return AuditVerdict::Skipped { reason: format!("re-running the job ({precision}): {e}") },
+                };
+                let reference = match reference {
+                    Ok(r) => r,
+                    Err(e) => return AuditVerdict::Skipped { reason: format!("re-running the job ({precision}): {e}") },
+                };
+                let verdict = self.thresholds.get(precision).judge(compare_rgb(&claimed, &reference));
+                if verdict.holds() {
+                    return AuditVerdict::Pass;
                 }
+                let wrong_size = verdict.evidence().size_mismatch.is_some();
+                if closest.as_ref().is_none_or(|(_, c)| verdict.evidence().psnr > c.evidence().psnr) {
+                    closest = Some((precision, verdict));
+                }
+                if wrong_size {
+                    break; // wrong in every precision
+                }
+            }
+            let Some((precision, verdict)) = closest else {
+                return AuditVerdict::Skipped { reason: "no precision to re-run in".into() };
+            };
+            AuditVerdict::Fail {
+                evidence: format!(
+                    "object {key} is not the image of job {} on {} in any precision; closest, {precision}: {} (bars: {})",
+                    job.job_id,
+                    job.model_id,
+                    verdict.explain(),
+                    self.thresholds.get(precision)
+                ),
             }
         }
     }

@@ -1,5 +1,7 @@
 //! The registry's composites: a LoRA over a named base checkpoint, run at the registry's
-//! `default_weight` (types `composite15` and `compositexl` of `models.json`).
+//! `default_weight` (types `composite15` and `compositexl` of `models.json`), applied as the
+//! reference miner applies it ([`LoraScale::reference`]: the UNet at the weight, the text
+//! encoders at 1.0).
 //!
 //! [`CompositeSpec`] reads the fields of a registry entry that matter here (it deserializes from
 //! the entry's JSON as the registry stores it; this crate does not depend on
@@ -16,7 +18,7 @@ use serde::Deserialize;
 
 use super::detect::SdFamily;
 use super::engine::ImageEngine;
-use super::lora::Lora;
+use super::lora::{Lora, LoraScale};
 use crate::device::DeviceSpec;
 use crate::error::{InferenceError, Result};
 
@@ -174,7 +176,7 @@ impl Composites {
                 lora
             }
         };
-        self.engine.set_lora(Some((lora, weight)))?;
+        self.engine.set_lora(Some((lora, LoraScale::reference(weight))))?;
         self.current = Some(spec.name.clone());
         Ok(&self.engine)
     }

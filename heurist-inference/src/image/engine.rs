@@ -48,7 +48,7 @@ use super::job::{
     GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, PromptTokenizer, encode_png,
 };
 use super::ldm_names::{self, Lookup};
-use super::lora::Lora;
+use super::lora::{Lora, LoraScale};
 use super::noise::{NoiseDType, NoiseSource, TorchCpuGenerator};
 use super::scheduler::{DEFAULT_SCHEDULER_CONFIG, Scheduler, SchedulerKind};
 use super::unet::Unet;
@@ -106,7 +106,7 @@ pub struct ImageEngine {
     source: PathBuf,
     /// The base weights, kept mapped so that LoRAs can be swapped without reopening them.
     parts: Components,
-    lora: Option<(Arc<Lora>, f64)>,
+    lora: Option<(Arc<Lora>, LoraScale)>,
 }
 
 impl std::fmt::Debug for ImageEngine {
@@ -393,18 +393,22 @@ impl ImageEngine {
         source: &Path,
         device: &Device,
         dtype: DType,
-        lora: Option<(&Arc<Lora>, f64)>,
+        lora: Option<(&Arc<Lora>, LoraScale)>,
     ) -> Result<(ClipTextEncoder, Option<ClipTextEncoder>, Unet)> {
         let missing: MissingSlot = Arc::new(Mutex::new(None));
         let seen = Arc::new(Mutex::new(LoraSeen::default()));
         let fail = |component, source_error| {
             checkpoint::load_error(source, component, &missing, source_error)
         };
-        let hook = |prefix| {
+        let hook = |prefix: &'static str| {
             lora.map(|(lora, scale)| LoraHook {
                 lora: Arc::clone(lora),
                 prefix,
-                scale,
+                scale: if prefix == "lora_unet_" {
+                    scale.unet
+                } else {
+                    scale.text_encoders
+                },
                 seen: Arc::clone(&seen),
             })
         };
@@ -475,21 +479,23 @@ impl ImageEngine {
         Ok((clip, clip2, unet))
     }
 
-    /// Merges `lora` at weight `scale` (the registry's `default_weight`) into the text encoders
-    /// and the UNet, replacing any LoRA merged before; `None` takes it out. The modules are
-    /// rebuilt from the memory-mapped base checkpoint, which is not read again from disk.
+    /// Merges `lora` into the text encoders and the UNet at `scale` (for a network job,
+    /// [`LoraScale::reference`] of the registry's `default_weight`), replacing any LoRA merged
+    /// before; `None` takes it out. The modules are rebuilt from the memory-mapped base
+    /// checkpoint, which is not read again from disk.
     ///
     /// # Errors
     /// [`InferenceError::LoraMismatch`] when an adapter of the file fits no weight of this
-    /// model (an SD 1.5 LoRA on SDXL, say); [`InferenceError::InvalidSampling`] for a weight
+    /// model (an SD 1.5 LoRA on SDXL, say); [`InferenceError::InvalidSampling`] for a scale
     /// that is not finite. The engine keeps its previous weights on error.
-    pub fn set_lora(&mut self, lora: Option<(Arc<Lora>, f64)>) -> Result<()> {
+    pub fn set_lora(&mut self, lora: Option<(Arc<Lora>, LoraScale)>) -> Result<()> {
         if let Some((_, scale)) = &lora
             && !scale.is_finite()
         {
+            let value = if scale.unet.is_finite() { scale.text_encoders } else { scale.unet };
             return Err(InferenceError::InvalidSampling {
                 name: "lora_weight",
-                value: *scale,
+                value,
                 expected: "a finite number",
             });
         }
@@ -564,8 +570,8 @@ impl ImageEngine {
         Ok(())
     }
 
-    /// The LoRA merged now and its weight.
-    pub fn lora(&self) -> Option<(&Lora, f64)> {
+    /// The LoRA merged now and its scale.
+    pub fn lora(&self) -> Option<(&Lora, LoraScale)> {
         self.lora.as_ref().map(|(l, s)| (l.as_ref(), *s))
     }
 

@@ -19,6 +19,13 @@
 //! the modules from the same memory-mapped base. Every adapter in the file must land on a weight
 //! of its shape, or loading fails ([`InferenceError::LoraMismatch`]): an SD 1.5 LoRA on an SDXL
 //! model does not silently do nothing.
+//!
+//! How strongly each part is adapted is a [`LoraScale`]. The network's jobs use
+//! [`LoraScale::reference`]: the reference miner loads a composite's LoRA with
+//! `load_lora_weights` (no fuse) and passes the job's weight only as
+//! `cross_attention_kwargs={"scale": w}`, which its vendored pipelines hand to the UNet alone,
+//! so the text encoders keep their adapters at 1.0. [`LoraScale::fused`] is diffusers'
+//! `fuse_lora(lora_scale=w)`, every part at `w`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +34,55 @@ use candle_core::{DType, Device, Tensor};
 
 use super::checkpoint::SafetensorsFile;
 use crate::error::{InferenceError, Result};
+
+/// The scale of a LoRA's adapters in each part of the model: the merged weight is
+/// `W + scale * alpha / rank * up @ down` with the part's scale.
+///
+/// ```
+/// use heurist_inference::image::LoraScale;
+///
+/// // A composite's `default_weight` of 0.8, as the reference miner applies it.
+/// let scale = LoraScale::reference(0.8);
+/// assert_eq!((scale.unet, scale.text_encoders), (0.8, 1.0));
+/// assert_eq!(LoraScale::fused(0.8).text_encoders, 0.8);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoraScale {
+    /// The UNet's adapters.
+    pub unet: f64,
+    /// Both text encoders' adapters.
+    pub text_encoders: f64,
+}
+
+impl LoraScale {
+    /// A job's LoRA weight as the reference miner applies it: `cross_attention_kwargs={"scale":
+    /// weight}` scales the UNet's adapters; the text encoders' stay at 1.0.
+    pub fn reference(weight: f64) -> Self {
+        Self {
+            unet: weight,
+            text_encoders: 1.0,
+        }
+    }
+
+    /// Every part at `weight`, as diffusers' `fuse_lora(lora_scale=weight)` merges it.
+    pub fn fused(weight: f64) -> Self {
+        Self {
+            unet: weight,
+            text_encoders: weight,
+        }
+    }
+
+    /// Whether both scales are finite numbers.
+    pub fn is_finite(&self) -> bool {
+        self.unet.is_finite() && self.text_encoders.is_finite()
+    }
+}
+
+impl std::fmt::Display for LoraScale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UNet {}, text encoders {}", self.unet, self.text_encoders)
+    }
+}
 
 /// One adapted module.
 #[derive(Debug, Clone)]

@@ -17,11 +17,11 @@
 //! use std::sync::Arc;
 //!
 //! use heurist_inference::DeviceSpec;
-//! use heurist_inference::image::{ImageEngine, ImageJob, Lora};
+//! use heurist_inference::image::{ImageEngine, ImageJob, Lora, LoraScale};
 //!
 //! # fn main() -> heurist_inference::Result<()> {
 //! let mut engine = ImageEngine::load_checkpoint("braindance_BD071.safetensors", DeviceSpec::Cpu)?;
-//! engine.set_lora(Some((Arc::new(Lora::open("DD-pepe-v2.safetensors")?), 0.8)))?;
+//! engine.set_lora(Some((Arc::new(Lora::open("DD-pepe-v2.safetensors")?), LoraScale::reference(0.8))))?;
 //! let job = ImageJob {
 //!     prompt: "a koi in a pond".into(),
 //!     neg_prompt: String::new(),
@@ -70,5 +70,5 @@ pub use job::{
     GeneratedImage, ImageJob, ImageTimings, MAX_IMAGE_SIDE, PromptTokenizer,
     encode_png,
 };
-pub use lora::Lora;
+pub use lora::{Lora, LoraScale};
 pub use scheduler::{Scheduler, SchedulerKind};

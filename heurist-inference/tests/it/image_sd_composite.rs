@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use heurist_inference::image::{CompositeSpec, Composites, ImageEngine, Lora};
+use heurist_inference::image::{CompositeSpec, Composites, ImageEngine, Lora, LoraScale};
 use heurist_inference::{DeviceSpec, InferenceError};
 
 use crate::image_sd::{checkpoint_fp16, fixed_ids, fixture_job, reference_json, sd_dir};
@@ -30,7 +30,9 @@ fn run(engine: &ImageEngine) -> Vec<u8> {
 
 fn fresh(lora: &str, weight: f64) -> Vec<u8> {
     let mut engine = ImageEngine::load_checkpoint(checkpoint_fp16(), DeviceSpec::Cpu).unwrap();
-    engine.set_lora(Some((Arc::new(Lora::open(sd_dir().join(lora)).unwrap()), weight))).unwrap();
+    engine
+        .set_lora(Some((Arc::new(Lora::open(sd_dir().join(lora)).unwrap()), LoraScale::reference(weight))))
+        .unwrap();
     run(&engine)
 }
 
@@ -42,7 +44,7 @@ fn image_composites_switch_over_one_base() {
     let b = entry("TinyPepe", 0.6, "composite15", "TinyBase");
 
     let one = ImageEngine::load_composite(&a, checkpoint_fp16(), &kohya, DeviceSpec::Cpu).unwrap();
-    assert_eq!(one.lora().unwrap().1, 0.8);
+    assert_eq!(one.lora().unwrap().1, LoraScale::reference(0.8));
     let expected_a = fresh("tiny-sd15-lora.safetensors", 0.8);
     assert_eq!(run(&one), expected_a);
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
-use heurist_inference::image::{ImageEngine, Lora};
+use heurist_inference::image::{ImageEngine, Lora, LoraScale};
 use heurist_inference::{DeviceSpec, InferenceError};
 
 use crate::image_sd::{checkpoint_fp16, fixed_ids, fixture_job, psnr, reference_json, relative_error, sd_dir, tensor};
@@ -41,8 +41,8 @@ fn unet_out(engine: &ImageEngine, context: &Tensor) -> Tensor {
 fn image_sd_lora_matches_diffusers_fused_lora() {
     let mut engine = ImageEngine::load_checkpoint(checkpoint_fp16(), DeviceSpec::Cpu).unwrap();
     let scale = reference_json()["lora_scale"].as_f64().unwrap();
-    engine.set_lora(Some((lora(), scale))).unwrap();
-    assert_eq!(engine.lora().unwrap().1, scale);
+    engine.set_lora(Some((lora(), LoraScale::fused(scale)))).unwrap();
+    assert_eq!(engine.lora().unwrap().1, LoraScale::fused(scale));
 
     let hidden = engine.encode_token_ids(&ids()).unwrap().context;
     let err = relative_error(&hidden, &tensor("lora_text_hidden"));
@@ -86,12 +86,12 @@ fn image_sd_lora_on_sdxl_is_a_typed_error() {
     let mut engine =
         ImageEngine::load_checkpoint(sd_dir().join("tiny-sdxl-fp16.safetensors"), DeviceSpec::Cpu)
             .unwrap();
-    let err = engine.set_lora(Some((lora(), 1.0))).unwrap_err();
+    let err = engine.set_lora(Some((lora(), LoraScale::reference(1.0)))).unwrap_err();
     assert!(matches!(err, InferenceError::LoraMismatch { .. }), "{err}");
     assert!(err.to_string().contains("lora_"), "{err}");
     // The engine keeps working without it.
     assert!(engine.lora().is_none());
-    let err = engine.set_lora(Some((lora(), f64::NAN))).unwrap_err();
+    let err = engine.set_lora(Some((lora(), LoraScale::reference(f64::NAN)))).unwrap_err();
     assert!(
         matches!(
             err,

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{Device, Tensor};
-use heurist_inference::image::{ImageEngine, Lora, SchedulerKind};
+use heurist_inference::image::{ImageEngine, Lora, LoraScale, SchedulerKind};
 use heurist_inference::{DeviceSpec, InferenceError};
 
 use crate::image_sd::{checkpoint_fp16, fixed_ids, fixture_job, psnr, reference_json, sd_dir};
@@ -59,14 +59,14 @@ fn image_sd15_peft_lora_matches_diffusers_fused_lora() {
     // The LoRA moves the picture: the base image is far from diffusers' LoRA image.
     assert!(psnr(&base.rgb, &expected) < 30.0);
 
-    engine.set_lora(Some((peft, SCALE))).unwrap();
+    engine.set_lora(Some((peft, LoraScale::fused(SCALE)))).unwrap();
     let image = engine.generate_with_ids(&job, &tokenizer).unwrap();
     let db = psnr(&image.rgb, &expected);
     eprintln!("SD 1.5 peft LoRA image PSNR {db:.1} dB");
     assert!(db >= 40.0, "PSNR {db}");
 
     // The older diffusers style holds the same matrices: the same image, bit for bit.
-    engine.set_lora(Some((lora("tiny-sd15-lora-diffusers-old.safetensors"), SCALE))).unwrap();
+    engine.set_lora(Some((lora("tiny-sd15-lora-diffusers-old.safetensors"), LoraScale::fused(SCALE)))).unwrap();
     let old = engine.generate_with_ids(&job, &tokenizer).unwrap();
     assert_eq!(old.rgb, image.rgb);
 }
@@ -85,7 +85,7 @@ fn image_sdxl_peft_lora_matches_diffusers_fused_lora() {
     eprintln!("SDXL base vs diffusers' LoRA image: PSNR {base_db:.1} dB");
     assert!(base_db < 35.0, "the LoRA does not move the SDXL image: {base_db}");
     // `text_encoder.` of a diffusers file lands on SDXL's first encoder (kohya's `lora_te1_`).
-    engine.set_lora(Some((peft, SCALE))).unwrap();
+    engine.set_lora(Some((peft, LoraScale::fused(SCALE)))).unwrap();
     let image = engine.generate_with_ids(&job, &tokenizer).unwrap();
     let db = psnr(&image.rgb, &peft_reference("xl_run_image"));
     eprintln!("SDXL peft LoRA image PSNR {db:.1} dB");
@@ -96,7 +96,7 @@ fn image_sdxl_peft_lora_matches_diffusers_fused_lora() {
 fn image_lora_of_the_other_family_names_the_mismatch() {
     // An SD 1.5 LoRA on SDXL: the cross-attention width tells.
     let mut engine = sdxl();
-    let err = engine.set_lora(Some((lora("tiny-sd15-lora-peft.safetensors"), SCALE))).unwrap_err();
+    let err = engine.set_lora(Some((lora("tiny-sd15-lora-peft.safetensors"), LoraScale::fused(SCALE)))).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, InferenceError::LoraMismatch { .. }), "{text}");
     assert!(text.contains("Sdxl") && text.contains("8-wide") && text.contains("16"), "{text}");
@@ -104,7 +104,7 @@ fn image_lora_of_the_other_family_names_the_mismatch() {
 
     // An SDXL LoRA on SD 1.5: its second text encoder has nowhere to go.
     let mut engine = ImageEngine::load_checkpoint(checkpoint_fp16(), DeviceSpec::Cpu).unwrap();
-    let err = engine.set_lora(Some((lora("tiny-sdxl-lora-peft.safetensors"), SCALE))).unwrap_err();
+    let err = engine.set_lora(Some((lora("tiny-sdxl-lora-peft.safetensors"), LoraScale::fused(SCALE)))).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("second text encoder") && text.contains("lora_"), "{text}");
 }

@@ -15,7 +15,7 @@ use candle_core::{DType, Tensor};
 use heurist_inference::DeviceSpec;
 use heurist_inference::image::noise::TorchCpuGenerator;
 use heurist_inference::image::{
-    AddEmbeddingDims, ClipActivation, ImageEngine, Lora, PromptEncoding, SchedulerKind,
+    AddEmbeddingDims, ClipActivation, ImageEngine, Lora, LoraScale, PromptEncoding, SchedulerKind,
     SdFamily,
 };
 
@@ -173,7 +173,7 @@ fn image_sdxl_lora_matches_diffusers_fused_lora() {
             .unwrap();
     let lora = Lora::open(sd_dir().join("tiny-sdxl-lora.safetensors")).unwrap();
     let scale = reference_json()["lora_scale"].as_f64().unwrap();
-    engine.set_lora(Some((Arc::new(lora), scale))).unwrap();
+    engine.set_lora(Some((Arc::new(lora), LoraScale::fused(scale)))).unwrap();
     let text = engine.encode_token_ids(&prompt_ids()).unwrap();
     let err = relative_error(&text.context, &tensor("xl_lora_context"));
     eprintln!("SDXL LoRA context relative error {err:e}");

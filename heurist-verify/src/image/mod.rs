@@ -33,6 +33,13 @@
 //! [`compare_png`] and [`compare_rgb`] give the [`ImageEvidence`]; [`ImageThresholds::judge`]
 //! turns it into an [`ImageVerdict`]. With `inference`, [`rerun::check_image`] re-runs the job
 //! on a loaded `heurist_inference::image::ImageEngine` and does both.
+//!
+//! The network's bars are [`PrecisionBars::NETWORK`]: one PSNR bar per precision a miner may
+//! run in, calibrated on honest images of the reference miner's own stack (diffusers 0.30.2
+//! through its vendored pipelines, in f32, f16 and bf16, over SD 1.5, SDXL, LoRA and weighted
+//! prompt jobs) and on cheats; the single-comparison bars above ([`ImageThresholds::DEFAULT`]
+//! and its kin) came before them, from this engine's images and diffusers' plain pipeline, and
+//! reject honest bf16 images. The crate's detection page has both tables.
 
 #[cfg(feature = "inference")]
 pub mod rerun;
@@ -53,6 +60,9 @@ pub struct ImageThresholds {
     /// The largest mean absolute difference of the 8-bit values accepted, in levels (0 to
     /// 255); `f64::INFINITY` turns the bar off.
     pub max_mean_abs_diff: f64,
+    /// The lowest peak signal-to-noise ratio accepted, in dB; `f64::NEG_INFINITY` turns the bar
+    /// off.
+    pub min_psnr: f64,
 }
 
 impl ImageThresholds {
@@ -64,6 +74,7 @@ impl ImageThresholds {
         min_ssim: 0.95,
         max_hash_distance: 6,
         max_mean_abs_diff: 1.0,
+        min_psnr: f64::NEG_INFINITY,
     };
 
     /// Structure only, for numerics not measured against the re-run's (GPU kernels, real
@@ -74,6 +85,7 @@ impl ImageThresholds {
         min_ssim: 0.95,
         max_hash_distance: 6,
         max_mean_abs_diff: f64::INFINITY,
+        min_psnr: f64::NEG_INFINITY,
     };
 
     /// Tighter bars for re-runs whose numerics are known to be close (the same engine, or
@@ -82,9 +94,12 @@ impl ImageThresholds {
         min_ssim: 0.995,
         max_hash_distance: 2,
         max_mean_abs_diff: 0.6,
+        min_psnr: f64::NEG_INFINITY,
     };
 
     /// Whether the evidence holds under these bars, with the reasons when it does not.
+    // `!(a <= b)` is meant: a NaN measure must fail its bar, which `a > b` would let through.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub fn judge(&self, evidence: ImageEvidence) -> ImageVerdict {
         let mut reasons = Vec::new();
         if let Some(size) = evidence.size_mismatch {
@@ -113,6 +128,12 @@ impl ImageThresholds {
                     max: self.max_mean_abs_diff,
                 });
             }
+            if !(evidence.psnr >= self.min_psnr) {
+                reasons.push(ImageReason::Psnr {
+                    psnr: evidence.psnr,
+                    min: self.min_psnr,
+                });
+            }
         }
         if reasons.is_empty() {
             ImageVerdict::Holds(evidence)
@@ -128,6 +149,9 @@ impl std::fmt::Display for ImageThresholds {
         if self.max_mean_abs_diff.is_finite() {
             write!(f, ", mean difference <= {} levels", self.max_mean_abs_diff)?;
         }
+        if self.min_psnr.is_finite() {
+            write!(f, ", PSNR >= {} dB", self.min_psnr)?;
+        }
         Ok(())
     }
 }
@@ -137,6 +161,125 @@ impl Default for ImageThresholds {
         Self::DEFAULT
     }
 }
+
+/// The precision a miner's pipeline ran in, which fixes the noise it drew: diffusers draws the
+/// initial latents (and most schedulers' noise) in the pipeline's dtype, and torch's f16 and
+/// bf16 draws are other values than its f32 ones, so each precision gives another picture for
+/// the same seed. The reference miner runs f16 (`torch_dtype=torch.float16`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Precision {
+    /// Single precision.
+    F32,
+    /// Half precision: the reference miner's.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Precision {
+    /// Every precision, in the order a verifier tries them: f32 (this engine's own on the CPU),
+    /// f16 (the network's miners), bf16.
+    pub const ALL: [Self; 3] = [Self::F32, Self::F16, Self::Bf16];
+
+    /// `f32`, `f16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The bars of an image check for each precision a miner may have run in: a claimed image
+/// holds if it passes, against the re-run with some precision's noise, that precision's bars.
+///
+/// Per precision because the honest noise differs by two orders of magnitude: measured on the
+/// tiny models against this engine's f32 re-run from the same noise, diffusers in f32 sits at
+/// 82 dB and more, in f16 at 53 to 57 dB, in bf16 at 36 to 44 dB (heurist-verify's
+/// DETECTION.md). One bar for all would either accuse bf16 miners or pass an f16 miner's
+/// small cheats.
+///
+/// ```
+/// use heurist_verify::image::{ImageThresholds, Precision, PrecisionBars};
+///
+/// let bars = PrecisionBars::NETWORK;
+/// assert!(bars.get(Precision::F16).min_psnr > bars.get(Precision::Bf16).min_psnr);
+/// // One set of bars for every precision, for re-runs nobody calibrated.
+/// let loose = PrecisionBars::uniform(ImageThresholds::STRUCTURAL);
+/// assert_eq!(loose.get(Precision::F32), &ImageThresholds::STRUCTURAL);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PrecisionBars {
+    /// Against the re-run with f32 noise.
+    pub f32: ImageThresholds,
+    /// Against the re-run with f16 noise.
+    pub f16: ImageThresholds,
+    /// Against the re-run with bf16 noise.
+    pub bf16: ImageThresholds,
+}
+
+impl PrecisionBars {
+    /// The bars calibrated on honest images of the reference miner's stack (diffusers 0.30.2 at
+    /// its pins, its vendored pipelines, f32 / f16 / bf16) and on cheats, by the rule of the
+    /// image detection table (`examples/image_detection_table.rs --calibrate`): per precision,
+    /// the PSNR bar is the lower of the worst honest calibration image less 3 dB and the
+    /// midpoint between it and the closest calibration cheat. SSIM and the hash keep
+    /// [`ImageThresholds::STRUCTURAL`]'s bars; the mean difference is left to the PSNR.
+    pub const NETWORK: Self = Self {
+        f32: ImageThresholds {
+            min_psnr: NETWORK_MIN_PSNR[0],
+            ..ImageThresholds::STRUCTURAL
+        },
+        f16: ImageThresholds {
+            min_psnr: NETWORK_MIN_PSNR[1],
+            ..ImageThresholds::STRUCTURAL
+        },
+        bf16: ImageThresholds {
+            min_psnr: NETWORK_MIN_PSNR[2],
+            ..ImageThresholds::STRUCTURAL
+        },
+    };
+
+    /// The same bars for every precision.
+    pub const fn uniform(thresholds: ImageThresholds) -> Self {
+        Self {
+            f32: thresholds,
+            f16: thresholds,
+            bf16: thresholds,
+        }
+    }
+
+    /// The bars against the re-run with `precision`'s noise.
+    pub fn get(&self, precision: Precision) -> &ImageThresholds {
+        match precision {
+            Precision::F32 => &self.f32,
+            Precision::F16 => &self.f16,
+            Precision::Bf16 => &self.bf16,
+        }
+    }
+}
+
+impl Default for PrecisionBars {
+    fn default() -> Self {
+        Self::NETWORK
+    }
+}
+
+impl std::fmt::Display for PrecisionBars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "f32: {}; f16: {}; bf16: {}", self.f32, self.f16, self.bf16)
+    }
+}
+
+/// [`PrecisionBars::NETWORK`]'s PSNR bars in dB (f32, f16, bf16), from the calibration split.
+const NETWORK_MIN_PSNR: [f64; 3] = [66.2, 50.1, 33.2];
 
 /// What the comparison measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -149,6 +292,9 @@ pub struct ImageEvidence {
     /// The mean absolute difference over all channels, 0 to 255 levels. NaN when the sizes
     /// differ.
     pub mean_abs_diff: f64,
+    /// The peak signal-to-noise ratio in dB, `10 log10(255² / mean squared difference)`:
+    /// infinite for identical images, NaN when the sizes differ.
+    pub psnr: f64,
     /// `((claimed w, h), (expected w, h))` when the sizes differ; nothing else was compared.
     pub size_mismatch: Option<((u32, u32), (u32, u32))>,
 }
@@ -159,8 +305,8 @@ impl std::fmt::Display for ImageEvidence {
             Some(((cw, ch), (ew, eh))) => write!(f, "size {cw}x{ch} where the job gives {ew}x{eh}"),
             None => write!(
                 f,
-                "SSIM {:.4}, pHash distance {}/64, mean difference {:.2} levels",
-                self.ssim, self.hash_distance, self.mean_abs_diff
+                "SSIM {:.4}, pHash distance {}/64, mean difference {:.2} levels, PSNR {:.1} dB",
+                self.ssim, self.hash_distance, self.mean_abs_diff, self.psnr
             ),
         }
     }
@@ -197,6 +343,13 @@ pub enum ImageReason {
         /// The bar.
         max: f64,
     },
+    /// The squared differences are larger than honest numerics give.
+    Psnr {
+        /// Measured, in dB.
+        psnr: f64,
+        /// The bar.
+        min: f64,
+    },
 }
 
 impl std::fmt::Display for ImageReason {
@@ -214,6 +367,7 @@ impl std::fmt::Display for ImageReason {
             Self::MeanDifference { diff, max } => {
                 write!(f, "mean difference {diff:.2} levels above {max}")
             }
+            Self::Psnr { psnr, min } => write!(f, "PSNR {psnr:.1} dB below {min}"),
         }
     }
 }
@@ -294,6 +448,7 @@ pub fn compare_rgb(claimed: &RgbImage, reference: &RgbImage) -> ImageEvidence {
             ssim: 0.0,
             hash_distance: 64,
             mean_abs_diff: f64::NAN,
+            psnr: f64::NAN,
             size_mismatch: Some((claimed.dimensions(), reference.dimensions())),
         };
     }
@@ -308,16 +463,19 @@ pub fn compare_rgb(claimed: &RgbImage, reference: &RgbImage) -> ImageEvidence {
     let hash_distance = hasher
         .hash_image(claimed)
         .dist(&hasher.hash_image(reference));
-    let sum: u64 = claimed
-        .as_raw()
-        .iter()
-        .zip(reference.as_raw())
-        .map(|(a, b)| u64::from(a.abs_diff(*b)))
-        .sum();
+    let (sum, squares) = claimed.as_raw().iter().zip(reference.as_raw()).fold(
+        (0u64, 0u64),
+        |(sum, squares), (a, b)| {
+            let d = u64::from(a.abs_diff(*b));
+            (sum + d, squares + d * d)
+        },
+    );
+    let values = claimed.as_raw().len().max(1) as f64;
     ImageEvidence {
         ssim,
         hash_distance,
-        mean_abs_diff: sum as f64 / claimed.as_raw().len().max(1) as f64,
+        mean_abs_diff: sum as f64 / values,
+        psnr: 10.0 * (255.0f64.powi(2) * values / squares as f64).log10(),
         size_mismatch: None,
     }
 }

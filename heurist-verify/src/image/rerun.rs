@@ -6,25 +6,23 @@
 //! [`ImageEngine`]; which file that is comes from the registry, and its checksum from
 //! [`crate::verify_model_file`].
 //!
-//! A miner's precision changes its noise: a diffusers pipeline in f16 (what GPU miners run)
-//! draws its initial latents in f16 (and, but for DPM-Solver++ SDE, its scheduler's noise), and
-//! torch's f16 draws are other values than its f32 ones, so the same seed gives another picture (measured on the tiny model: a mean
-//! difference of 63 levels). [`check_image`] therefore re-runs with f32 noise and, when that
-//! image does not match, with f16 noise ([`NOISE_DTYPES`]); an honest miner matches one of them,
-//! a cheat neither.
+//! A miner's precision changes its noise: a diffusers pipeline in f16 (what GPU miners run) or
+//! bf16 draws its initial latents in that precision (and, but for DPM-Solver++ SDE, its
+//! scheduler's noise), and torch's f16 and bf16 draws are other values than its f32 ones, so the
+//! same seed gives another picture (measured on the tiny models: about 10 dB apart, as far as
+//! another seed). [`check_image`] therefore re-runs with f32 noise and, when that image does not
+//! match, with f16 and then bf16 noise ([`Precision::ALL`]); an honest miner matches one of them,
+//! a cheat none.
 
 use heurist_inference::image::noise::{DrawnIn, NoiseDType, TorchCpuGenerator};
 use heurist_inference::image::{GeneratedImage, ImageEngine, ImageJob, PromptEncoding};
 
-use super::{ImageThresholds, ImageVerdict, compare_rgb, decode_png, rgb_image};
+use super::{ImageVerdict, Precision, PrecisionBars, compare_rgb, decode_png, rgb_image};
 use crate::error::{Result, VerifyError};
-
-/// The noise precisions an honest miner may have drawn in, in the order they are tried.
-pub const NOISE_DTYPES: [NoiseDType; 2] = [NoiseDType::F32, NoiseDType::F16];
 
 /// Runs `job` on `engine` with the reference's noise (torch's CPU generator seeded with the
 /// job's seed, drawn as a diffusers pipeline in `noise` precision draws it:
-/// [`DrawnIn::half_precision_miner`] for f16) and prompts encoded as asked: the image an honest
+/// [`DrawnIn::reduced_precision_miner`] for f16 and bf16) and prompts encoded as asked: the image an honest
 /// miner running in that precision submits.
 ///
 /// # Errors
@@ -38,9 +36,10 @@ pub fn rerun(
     let generator = TorchCpuGenerator::new(job.seed);
     let mut source = match noise {
         NoiseDType::F32 => DrawnIn::new(generator, None, None),
-        NoiseDType::F16 => DrawnIn::half_precision_miner(
+        reduced => DrawnIn::reduced_precision_miner(
             generator,
             job.sampler.unwrap_or_else(|| engine.default_sampler()),
+            reduced,
         ),
     };
     engine
@@ -50,8 +49,10 @@ pub fn rerun(
         })
 }
 
-/// Re-runs `job` on `engine` and judges `claimed_png` against it under `thresholds`, with each
-/// of [`NOISE_DTYPES`] until one holds (the verdict of the last one tried otherwise).
+/// Re-runs `job` on `engine` and judges `claimed_png` against it: with each [`Precision`]'s
+/// noise in turn until the image passes that precision's bars in `bars`
+/// ([`PrecisionBars::NETWORK`]: the calibrated ones). Returns the precision the image matched,
+/// or, when none did, the closest one (highest PSNR) and its rejection.
 ///
 /// # Errors
 /// As [`rerun`]; [`VerifyError::ImageDecode`] when the claimed bytes are not a PNG (a
@@ -61,11 +62,11 @@ pub fn check_image(
     job: &ImageJob,
     prompts: PromptEncoding<'_>,
     claimed_png: &[u8],
-    thresholds: &ImageThresholds,
-) -> Result<ImageVerdict> {
+    bars: &PrecisionBars,
+) -> Result<(Precision, ImageVerdict)> {
     let claimed = decode_png(claimed_png)?;
     let (w, h) = claimed.dimensions();
-    check_rgb(engine, job, prompts, (w, h, claimed.into_raw()), thresholds)
+    check_rgb(engine, job, prompts, (w, h, claimed.into_raw()), bars)
 }
 
 /// Like [`check_image`] for pixels already decoded (8-bit RGB, row-major).
@@ -78,21 +79,37 @@ pub fn check_rgb(
     job: &ImageJob,
     prompts: PromptEncoding<'_>,
     (width, height, claimed_rgb): (u32, u32, Vec<u8>),
-    thresholds: &ImageThresholds,
-) -> Result<ImageVerdict> {
+    bars: &PrecisionBars,
+) -> Result<(Precision, ImageVerdict)> {
     let claimed = rgb_image(width, height, claimed_rgb)?;
-    let mut verdict = None;
-    for noise in NOISE_DTYPES {
-        let reference = reference_image(&rerun(engine, job, prompts, noise)?)?;
-        let v = thresholds.judge(compare_rgb(&claimed, &reference));
-        if v.holds() {
-            return Ok(v);
+    let mut closest: Option<(Precision, ImageVerdict)> = None;
+    for precision in Precision::ALL {
+        let reference = reference_image(&rerun(engine, job, prompts, precision.into())?)?;
+        let verdict = bars.get(precision).judge(compare_rgb(&claimed, &reference));
+        if verdict.holds() || verdict.evidence().size_mismatch.is_some() {
+            // A wrong size is wrong in every precision: no more re-runs.
+            return Ok((precision, verdict));
         }
-        verdict = Some(v);
+        let closer = closest
+            .as_ref()
+            .is_none_or(|(_, c)| verdict.evidence().psnr > c.evidence().psnr);
+        if closer {
+            closest = Some((precision, verdict));
+        }
     }
-    verdict.ok_or(VerifyError::Inference {
-        reason: "no noise precision to re-run in".into(),
+    closest.ok_or(VerifyError::Inference {
+        reason: "no precision to re-run in".into(),
     })
+}
+
+impl From<Precision> for NoiseDType {
+    fn from(precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Self::F32,
+            Precision::F16 => Self::F16,
+            Precision::Bf16 => Self::BF16,
+        }
+    }
 }
 
 /// The re-run's pixels as an image.

@@ -10,6 +10,8 @@ mod checksum;
 mod greedy_scored;
 #[cfg(all(feature = "image", feature = "inference"))]
 mod image;
+#[cfg(all(feature = "image", feature = "inference"))]
+mod image_network;
 #[cfg(feature = "inference")]
 mod llm;
 mod metrics;
