@@ -89,7 +89,7 @@ pub use device::{DeviceSpec, ParseDeviceError, cuda_device_count, cuda_device_na
 pub use error::{InferenceError, Result};
 pub use llm::batch::{ChatEvent, ChatHandle, ChatServer};
 pub use llm::engine::{ChatEngine, ScoreOutput};
-pub use llm::model::GgufBody;
+pub use llm::model::{ComputeDType, GgufBody};
 pub use llm::observer::{HiddenStates, NoObserver, TokenEvent, TokenObserver, WithHiddenStates};
 pub use llm::sampler::{ReplayStep, SamplerReplay, SamplingParams};
 pub use llm::request::{

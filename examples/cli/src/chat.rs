@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use heurist_inference::{ChatEngine, ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, DeviceSpec};
+use heurist_inference::{ChatEngine, ChatMessage, ChatOutput, ChatRequest, ComputeDType, DEFAULT_MAX_TOKENS, DeviceSpec};
 use serde_json::json;
 
 use crate::Outcome;
@@ -56,6 +56,14 @@ pub(crate) struct ChatArgs {
     /// cpu, cuda, cuda:N or auto (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+    /// The dtype a safetensors model computes in: auto (f32 on the CPU, the checkpoint's own
+    /// on a GPU), f32, f16 or bf16. A GGUF file runs its own quantized kernels.
+    #[arg(long, default_value = "auto", value_parser = parse_dtype)]
+    dtype: ComputeDType,
+}
+
+fn parse_dtype(s: &str) -> Result<ComputeDType, String> {
+    s.parse()
 }
 
 pub(crate) fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
@@ -72,7 +80,7 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
         .with_stop(args.stops.iter().cloned());
     request.top_p = args.top_p;
 
-    let engine = load(&args.model, args.tokenizer.as_deref(), args.device)?;
+    let engine = load(&args.model, args.tokenizer.as_deref(), args.device, args.dtype)?;
     let mut stdout = std::io::stdout().lock();
     if args.prompt_only {
         // No newline of our own: the output is the prompt exactly.
@@ -99,10 +107,15 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-fn load(model: &Path, tokenizer: Option<&Path>, device: DeviceSpec) -> anyhow::Result<ChatEngine> {
+fn load(model: &Path, tokenizer: Option<&Path>, device: DeviceSpec, dtype: ComputeDType) -> anyhow::Result<ChatEngine> {
     let engine = if model.is_dir() {
-        ChatEngine::load_safetensors(model, device)
+        ChatEngine::load_safetensors_with(model, device, dtype)
     } else {
+        anyhow::ensure!(
+            dtype == ComputeDType::Auto,
+            "--dtype is for safetensors model directories; {} is a GGUF file, which runs its own kernels",
+            model.display()
+        );
         ChatEngine::load_gguf(model, device)
     }
     .with_context(|| format!("loading --model {}", model.display()))?;

@@ -21,7 +21,7 @@ use crate::device::DeviceSpec;
 use crate::error::{InferenceError, Result};
 use crate::llm::hf_config::HfConfig;
 use crate::llm::hf_tokenizer::{self, TemplateSources};
-use crate::llm::model::{CausalLm, GgufBody};
+use crate::llm::model::{CausalLm, ComputeDType, GgufBody};
 use crate::llm::generation::{Generation, Next};
 use crate::llm::observer::{HiddenStates, NoObserver, TokenEvent, TokenObserver};
 use crate::llm::request::{ChatMessage, ChatOutput, ChatRequest, Usage};
@@ -96,14 +96,21 @@ impl ChatEngine {
 
     /// Loads a Hugging Face model directory: `config.json` (Llama, Mistral or Mixtral),
     /// `model.safetensors` or the shards `model.safetensors.index.json` lists (f32, f16 or
-    /// bf16, memory-mapped, run in that dtype), `tokenizer.json`, and the chat template from
-    /// `tokenizer_config.json`.
+    /// bf16, memory-mapped), `tokenizer.json`, and the chat template from
+    /// `tokenizer_config.json`; computing in f32 on the CPU and in the checkpoint's dtype on a
+    /// GPU ([`ComputeDType::Auto`]; [`ChatEngine::load_safetensors_with`] chooses).
     ///
     /// Every tensor the config implies is checked (name, shape, dtype) before any is loaded.
     /// The model runs on this crate's candle decoder, which applies Mistral's and Mixtral's
     /// sliding window in every step as transformers does, so the context is the trained
     /// length (`max_position_embeddings`).
     pub fn load_safetensors(dir: impl AsRef<Path>, device: DeviceSpec) -> Result<Self> {
+        Self::load_safetensors_with(dir, device, ComputeDType::Auto)
+    }
+
+    /// [`ChatEngine::load_safetensors`], computing in `compute` (the weights converted as they
+    /// load; f32 widens a bf16 or f16 checkpoint exactly).
+    pub fn load_safetensors_with(dir: impl AsRef<Path>, device: DeviceSpec, compute: ComputeDType) -> Result<Self> {
         let dir = dir.as_ref();
         let device = device.open()?;
         let started = Instant::now();
@@ -112,11 +119,12 @@ impl ChatEngine {
         let template = template_from(sources, &tokenizer)?
             .ok_or_else(|| InferenceError::MissingChatTemplate { path: dir.join("tokenizer_config.json") })?;
         let weights = SafetensorsWeights::open(dir)?;
-        let loaded = CausalLm::load_safetensors(&config, weights, &device)?;
+        let loaded = CausalLm::load_safetensors(&config, weights, &device, compute)?;
         tracing::info!(
             dir = %dir.display(),
             architecture = ?config.architecture,
             device = ?device,
+            compute = ?compute,
             context_length = loaded.context_length,
             vocab_size = tokenizer.vocab_size(),
             load_ms = started.elapsed().as_millis() as u64,

@@ -46,6 +46,57 @@ pub enum GgufBody {
     Candle,
 }
 
+/// The dtype a safetensors chat model computes in ([`crate::ChatEngine::load_safetensors_with`]).
+///
+/// ```
+/// use heurist_inference::ComputeDType;
+///
+/// assert_eq!("bf16".parse::<ComputeDType>(), Ok(ComputeDType::Bf16));
+/// assert_eq!(ComputeDType::default(), ComputeDType::Auto);
+/// assert!("f8".parse::<ComputeDType>().unwrap_err().contains("auto, f32, f16 or bf16"));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ComputeDType {
+    /// f32 on the CPU (most CPUs have no native bf16 or f16 arithmetic: a bf16 model computed
+    /// in bf16 is slow there, and its tokens part from transformers' f32 ones), the
+    /// checkpoint's own dtype on a GPU.
+    #[default]
+    Auto,
+    /// Single precision: the weights widened exactly.
+    F32,
+    /// Half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl ComputeDType {
+    /// The dtype to run a checkpoint stored in `stored` on `device`.
+    pub(crate) fn resolve(self, stored: DType, device: &Device) -> DType {
+        match self {
+            Self::Auto if device.is_cpu() => DType::F32,
+            Self::Auto => stored,
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeDType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("dtype {other:?}: expected auto, f32, f16 or bf16")),
+        }
+    }
+}
+
 /// Architectures `general.architecture` may name.
 const SUPPORTED_ARCHITECTURES: &str = "llama";
 
@@ -114,14 +165,15 @@ impl CausalLm {
         Ok(LoadedLm { model: CausalLm::QuantizedLlama(weights), context_length })
     }
 
-    /// Loads the body `config` describes from a checked checkpoint onto `device`, in the
-    /// checkpoint's own dtype.
+    /// Loads the body `config` describes from a checked checkpoint onto `device`, computing in
+    /// `compute` resolved against the checkpoint's dtype (the weights converted as they load).
     pub(crate) fn load_safetensors(
         config: &HfConfig,
         weights: SafetensorsWeights,
         device: &Device,
+        compute: ComputeDType,
     ) -> Result<LoadedLm> {
-        let dtype = weights.check(&config.expected_tensors())?;
+        let dtype = compute.resolve(weights.check(&config.expected_tensors())?, device);
         let path = weights.dir().to_path_buf();
         let load_err = |source| InferenceError::Load { path: path.clone(), source };
         let vb = weights.into_var_builder(dtype, device);
