@@ -91,12 +91,15 @@ fn streams_the_text_with_sampling_and_stop_strings() {
 
 #[test]
 fn bad_messages_and_settings_are_named() {
-    let cases: [(&[&str], &str, &str); 5] = [
+    let cases: [(&[&str], &str, &str); 7] = [
         (&["--messages", "-"], "[{\"role\": \"user\", \"content\": \"hi\"", "messages"),
         (&["--messages", "-"], r#"[{"role": "wizard", "content": "hi"}]"#, "wizard"),
         (&["--messages", "-"], "[]", "message"),
         (&["--messages", "-", "--max-tokens", "0"], MESSAGES, "max_tokens"),
         (&["--messages", "-", "--temperature", "-1"], MESSAGES, "temperature"),
+        // --dtype is for safetensors directories; a GGUF runs its own kernels.
+        (&["--messages", "-", "--dtype", "bf16"], MESSAGES, "--dtype"),
+        (&["--messages", "-", "--dtype", "f8"], MESSAGES, "auto, f32, f16 or bf16"),
     ];
     for (args, stdin, named) in cases {
         let out = heurist_chat(args, stdin);

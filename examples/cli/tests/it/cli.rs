@@ -458,3 +458,85 @@ fn verify_accepts_the_greedy_answer_and_rejects_substitutes() {
     assert_eq!(no_model.status.code(), Some(2));
     assert!(stderr(&no_model).contains("/no/such/model.gguf"), "{}", stderr(&no_model));
 }
+
+/// An honest image of the reference miner's stack (heurist-verify's fixture, made by
+/// tools/make_image_honest_sets.py: diffusers 0.30.2 through the miner's vendored pipelines):
+/// the first evaluation row of `kind` in `precision`, as a job file's `model_input` and PNG.
+fn reference_image(kind: &str, precision: &str) -> (serde_json::Value, Vec<u8>) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../heurist-verify/tests/fixtures/honest_images");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{dir}/jobs.json")).unwrap()).unwrap();
+    let rows = meta["images"].as_array().unwrap();
+    let i = rows.iter().position(|r| r["split"] == "evaluation" && r["kind"] == kind && r["precision"] == precision).unwrap();
+    let r = &rows[i];
+    let images = candle_core::safetensors::load(format!("{dir}/images.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let rgb = images["images"].get(i).unwrap().flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let input = serde_json::json!({"SD": {
+        "prompt": r["prompt"], "neg_prompt": r["neg_prompt"], "width": r["width"], "height": r["height"],
+        "num_iterations": r["steps"], "guidance_scale": r["guidance"], "seed": r["seed"],
+    }});
+    (input, heurist_inference::image::encode_png(&rgb, 64, 64).unwrap())
+}
+
+/// Issue 24: `heurist verify --image` judges an image job's uploaded PNG: an honest f16 image
+/// of diffusers (the network's miners' precision) holds, another job's image is rejected, and
+/// what cannot be judged says why.
+#[test]
+fn verify_judges_an_image_job_by_its_png() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let model = format!("{root}/heurist-inference/tests/fixtures/sd/tiny-sd15-fp16.safetensors");
+    let (input, png) = reference_image("sd15", "f16");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let job = |seed: &serde_json::Value| {
+        let mut input = input.clone();
+        input["SD"]["seed"] = seed.clone();
+        serde_json::json!({"job_id": "img-1", "model_id": "tiny-sd15", "model_input": input}).to_string()
+    };
+    let job_file = write("job.json", job(&input["SD"]["seed"]).as_bytes());
+    let submit = serde_json::json!({
+        "miner_id": format!("{REWARD}-gpu0"), "job_id": "img-1", "result": {"S3Key": format!("img-1-{REWARD}-gpu0.png")},
+        "request_latency": 0.1, "inference_latency": 1.0,
+        "signature": format!("{}1b", "11".repeat(64)), "identity_address": REWARD,
+    });
+    let submit_file = write("submit.json", submit.to_string().as_bytes());
+    let png_file = write("result.png", &png);
+    let verify = |job: &str, image: Option<&str>, extra: &[&str]| {
+        let mut args = vec!["verify", "--model", &model, job, &submit_file];
+        if let Some(image) = image {
+            args.extend(["--image", image]);
+        }
+        args.extend(extra);
+        heurist(&args, None)
+    };
+
+    let honest = verify(&job_file, Some(&png_file), &[]);
+    assert_eq!(honest.status.code(), Some(0), "{}{}", stdout(&honest), stderr(&honest));
+    assert!(stdout(&honest).starts_with("holds: job img-1") && stdout(&honest).contains("f16"), "{}", stdout(&honest));
+
+    // The same picture for a job with another seed: rejected, with the evidence.
+    let other_seed = write("other.json", job(&serde_json::json!(input["SD"]["seed"].as_u64().unwrap() ^ 1)).as_bytes());
+    let cheat = verify(&other_seed, Some(&png_file), &[]);
+    assert_eq!(cheat.status.code(), Some(1), "{}{}", stdout(&cheat), stderr(&cheat));
+    assert!(stdout(&cheat).starts_with("rejected: job img-1") && stdout(&cheat).contains("PSNR"), "{}", stdout(&cheat));
+    // Bytes that are no PNG: the miner's fault, rejected.
+    let garbage = write("garbage.png", b"GIF89a");
+    let bad = verify(&job_file, Some(&garbage), &[]);
+    assert_eq!(bad.status.code(), Some(1), "{}{}", stdout(&bad), stderr(&bad));
+    assert!(stdout(&bad).contains("not a PNG"), "{}", stdout(&bad));
+
+    // Cannot be judged: exit 2 with the reason.
+    let no_image = verify(&job_file, None, &[]);
+    assert_eq!(no_image.status.code(), Some(2));
+    assert!(stderr(&no_image).contains("--image"), "{}", stderr(&no_image));
+    let wrong_family = verify(&job_file, Some(&png_file), &["--family", "sdxl"]);
+    assert_eq!(wrong_family.status.code(), Some(2));
+    assert!(stderr(&wrong_family).contains("--family sdxl"), "{}", stderr(&wrong_family));
+    let seedless = write("seedless.json", job(&serde_json::json!(-1)).as_bytes());
+    let no_seed = verify(&seedless, Some(&png_file), &[]);
+    assert_eq!(no_seed.status.code(), Some(2));
+    assert!(stderr(&no_seed).contains("no seed"), "{}", stderr(&no_seed));
+}

@@ -13,7 +13,7 @@ use heurist_protocol::{
 use heurist_sequencer::{RunningSequencer, S3Grant, SequencerConfig};
 use serde_json::{Value, json};
 
-#[path = "it/attacks.rs"]
+#[path = "attacks.rs"]
 mod attacks;
 
 const KEY: &str = "test-key";

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -154,7 +154,7 @@ fn rerun_with_another_thread_count_gives_the_same_pixels() {
     for threads in ["1", "3"] {
         let path = dir.path().join(format!("t{threads}.rgb"));
         let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "dump_pixels_for_the_thread_check", "--test-threads", "1"])
+            .args(["--exact", "sd_engine::dump_pixels_for_the_thread_check", "--test-threads", "1"])
             .env("HEURIST_SD_DUMP", &path)
             .env("RAYON_NUM_THREADS", threads)
             .status()
