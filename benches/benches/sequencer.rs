@@ -91,6 +91,7 @@ impl Rig {
                             upload_latency: Nullable::Value(0.1),
                             signature: wallet.sign_hourly(id, now).expect("sign"),
                             identity_address: wallet.address().clone(),
+                            usage: None,
                             extra: Default::default(),
                         }
                     })

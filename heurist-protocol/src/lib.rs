@@ -68,7 +68,7 @@ pub use job::{Job, LlmInput, LlmPayload, ModelInput, ModelKind, SamplerSpec, SdI
 pub use limits::{ClampedJob, JobParams, LlmParams, MinerLimits, SdParams};
 pub use messages::{
     HeartbeatClock, MinerRequest, MinerSignal, MinerSubmit, NoJob, Nullable, RequestAnswer, SignalAnswer,
-    SignalOptions, SubmitJob, SubmitResult,
+    SignalOptions, SubmitJob, SubmitResult, TokenUsage,
 };
 pub use miner_id::{Address, MinerId};
 pub use registry::{ModelType, Registry, RegistryEntry};

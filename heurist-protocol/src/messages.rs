@@ -271,6 +271,26 @@ impl<T> From<Option<T>> for Nullable<T> {
     }
 }
 
+/// The token counts a chat result claims, as vLLM's ChatCompletion `usage` reports them (its
+/// `total_tokens` is their sum and is not kept). Not in the reference miner's submission, which
+/// sends none; this project's miner sends it, and the sequencer credits it only up to what the
+/// job allows.
+///
+/// ```
+/// use heurist_protocol::TokenUsage;
+///
+/// let u: TokenUsage = serde_json::from_str(r#"{"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}"#).unwrap();
+/// assert_eq!((u.prompt_tokens, u.completion_tokens), (12, 7));
+/// assert!(serde_json::from_str::<TokenUsage>(r#"{"completion_tokens": 7}"#).is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Tokens of the rendered prompt.
+    pub prompt_tokens: u64,
+    /// Tokens of the answer.
+    pub completion_tokens: u64,
+}
+
 /// Body of `POST {base_url}/miner_submit`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MinerSubmit {
@@ -295,6 +315,10 @@ pub struct MinerSubmit {
     pub signature: Signature,
     /// The identity address that signed, lower case.
     pub identity_address: Address,
+    /// The token counts a chat result claims; absent in the reference's body. A `usage` that
+    /// is not both counts as non-negative integers fails the decoding, naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
     /// Fields this crate does not know, kept as received.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

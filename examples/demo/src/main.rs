@@ -32,7 +32,7 @@ use heurist_protocol::client::{ClientConfig, SequencerClient};
 use heurist_protocol::openai::{ChatMessage, Choice, FinishReason, Role};
 use heurist_protocol::{
     IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, MinerSubmit, Nullable, Registry, RegistryEntry,
-    RequestAnswer, SubmitJob, SubmitResult,
+    RequestAnswer, SubmitJob, SubmitResult, TokenUsage,
 };
 use heurist_miner::image::{Image, ImageError, ImageRunner, ImageWorker};
 use heurist_miner::sd::{CheckpointSpec, SdRunner};
@@ -250,10 +250,9 @@ async fn cheat(client: SequencerClient, id: MinerId, wallet: IdentityWallet, har
                 let choices = vec![Choice { index: 0, message: ChatMessage::text(Role::Assistant, "I am not sure, but I think the answer is 42."), finish_reason: Some(FinishReason::Stop), extra: Default::default() }];
                 let Ok(result) = SubmitResult::from_choices(&choices) else { continue };
                 let Ok(signature) = wallet.sign_hourly(&id, now_s()) else { continue };
-                let mut extra = serde_json::Map::new();
                 // It also claims far more tokens than it made.
-                extra.insert("usage".into(), json!({"prompt_tokens": 400, "completion_tokens": 400}));
-                let submit = MinerSubmit { miner_id: id.clone(), job_id: job.job_id.clone(), result, request_latency: 0.01, loading_latency: Nullable::Absent, inference_latency: 0.05, upload_latency: Nullable::Absent, signature, identity_address: wallet.address().clone(), extra };
+                let usage = Some(TokenUsage { prompt_tokens: 400, completion_tokens: 400 });
+                let submit = MinerSubmit { miner_id: id.clone(), job_id: job.job_id.clone(), result, request_latency: 0.01, loading_latency: Nullable::Absent, inference_latency: 0.05, upload_latency: Nullable::Absent, signature, identity_address: wallet.address().clone(), usage, extra: serde_json::Map::new() };
                 let _ = client.submit(&submit).await;
             }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,

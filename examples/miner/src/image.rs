@@ -323,6 +323,7 @@ impl ImageWorker {
             inference_latency,
             upload_latency: Nullable::Absent,
             extra: Default::default(),
+            usage: None,
             received_at_ms,
             expires_at_ms: received_at_ms + 1000 * self.limits.sd_timeout_seconds as i64 + crate::RESULT_GRACE_MS,
             upload: Some(PendingUpload { bucket: self.bucket.clone(), credentials }),

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use heurist_protocol::{IdentityWallet, MinerId, MinerSubmit, Nullable, SubmitResult, TempCredentials};
+use heurist_protocol::{IdentityWallet, MinerId, MinerSubmit, Nullable, SubmitResult, TempCredentials, TokenUsage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -35,9 +35,13 @@ pub struct Finished {
     /// Seconds of the upload.
     #[serde(default, skip_serializing_if = "Nullable::is_absent")]
     pub upload_latency: Nullable<f64>,
-    /// Extra submission fields (`usage` for chat jobs).
+    /// Extra submission fields, sent as they are.
     #[serde(default)]
     pub extra: Map<String, Value>,
+    /// The token counts of a chat answer (a result spooled by an older version carries them in
+    /// `extra`, which is sent as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TokenUsage>,
     /// When the job was received, Unix ms.
     pub received_at_ms: i64,
     /// After this, Unix ms, the result is worth nothing to the network: drop it.
@@ -72,6 +76,7 @@ impl Finished {
             upload_latency: self.upload_latency,
             signature: wallet.sign_hourly(&self.miner_id, now_s)?,
             identity_address: wallet.address().clone(),
+            usage: self.usage,
             extra: self.extra.clone(),
         };
         // Names the job, so the hourly signature cannot be replayed on another one.
@@ -237,6 +242,7 @@ mod tests {
             loading_latency: Nullable::Absent,
             inference_latency: 1.5,
             upload_latency: Nullable::Null,
+            usage: None,
             extra: Map::new(),
             received_at_ms: 5,
             expires_at_ms: 10,

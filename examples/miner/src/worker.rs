@@ -10,9 +10,8 @@ use heurist_points::JobRecord;
 use heurist_protocol::client::SequencerClient;
 use heurist_protocol::{
     HeartbeatClock, IdentityWallet, Job, JobParams, MinerId, MinerLimits, MinerRequest, ModelKind, Nullable,
-    RequestAnswer, SubmitResult,
+    RequestAnswer, SubmitResult, TokenUsage,
 };
-use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -297,8 +296,6 @@ impl LlmWorker {
         let inference_latency = started.elapsed().as_secs_f64();
         self.stats.tokens.fetch_add(out.completion_tokens as u64, Ordering::Relaxed);
         self.stats.busy_ms.fetch_add((inference_latency * 1000.0) as u64, Ordering::Relaxed);
-        let mut extra = serde_json::Map::new();
-        extra.insert("usage".into(), json!({"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}));
         let finished = Finished {
             job_id: job.job_id.clone(),
             miner_id: self.miner_id.clone(),
@@ -307,7 +304,8 @@ impl LlmWorker {
             loading_latency: Nullable::Absent,
             inference_latency,
             upload_latency: Nullable::Absent,
-            extra,
+            extra: serde_json::Map::new(),
+            usage: Some(TokenUsage { prompt_tokens: out.prompt_tokens as u64, completion_tokens: out.completion_tokens as u64 }),
             received_at_ms,
             // A late result earns nothing but the sequencer may still take it; past twice the
             // timeout it is dropped.

@@ -19,7 +19,7 @@ use heurist_points::{JobRecord, RuleSet};
 use heurist_protocol::stream::{HEADER_JOB_ID, HEADER_MINER_ID, StreamedText};
 use heurist_protocol::{
     Address, Job, JobParams, MinerId, MinerRequest, MinerSignal, MinerSubmit, ModelInput, ModelKind, SignalAnswer,
-    SubmitJob, SubmitResult, TempCredentials, verify_hourly,
+    SubmitJob, SubmitResult, TempCredentials, TokenUsage, verify_hourly,
 };
 use serde_json::{Value, json};
 
@@ -471,8 +471,8 @@ pub(crate) struct Answer<'a> {
     pub(crate) miner_id: &'a MinerId,
     pub(crate) job_id: &'a str,
     pub(crate) result: &'a SubmitResult,
-    /// The submission's other fields (`usage`, when the miner counted its tokens).
-    pub(crate) extra: &'a serde_json::Map<String, Value>,
+    /// The token counts the miner claims, when it counted them.
+    pub(crate) usage: Option<TokenUsage>,
     /// The identity that signed it (checked).
     pub(crate) identity: &'a Address,
     /// Whether it carries the per-job signature (checked).
@@ -485,7 +485,7 @@ impl<'a> From<&'a MinerSubmit> for Answer<'a> {
             miner_id: &s.miner_id,
             job_id: &s.job_id,
             result: &s.result,
-            extra: &s.extra,
+            usage: s.usage,
             identity: &s.identity_address,
             job_signed: s.extra.contains_key(MinerSubmit::JOB_SIGNATURE_FIELD),
         }
@@ -660,7 +660,7 @@ pub(crate) fn job_record(state: &AppState, job: &JobRow, submit: &Answer<'_>, st
         JobParams::Llm(_) => {
             // The miner's own count (our miner sends `usage`); audits recount it with the
             // model's tokenizer. Without it, 4 bytes a token is the estimate.
-            let usage = submit.extra.get("usage");
+            let usage = submit.usage;
             let prompt_bytes = match &as_job.model_input {
                 ModelInput::Llm(l) => l.prompt.len() as u64,
                 ModelInput::Sd(_) => 0,
@@ -670,8 +670,8 @@ pub(crate) fn job_record(state: &AppState, job: &JobRow, submit: &Answer<'_>, st
                 SubmitResult::S3Key(_) => 0,
             };
             let (claimed_in, claimed_out) = (
-                usage.and_then(|u| u["prompt_tokens"].as_u64()).unwrap_or(prompt_bytes / 4),
-                usage.and_then(|u| u["completion_tokens"].as_u64()).unwrap_or(answer_bytes / 4),
+                usage.map_or(prompt_bytes / 4, |u| u.prompt_tokens),
+                usage.map_or(answer_bytes / 4, |u| u.completion_tokens),
             );
             let (input_cap, output_cap) = usage_caps(&as_job, &clamped, answer_bytes);
             record.input_tokens = claimed_in.min(input_cap);

@@ -4,7 +4,7 @@ use heurist_protocol::openai::{ChatMessage, Choice, FinishReason, Role, Sampling
 use heurist_protocol::stream::{StreamedText, WordChunker};
 use heurist_protocol::{
     Address, Job, LlmInput, MinerId, MinerRequest, MinerSignal, MinerSubmit, ModelInput, ModelKind, Nullable,
-    RequestAnswer, SdInput, SignalAnswer, SignalOptions, Signature, SubmitJob, SubmitResult, TempCredentials,
+    RequestAnswer, SdInput, SignalAnswer, SignalOptions, Signature, SubmitJob, SubmitResult, TempCredentials, TokenUsage,
 };
 use proptest::prelude::*;
 use serde::Serialize;
@@ -123,8 +123,9 @@ fn choices() -> impl Strategy<Value = Vec<Choice>> {
 
 fn submit() -> impl Strategy<Value = MinerSubmit> {
     let result = prop_oneof!["[a-z0-9.-]{1,40}".prop_map(SubmitResult::S3Key), choices().prop_map(|c| SubmitResult::from_choices(&c).unwrap())];
-    (miner_id(), "[a-z0-9-]{1,20}", result, latency(), nullable(), latency(), nullable(), signature(), address(), extra()).prop_map(
-        |(miner_id, job_id, result, request_latency, loading_latency, inference_latency, upload_latency, signature, identity_address, extra)| {
+    let usage = proptest::option::of((any::<u64>(), any::<u64>()).prop_map(|(p, c)| TokenUsage { prompt_tokens: p, completion_tokens: c }));
+    (miner_id(), "[a-z0-9-]{1,20}", result, latency(), nullable(), latency(), nullable(), signature(), address(), usage, extra()).prop_map(
+        |(miner_id, job_id, result, request_latency, loading_latency, inference_latency, upload_latency, signature, identity_address, usage, extra)| {
             MinerSubmit {
                 miner_id,
                 job_id,
@@ -135,6 +136,7 @@ fn submit() -> impl Strategy<Value = MinerSubmit> {
                 upload_latency,
                 signature,
                 identity_address,
+                usage,
                 extra,
             }
         },

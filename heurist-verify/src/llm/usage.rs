@@ -29,7 +29,6 @@
 
 use heurist_inference::{ChatEngine, ChatRequest};
 use heurist_protocol::MinerSubmit;
-use serde_json::Value;
 
 use crate::error::{Result, VerifyError};
 
@@ -128,18 +127,8 @@ pub fn check_usage(
     })
 }
 
-/// The usage `submit` claims (`usage.prompt_tokens` and `usage.completion_tokens` beside the
-/// result); `None` when it claims none. A `usage` that is not two non-negative integers is
-/// [`VerifyError::InvalidClaim`] naming it.
+/// The usage `submit` claims (its typed `usage`, which decoding already checked: two
+/// non-negative integers); `None` when it claims none.
 pub fn claimed_usage(submit: &MinerSubmit) -> Result<Option<ClaimedUsage>> {
-    let Some(usage) = submit.extra.get("usage") else { return Ok(None) };
-    let count = |key: &str| usage.get(key).and_then(Value::as_u64);
-    match (count("prompt_tokens"), count("completion_tokens")) {
-        (Some(prompt_tokens), Some(completion_tokens)) => Ok(Some(ClaimedUsage { prompt_tokens, completion_tokens })),
-        _ => Err(VerifyError::InvalidClaim {
-            field: "usage",
-            value: usage.to_string(),
-            expected: "{\"prompt_tokens\": N, \"completion_tokens\": M} with non-negative integers",
-        }),
-    }
+    Ok(submit.usage.map(|u| ClaimedUsage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }))
 }

@@ -136,8 +136,11 @@ fn claimed_usage_is_recounted_and_inflation_refused() {
     assert!(!check_usage_submission(&engine, &job, &submit, &tolerance).unwrap().unwrap().holds);
     let (job, submit) = usage_submission(&out.text, None);
     assert_eq!(check_usage_submission(&engine, &job, &submit, &tolerance).unwrap(), None);
-    let (_, submit) = usage_submission(&out.text, Some(serde_json::json!({"prompt_tokens": -3, "completion_tokens": "many"})));
-    assert!(matches!(claimed_usage(&submit), Err(VerifyError::InvalidClaim { field: "usage", .. })));
+    // A `usage` that is not two counts fails the submission's decoding, naming the field.
+    let mut body = serde_json::to_value(&submit).unwrap();
+    body["usage"] = serde_json::json!({"prompt_tokens": -3, "completion_tokens": "many"});
+    let err = heurist_protocol::MinerSubmit::from_slice(body.to_string().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("miner_submit"), "{err}");
     let (_, orphan) = usage_submission(&out.text, None);
     let other = heurist_protocol::Job::from_slice(
         br#"{"job_id":"u2","model_id":"smollm2","model_input":{"LLM":{"prompt":"[{\"role\":\"user\",\"content\":\"hi\"}]","temperature":0,"max_tokens":20,"seed":1}}}"#,

@@ -69,6 +69,7 @@ async fn chat_jobs_end_to_end_with_a_spooled_result_from_before() {
             loading_latency: Nullable::Absent,
             inference_latency: 0.5,
             upload_latency: Nullable::Absent,
+            usage: None,
             extra: Default::default(),
             received_at_ms: now,
             expires_at_ms: now + 600_000,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use heurist_protocol::client::SequencerClient;
-use heurist_protocol::{BindIdentity, IdentityWallet, Job, MinerId, MinerRequest, NoJob, ProtocolError, RequestAnswer, SubmitJob, SubmitResult};
+use heurist_protocol::{BindIdentity, IdentityWallet, Job, MinerId, MinerRequest, NoJob, ProtocolError, RequestAnswer, SubmitJob, SubmitResult, TokenUsage};
 use heurist_sequencer::s3::LocalS3;
 use heurist_sequencer::{RunningSequencer, SequencerConfig};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -81,7 +81,7 @@ async fn claimed_usage_is_capped_by_the_job() {
     c.submit_job(KEY, &llm_job("greedy-2")).await.unwrap();
     let job = take(&c, &m.request("dolphin-2.9-llama3-8b")).await;
     let mut inflated = m.submit(&job, chat_result("Hello there."));
-    inflated.extra.insert("usage".into(), json!({"prompt_tokens": 1_000_000_000_000u64, "completion_tokens": 1_000_000_000_000u64}));
+    inflated.usage = Some(TokenUsage { prompt_tokens: 1_000_000_000_000, completion_tokens: 1_000_000_000_000 });
     c.submit(&inflated).await.unwrap();
     // At most (32 + 64) prompt tokens and 16 answer tokens at 0.24 per 1,000.
     let bound = (32.0 + 64.0 + 16.0) / 1000.0 * 0.24;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use heurist_points::LedgerStore;
 use heurist_points::ledger::{EntryKind, EntryQuery, SqliteLedger};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
-use heurist_protocol::{IdentityWallet, MinerId, MinerRequest, MinerSubmit, Nullable, RequestAnswer, SubmitJob, SubmitResult};
+use heurist_protocol::{IdentityWallet, MinerId, MinerRequest, MinerSubmit, Nullable, RequestAnswer, SubmitJob, SubmitResult, TokenUsage};
 use heurist_sequencer::SequencerConfig;
 use serde_json::json;
 
@@ -40,6 +40,7 @@ fn image_result(id: &MinerId, job_id: &str, wallet: &IdentityWallet) -> MinerSub
         upload_latency: Nullable::Value(0.1),
         signature: wallet.sign_hourly(id, now()).unwrap(),
         identity_address: wallet.address().clone(),
+        usage: None,
         extra: Default::default(),
     }
 }
@@ -247,7 +248,8 @@ async fn fifty_miners_honest_and_hostile() {
                                 upload_latency: Nullable::Null,
                                 signature: wallet.sign_hourly(victim, now()).unwrap(),
                                 identity_address: wallet.address().clone(),
-                                extra: serde_json::from_value(json!({"usage": {"completion_tokens": 1u64 << 50}})).unwrap(),
+                                usage: Some(TokenUsage { prompt_tokens: 0, completion_tokens: 1 << 50 }),
+                                extra: Default::default(),
                             };
                             c.submit(&forged).await.map(|_| ())
                         }

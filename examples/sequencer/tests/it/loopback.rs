@@ -8,7 +8,7 @@ use heurist_protocol::client::{ClientConfig, SequencerClient};
 use heurist_protocol::openai::{ChatMessage, Choice, FinishReason, Role};
 use heurist_protocol::{
     IdentityWallet, Job, MinerId, MinerRequest, MinerSubmit, Nullable, ProtocolError, RequestAnswer, SubmitJob,
-    SubmitResult,
+    SubmitResult, TokenUsage,
 };
 use heurist_sequencer::{RunningSequencer, S3Grant, SequencerConfig};
 use serde_json::{Value, json};
@@ -74,6 +74,7 @@ impl Miner {
             upload_latency: Nullable::Value(0.1),
             signature: self.wallet.sign_hourly(&self.id, now()).unwrap(),
             identity_address: self.wallet.address().clone(),
+            usage: None,
             extra: Default::default(),
         }
     }
@@ -145,7 +146,7 @@ async fn image_and_chat_jobs_end_to_end() {
     let mut s = m.submit(&job, SubmitResult::from_choices(&choices).unwrap());
     s.loading_latency = Nullable::Absent;
     s.upload_latency = Nullable::Absent;
-    s.extra.insert("usage".into(), json!({"prompt_tokens": 1000, "completion_tokens": 1000}));
+    s.usage = Some(TokenUsage { prompt_tokens: 1000, completion_tokens: 1000 });
     c.submit(&s).await.unwrap();
 
     let p = portal(&seq.url()).await;
@@ -293,7 +294,7 @@ async fn a_failed_audit_slashes_the_job_with_its_evidence() {
         let job = next_job(&c, m, "dolphin-2.9-llama3-8b").await;
         let choices = vec![Choice { index: 0, message: ChatMessage::text(Role::Assistant, text), finish_reason: Some(FinishReason::Stop), extra: Default::default() }];
         let mut s = m.submit(&job, SubmitResult::from_choices(&choices).unwrap());
-        s.extra.insert("usage".into(), json!({"prompt_tokens": 500, "completion_tokens": 500}));
+        s.usage = Some(TokenUsage { prompt_tokens: 500, completion_tokens: 500 });
         c.submit(&s).await.unwrap();
     }
     // Audits run after the answer; wait for both verdicts.

@@ -52,6 +52,7 @@ async fn portal_loads_with_miners_and_points_and_no_console_errors() {
         upload_latency: Nullable::Value(0.1),
         signature: wallet.sign_hourly(&id, now).unwrap(),
         identity_address: wallet.address().clone(),
+        usage: None,
         extra: Default::default(),
     })
     .await

@@ -104,6 +104,7 @@ async fn image_results_are_accepted_only_once_their_object_is_stored() {
         upload_latency: Nullable::Value(0.1),
         signature: wallet.sign_hourly(&id, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).unwrap(),
         identity_address: wallet.address().clone(),
+        usage: None,
         extra: Default::default(),
     };
     match c.submit(&submit()).await {

@@ -104,6 +104,7 @@ async fn mine(m: usize, urls: [String; 2]) -> Vec<(usize, String)> {
                 upload_latency: Nullable::Value(0.1),
                 signature: wallet.sign_hourly(&id, now_s()).unwrap(),
                 identity_address: wallet.address().clone(),
+                usage: None,
                 extra: Default::default(),
             };
             match c.submit(&submit).await {

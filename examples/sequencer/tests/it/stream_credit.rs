@@ -91,6 +91,7 @@ fn answer_submit(job: &Job, miner: &MinerId, wallet: &IdentityWallet, answer: &s
         upload_latency: Nullable::Absent,
         signature: wallet.sign_hourly(miner, now).unwrap(),
         identity_address: wallet.address().clone(),
+        usage: None,
         extra: Default::default(),
     }
 }
