@@ -98,6 +98,8 @@ mod error;
 #[cfg(feature = "image")]
 pub mod image;
 #[cfg(feature = "inference")]
+pub mod jobs;
+#[cfg(feature = "inference")]
 pub mod llm;
 pub mod metrics;
 pub mod signature;

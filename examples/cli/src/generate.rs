@@ -7,8 +7,8 @@
 //!
 //! The job is read as a miner reads it: decoded into heurist-protocol's [`SdInput`] and clamped
 //! by [`MinerLimits::clamp`] (the network's default limits; a negative seed, the network's "no
-//! seed", drawn at random and printed), then handed to the engine as the miner's
-//! `sd::image_job` does.
+//! seed", drawn at random and printed), then translated for the engine by
+//! `heurist_verify::jobs::image_job`, as the miner and the verifier translate it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use clap::{Args, ValueEnum};
 use heurist_inference::DeviceSpec;
 use heurist_inference::image::noise::TorchCpuGenerator;
 use heurist_inference::image::{
-    ImageEngine, ImageJob, Lora, LoraScale, PromptEncoding, SchedulerKind, SdFamily,
+    ImageEngine, ImageJob, Lora, LoraScale, PromptEncoding, SdFamily,
 };
 use heurist_protocol::{Job, JobParams, MinerLimits, ModelInput, SdInput, SdParams};
 
@@ -156,27 +156,11 @@ fn read_job(path: &Path, random: impl FnOnce() -> u64) -> anyhow::Result<SdParam
     }
 }
 
-/// The engine's job for clamped protocol parameters, as the miner's `sd::image_job` builds it;
-/// a sampler the engine does not run is refused, naming it.
+/// The engine's job for clamped protocol parameters: the one translation the miner and the
+/// verifier use too ([`heurist_verify::jobs::image_job`]); a sampler the engine does not run is
+/// refused, naming it.
 pub(crate) fn image_job(params: &SdParams) -> anyhow::Result<ImageJob> {
-    let sampler = match &params.sampler {
-        Some(s) => Some(SchedulerKind::from_diffusers(
-            &s.class_name,
-            s.algorithm_type.as_deref(),
-            s.use_karras_sigmas,
-        )?),
-        None => None,
-    };
-    Ok(ImageJob {
-        prompt: params.prompt.clone(),
-        neg_prompt: params.neg_prompt.clone(),
-        width: params.width,
-        height: params.height,
-        steps: params.steps as usize,
-        guidance_scale: params.guidance_scale,
-        seed: params.seed,
-        sampler,
-    })
+    Ok(heurist_verify::jobs::image_job(params)?)
 }
 
 pub(crate) fn run(args: GenerateArgs) -> anyhow::Result<Outcome> {

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use heurist_inference::image::noise::{DrawnIn, NoiseDType, TorchCpuGenerator};
-use heurist_inference::image::{ImageEngine, ImageJob, PromptEncoding, SchedulerKind};
+use heurist_inference::image::{ImageEngine, ImageJob, PromptEncoding};
 use heurist_inference::DeviceSpec;
 use heurist_protocol::{Registry, SdParams};
 
@@ -159,23 +159,11 @@ impl SdRunner {
     }
 }
 
-/// The engine's job for clamped protocol parameters; a sampler the engine does not run is
-/// refused here, naming it.
+/// The engine's job for clamped protocol parameters ([`heurist_verify::jobs::image_job`], the
+/// one translation the verifier re-runs too); a sampler the engine does not run is refused,
+/// naming it.
 pub fn image_job(params: &SdParams) -> std::result::Result<ImageJob, ImageError> {
-    let sampler = match &params.sampler {
-        Some(s) => Some(SchedulerKind::from_diffusers(&s.class_name, s.algorithm_type.as_deref(), s.use_karras_sigmas)?),
-        None => None,
-    };
-    Ok(ImageJob {
-        prompt: params.prompt.clone(),
-        neg_prompt: params.neg_prompt.clone(),
-        width: params.width,
-        height: params.height,
-        steps: params.steps as usize,
-        guidance_scale: params.guidance_scale,
-        seed: params.seed,
-        sampler,
-    })
+    Ok(heurist_verify::jobs::image_job(params)?)
 }
 
 impl ImageRunner for SdRunner {
