@@ -303,17 +303,7 @@ impl ChatRequest {
         let extra: ExtraBody =
             serde_json::from_str(json).map_err(|source| InferenceError::InvalidExtraBody { source })?;
         if let Some(top_k) = extra.top_k {
-            self.top_k = match top_k {
-                -1 | 0 => 0,
-                k if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
-                k => {
-                    return Err(InferenceError::InvalidSampling {
-                        name: "top_k",
-                        value: k as f64,
-                        expected: "-1, 0 (off) or a positive count",
-                    });
-                }
-            };
+            self = self.with_top_k(top_k)?;
         }
         self.top_p = extra.top_p.unwrap_or(self.top_p);
         self.min_p = extra.min_p.unwrap_or(self.min_p);
@@ -325,6 +315,26 @@ impl ChatRequest {
             Some(Stop::Many(stops)) => self.stop.extend(stops),
             None => {}
         }
+        Ok(self)
+    }
+
+    /// Sets `top_k` with vLLM's convention: -1 or 0 turn it off, a positive count keeps that
+    /// many tokens.
+    ///
+    /// # Errors
+    /// [`InferenceError::InvalidSampling`] for a value below -1.
+    pub fn with_top_k(mut self, top_k: i64) -> Result<Self> {
+        self.top_k = match top_k {
+            -1 | 0 => 0,
+            k if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
+            k => {
+                return Err(InferenceError::InvalidSampling {
+                    name: "top_k",
+                    value: k as f64,
+                    expected: "-1, 0 (off) or a positive count",
+                });
+            }
+        };
         Ok(self)
     }
 

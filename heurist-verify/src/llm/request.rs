@@ -1,9 +1,9 @@
 //! A chat job's engine request, built once for the miner that runs it and the verifier that
 //! re-runs it: if the two built it differently, an honest answer would fail its check.
 
-use heurist_inference::{ChatMessage, ChatRequest, FunctionCall, InferenceError, Role, ToolCall};
+use heurist_inference::{ChatMessage, ChatRequest, FunctionCall, Role, ToolCall};
 use heurist_protocol::LlmParams;
-use heurist_protocol::openai;
+use heurist_protocol::openai::{self, StopSpec};
 use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
 
 /// The engine request of a clamped chat job, as the reference miner hands it to vLLM: the
@@ -44,10 +44,22 @@ pub fn chat_request(params: &LlmParams) -> heurist_inference::Result<ChatRequest
         .with_max_tokens(params.max_tokens as usize)
         .with_sampling(params.temperature, Some(params.seed))
         .with_stop(REFERENCE_STOP_STRINGS);
-    // The engine reads `extra_body` with vLLM's conventions (top_k -1 or 0 = off, one stop
-    // string or a list, out-of-range values refused): hand it the job's, as sent.
-    let extra_body = serde_json::to_string(&payload.sampling).map_err(|source| InferenceError::InvalidExtraBody { source })?;
-    request = request.with_extra_body(&extra_body)?;
+    // The job's typed sampling options, with vLLM's conventions (top_k -1 or 0 = off; absent
+    // options stay neutral; ranges are checked when the request runs).
+    let sampling = &payload.sampling;
+    if let Some(top_k) = sampling.top_k {
+        request = request.with_top_k(top_k)?;
+    }
+    request.top_p = sampling.top_p.unwrap_or(request.top_p);
+    request.min_p = sampling.min_p.unwrap_or(request.min_p);
+    request.repetition_penalty = sampling.repetition_penalty.unwrap_or(request.repetition_penalty);
+    request.presence_penalty = sampling.presence_penalty.unwrap_or(request.presence_penalty);
+    request.frequency_penalty = sampling.frequency_penalty.unwrap_or(request.frequency_penalty);
+    match &sampling.stop {
+        Some(StopSpec::One(stop)) => request.stop.push(stop.clone()),
+        Some(StopSpec::Many(stops)) => request.stop.extend(stops.iter().cloned()),
+        None => {}
+    }
     request.stop.retain(|s| !s.is_empty());
     if !payload.tools.is_empty() {
         // Serialising the typed tools cannot fail (strings and JSON values only).
@@ -88,6 +100,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use heurist_protocol::{Job, LlmInput, MinerLimits, ModelInput};
+    use heurist_inference::InferenceError;
     use serde_json::json;
 
     use super::*;
@@ -150,6 +163,11 @@ mod tests {
         for s in REFERENCE_STOP_STRINGS {
             assert!(r.stop.iter().any(|x| x == s), "{s}");
         }
+        // One stop string, not a list, as vLLM also takes it.
+        let mut one = json!({"prompt": "[{\"role\":\"user\",\"content\":\"Hi\"}]", "temperature": 0.8, "max_tokens": 16, "seed": 3});
+        one["extra_body"] = json!(json!({"stop": "FIN", "top_k": 7}).to_string());
+        let r = chat_request(&params(one)).unwrap();
+        assert_eq!((r.stop.last().map(String::as_str), r.top_k), (Some("FIN"), 7));
         // A negative count other than vLLM's -1 is refused, not read as "off".
         let mut bad = json!({"prompt": "[{\"role\":\"user\",\"content\":\"Hi\"}]", "temperature": 0.8, "max_tokens": 16, "seed": 3});
         bad["extra_body"] = json!(json!({"top_k": -5}).to_string());
