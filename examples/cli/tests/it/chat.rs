@@ -2,8 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use heurist_inference::{ChatEngine, ChatMessage, ChatOutput, ChatRequest, DeviceSpec, smollm2_path};
 
@@ -12,21 +11,9 @@ const MESSAGES: &str = r#"[{"role": "system", "content": "You are a helpful assi
 
 fn heurist_chat(args: &[&str], stdin: &str) -> Output {
     let model = smollm2_path().unwrap_or_else(|e| panic!("{e}"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_heurist"))
-        .arg("chat")
-        .arg("--model")
-        .arg(&model)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    // The tool may exit before reading its input (a bad flag): a closed pipe is fine.
-    let _ = input.write_all(stdin.as_bytes());
-    drop(input);
-    child.wait_with_output().unwrap()
+    let mut all = vec!["chat", "--model", model.to_str().unwrap()];
+    all.extend(args);
+    crate::cli::heurist(&all, Some(stdin))
 }
 
 /// The same request answered in this process.

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 const REWARD: &str = "0x3f71f00ad1266be038917addd150943ca7c60f6a";
 
-fn heurist(args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) fn heurist(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_heurist"))
         .args(args)
         .env_remove("HEURIST_KEYS_DIR")
