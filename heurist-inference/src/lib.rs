@@ -93,7 +93,7 @@ pub use llm::model::{ComputeDType, GgufBody};
 pub use llm::observer::{HiddenStates, NoObserver, TokenEvent, TokenObserver, WithHiddenStates};
 pub use llm::sampler::{ReplayStep, SamplerReplay, SamplingParams};
 pub use llm::request::{
-    ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, FinishReason, Role, Timings,
+    ChatMessage, ChatOutput, ChatRequest, DEFAULT_MAX_TOKENS, FinishReason, Role, SamplingOptions, Timings,
     Usage,
 };
 pub use llm::template::ChatTemplate;

@@ -30,12 +30,14 @@ use heurist_miner::upload::Uploader;
 use heurist_protocol::{IdentityWallet, Registry};
 use heurist_protocol::client::{ClientConfig, SequencerClient};
 
-/// A native Heurist miner.
 /// `--sd-noise`: the precision whose noise image jobs draw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum SdNoise {
+    /// Single precision (this engine's own on the CPU).
     F32,
+    /// Half precision, as the reference miner's f16 pipelines draw it.
     F16,
+    /// bfloat16.
     Bf16,
 }
 
@@ -50,6 +52,7 @@ impl SdNoise {
     }
 }
 
+/// A native Heurist miner.
 #[derive(Parser, Debug)]
 #[command(name = "heurist-miner", version, about)]
 struct Args {

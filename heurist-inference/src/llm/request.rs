@@ -183,6 +183,26 @@ impl ChatMessage {
     }
 }
 
+/// vLLM's sampling options beyond temperature and seed, each `None` leaving the request's
+/// value ([`ChatRequest::with_sampling_options`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SamplingOptions {
+    /// Nucleus sampling mass.
+    pub top_p: Option<f64>,
+    /// Keep the k most likely tokens; -1 or 0 turn it off.
+    pub top_k: Option<i64>,
+    /// Drop tokens below this share of the most likely one.
+    pub min_p: Option<f64>,
+    /// Multiplicative repetition penalty.
+    pub repetition_penalty: Option<f64>,
+    /// Additive penalty for any previous occurrence.
+    pub presence_penalty: Option<f64>,
+    /// Additive penalty per previous occurrence.
+    pub frequency_penalty: Option<f64>,
+    /// Stop strings added to the request's.
+    pub stop: Vec<String>,
+}
+
 /// A chat completion request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
@@ -283,7 +303,7 @@ impl ChatRequest {
     /// null fields keep their values; other fields are ignored, as vLLM ignores them. JSON that
     /// is not such an object is [`InferenceError::InvalidExtraBody`]; values are range-checked
     /// with the rest of the request.
-    pub fn with_extra_body(mut self, json: &str) -> Result<Self> {
+    pub fn with_extra_body(self, json: &str) -> Result<Self> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Stop {
@@ -302,19 +322,38 @@ impl ChatRequest {
         }
         let extra: ExtraBody =
             serde_json::from_str(json).map_err(|source| InferenceError::InvalidExtraBody { source })?;
-        if let Some(top_k) = extra.top_k {
+        self.with_sampling_options(SamplingOptions {
+            top_p: extra.top_p,
+            top_k: extra.top_k,
+            min_p: extra.min_p,
+            repetition_penalty: extra.repetition_penalty,
+            presence_penalty: extra.presence_penalty,
+            frequency_penalty: extra.frequency_penalty,
+            stop: match extra.stop {
+                Some(Stop::One(stop)) => vec![stop],
+                Some(Stop::Many(stops)) => stops,
+                None => Vec::new(),
+            },
+        })
+    }
+
+    /// Applies vLLM's sampling options beyond temperature and seed (typed, as a protocol
+    /// decoded them): each present one replaces the request's value, `top_k` with vLLM's
+    /// convention ([`ChatRequest::with_top_k`]), and `stop` strings are added.
+    ///
+    /// # Errors
+    /// [`InferenceError::InvalidSampling`] for a `top_k` below -1; other values are
+    /// range-checked with the rest of the request.
+    pub fn with_sampling_options(mut self, options: SamplingOptions) -> Result<Self> {
+        if let Some(top_k) = options.top_k {
             self = self.with_top_k(top_k)?;
         }
-        self.top_p = extra.top_p.unwrap_or(self.top_p);
-        self.min_p = extra.min_p.unwrap_or(self.min_p);
-        self.repetition_penalty = extra.repetition_penalty.unwrap_or(self.repetition_penalty);
-        self.presence_penalty = extra.presence_penalty.unwrap_or(self.presence_penalty);
-        self.frequency_penalty = extra.frequency_penalty.unwrap_or(self.frequency_penalty);
-        match extra.stop {
-            Some(Stop::One(stop)) => self.stop.push(stop),
-            Some(Stop::Many(stops)) => self.stop.extend(stops),
-            None => {}
-        }
+        self.top_p = options.top_p.unwrap_or(self.top_p);
+        self.min_p = options.min_p.unwrap_or(self.min_p);
+        self.repetition_penalty = options.repetition_penalty.unwrap_or(self.repetition_penalty);
+        self.presence_penalty = options.presence_penalty.unwrap_or(self.presence_penalty);
+        self.frequency_penalty = options.frequency_penalty.unwrap_or(self.frequency_penalty);
+        self.stop.extend(options.stop);
         Ok(self)
     }
 

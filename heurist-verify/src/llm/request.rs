@@ -1,7 +1,7 @@
 //! A chat job's engine request, built once for the miner that runs it and the verifier that
 //! re-runs it: if the two built it differently, an honest answer would fail its check.
 
-use heurist_inference::{ChatMessage, ChatRequest, FunctionCall, Role, ToolCall};
+use heurist_inference::{ChatMessage, ChatRequest, FunctionCall, Role, SamplingOptions, ToolCall};
 use heurist_protocol::LlmParams;
 use heurist_protocol::openai::{self, StopSpec};
 use heurist_protocol::stream::REFERENCE_STOP_STRINGS;
@@ -47,19 +47,15 @@ pub fn chat_request(params: &LlmParams) -> heurist_inference::Result<ChatRequest
     // The job's typed sampling options, with vLLM's conventions (top_k -1 or 0 = off; absent
     // options stay neutral; ranges are checked when the request runs).
     let sampling = &payload.sampling;
-    if let Some(top_k) = sampling.top_k {
-        request = request.with_top_k(top_k)?;
-    }
-    request.top_p = sampling.top_p.unwrap_or(request.top_p);
-    request.min_p = sampling.min_p.unwrap_or(request.min_p);
-    request.repetition_penalty = sampling.repetition_penalty.unwrap_or(request.repetition_penalty);
-    request.presence_penalty = sampling.presence_penalty.unwrap_or(request.presence_penalty);
-    request.frequency_penalty = sampling.frequency_penalty.unwrap_or(request.frequency_penalty);
-    match &sampling.stop {
-        Some(StopSpec::One(stop)) => request.stop.push(stop.clone()),
-        Some(StopSpec::Many(stops)) => request.stop.extend(stops.iter().cloned()),
-        None => {}
-    }
+    request = request.with_sampling_options(SamplingOptions {
+        top_p: sampling.top_p,
+        top_k: sampling.top_k,
+        min_p: sampling.min_p,
+        repetition_penalty: sampling.repetition_penalty,
+        presence_penalty: sampling.presence_penalty,
+        frequency_penalty: sampling.frequency_penalty,
+        stop: sampling.stop.as_ref().map(StopSpec::to_vec).unwrap_or_default(),
+    })?;
     request.stop.retain(|s| !s.is_empty());
     if !payload.tools.is_empty() {
         // Serialising the typed tools cannot fail (strings and JSON values only).
