@@ -95,7 +95,7 @@ pub mod image {
     use std::sync::Arc;
 
     use heurist_protocol::{Job, MinerSubmit, SubmitResult};
-    use heurist_verify::image::{ImageVerdict, Precision, PrecisionBars, compare_rgb, rgb_image};
+    use heurist_verify::image::{Precision, PrecisionBars, rgb_image};
 
     use super::{AuditVerdict, Auditor};
     use crate::config::S3Grant;
@@ -187,31 +187,17 @@ pub mod image {
                 Err(e) => return AuditVerdict::Fail { evidence: format!("object {key}: {e}") },
             };
             // Each precision's re-run in turn, until one holds; the closest one is the evidence.
-            let mut closest: Option<(Precision, ImageVerdict)> = None;
-            for precision in Precision::ALL {
-                let reference = match self.rerun.rerun(job, precision) {
-                    Ok(img) => rgb_image(img.width, img.height, img.rgb),
-                    Err(e) => return AuditVerdict::Skipped { reason: format!("re-running the job ({precision}): {e}") },
-                };
-                let reference = match reference {
-                    Ok(r) => r,
-                    Err(e) => return AuditVerdict::Skipped { reason: format!("re-running the job ({precision}): {e}") },
-                };
-                let verdict = self.thresholds.get(precision).judge(compare_rgb(&claimed, &reference));
-                if verdict.holds() {
-                    return AuditVerdict::Pass;
-                }
-                let wrong_size = verdict.evidence().size_mismatch.is_some();
-                if closest.as_ref().is_none_or(|(_, c)| verdict.evidence().psnr > c.evidence().psnr) {
-                    closest = Some((precision, verdict));
-                }
-                if wrong_size {
-                    break; // wrong in every precision
-                }
-            }
-            let Some((precision, verdict)) = closest else {
-                return AuditVerdict::Skipped { reason: "no precision to re-run in".into() };
+            let judged = self.thresholds.judge_reruns(&claimed, |precision| {
+                let img = self.rerun.rerun(job, precision).map_err(|e| format!("re-running the job ({precision}): {e}"))?;
+                rgb_image(img.width, img.height, img.rgb).map_err(|e| format!("re-running the job ({precision}): {e}"))
+            });
+            let (precision, verdict) = match judged {
+                Ok(judged) => judged,
+                Err(reason) => return AuditVerdict::Skipped { reason },
             };
+            if verdict.holds() {
+                return AuditVerdict::Pass;
+            }
             AuditVerdict::Fail {
                 evidence: format!(
                     "object {key} is not the image of job {} on {} in any precision; closest, {precision}: {} (bars: {})",

@@ -178,9 +178,3 @@ impl Engines {
         Ok(engine)
     }
 }
-
-/// Peak signal-to-noise ratio of two 8-bit buffers, in dB (infinite when equal).
-pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum::<f64>() / a.len().max(1) as f64;
-    10.0 * (255.0f64.powi(2) / mse).log10()
-}

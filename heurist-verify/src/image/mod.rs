@@ -264,6 +264,35 @@ impl PrecisionBars {
             Precision::Bf16 => &self.bf16,
         }
     }
+
+    /// Judges `claimed` against the re-run in each precision in turn ([`Precision::ALL`]),
+    /// asking `rerun` for each only when the ones before did not hold: returns the first
+    /// precision whose bars the image passes, or at once a size mismatch (wrong in every
+    /// precision), or else the closest rejection (highest PSNR).
+    ///
+    /// # Errors
+    /// The first error of `rerun`.
+    pub fn judge_reruns<E>(
+        &self,
+        claimed: &RgbImage,
+        mut rerun: impl FnMut(Precision) -> std::result::Result<RgbImage, E>,
+    ) -> std::result::Result<(Precision, ImageVerdict), E> {
+        let [first, rest @ ..] = Precision::ALL;
+        let mut judge = |precision: Precision| -> std::result::Result<ImageVerdict, E> {
+            Ok(self.get(precision).judge(compare_rgb(claimed, &rerun(precision)?)))
+        };
+        let mut closest = (first, judge(first)?);
+        for precision in rest {
+            if closest.1.holds() || closest.1.evidence().size_mismatch.is_some() {
+                break;
+            }
+            let verdict = judge(precision)?;
+            if verdict.holds() || verdict.evidence().psnr > closest.1.evidence().psnr {
+                closest = (precision, verdict);
+            }
+        }
+        Ok(closest)
+    }
 }
 
 impl Default for PrecisionBars {

@@ -17,7 +17,7 @@
 use heurist_inference::image::noise::{DrawnIn, NoiseDType, TorchCpuGenerator};
 use heurist_inference::image::{GeneratedImage, ImageEngine, ImageJob, PromptEncoding};
 
-use super::{ImageVerdict, Precision, PrecisionBars, compare_rgb, decode_png, rgb_image};
+use super::{ImageVerdict, Precision, PrecisionBars, decode_png, rgb_image};
 use crate::error::{Result, VerifyError};
 
 /// Runs `job` on `engine` with the reference's noise (torch's CPU generator seeded with the
@@ -82,23 +82,8 @@ pub fn check_rgb(
     bars: &PrecisionBars,
 ) -> Result<(Precision, ImageVerdict)> {
     let claimed = rgb_image(width, height, claimed_rgb)?;
-    let mut closest: Option<(Precision, ImageVerdict)> = None;
-    for precision in Precision::ALL {
-        let reference = reference_image(&rerun(engine, job, prompts, precision.into())?)?;
-        let verdict = bars.get(precision).judge(compare_rgb(&claimed, &reference));
-        if verdict.holds() || verdict.evidence().size_mismatch.is_some() {
-            // A wrong size is wrong in every precision: no more re-runs.
-            return Ok((precision, verdict));
-        }
-        let closer = closest
-            .as_ref()
-            .is_none_or(|(_, c)| verdict.evidence().psnr > c.evidence().psnr);
-        if closer {
-            closest = Some((precision, verdict));
-        }
-    }
-    closest.ok_or(VerifyError::Inference {
-        reason: "no precision to re-run in".into(),
+    bars.judge_reruns(&claimed, |precision| {
+        reference_image(&rerun(engine, job, prompts, precision.into())?)
     })
 }
 

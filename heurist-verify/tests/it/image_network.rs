@@ -11,7 +11,7 @@ mod honest_images;
 use heurist_inference::image::{ImageJob, LoraScale, PromptEncoding};
 use heurist_verify::image::rerun::{check_rgb, reference_image, rerun};
 use heurist_verify::image::{Precision, PrecisionBars, compare_rgb, resize, rgb_image};
-use honest_images::{Engines, HonestImage, SIDE, load_honest, psnr};
+use honest_images::{Engines, HonestImage, SIDE, load_honest};
 
 fn evaluation() -> Vec<HonestImage> {
     load_honest().unwrap().into_iter().filter(|h| h.split == "evaluation").collect()
@@ -72,12 +72,14 @@ fn lora_jobs_equal_the_reference_miners_images() {
             .find(|h| h.kind == "lora" && h.family == family && h.precision == "f32" && h.lora_weight != Some(1.0))
             .unwrap();
         let w = h.lora_weight.unwrap();
-        let image = |scale| {
+        let theirs = rgb_image(SIDE, SIDE, h.rgb.clone()).unwrap();
+        let psnr = |scale| {
             let engine = engines.with_scale(family, scale).unwrap();
-            rerun(&engine, &h.job, PromptEncoding::LongPromptWeighting, Precision::F32.into()).unwrap().rgb
+            let ours = reference_image(&rerun(&engine, &h.job, PromptEncoding::LongPromptWeighting, Precision::F32.into()).unwrap()).unwrap();
+            compare_rgb(&ours, &theirs).psnr
         };
-        let reference = psnr(&image(LoraScale::reference(w)), &h.rgb);
-        let fused = psnr(&image(LoraScale::fused(w)), &h.rgb);
+        let reference = psnr(LoraScale::reference(w));
+        let fused = psnr(LoraScale::fused(w));
         eprintln!("{family} LoRA at {w}: reference scaling {reference:.1} dB, fused {fused:.1} dB");
         // The bar, and the verifier's f32 bar, which honest f32 images clear.
         let bar = PrecisionBars::NETWORK.get(Precision::F32).min_psnr;
